@@ -1,0 +1,480 @@
+//! Files under the root, touched only through opened directory descriptors.
+//!
+//! Two rules make this module safe to use as root on a machine full of
+//! untrusted users:
+//!
+//! 1. Paths are walked one component at a time with
+//!    `openat(O_NOFOLLOW | O_DIRECTORY)`, so a symlink anywhere below the root
+//!    is refused (`unsafe_path`) instead of followed, and every later
+//!    operation is relative to a descriptor that cannot be swapped under us.
+//! 2. There is exactly one way to replace a file: [`Dir::write_atomic`] —
+//!    a temp file in the same directory, owner, mode and SELinux label set on
+//!    the descriptor, write, fsync, rename, fsync the directory. Nothing is
+//!    ever truncated in place.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, renameat, OFlag};
+use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
+use nix::unistd::{fchown, fsync, unlinkat, Gid, Uid, UnlinkatFlags};
+
+use crate::error::{Error, IoContext, Result};
+
+const SELINUX_XATTR: &str = "security.selinux";
+
+/// Owner, mode and security label of a file, as they must be kept when it is
+/// replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits only (07777).
+    pub mode: u32,
+    /// The `security.selinux` xattr, when the file had one.
+    pub selinux: Option<Vec<u8>>,
+}
+
+impl Meta {
+    pub fn new(uid: u32, gid: u32, mode: u32) -> Self {
+        Meta {
+            uid,
+            gid,
+            mode,
+            selinux: None,
+        }
+    }
+
+    fn of_fd(fd: BorrowedFd<'_>, st: &FileStat) -> Self {
+        Meta {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode & 0o7777,
+            selinux: get_xattr(fd, SELINUX_XATTR),
+        }
+    }
+}
+
+/// A regular file read through [`Dir::read`].
+#[derive(Debug, Clone)]
+pub struct FileData {
+    pub bytes: Vec<u8>,
+    pub meta: Meta,
+    pub nlink: u64,
+}
+
+/// An opened directory. `path` is for messages only; every operation uses `fd`.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+/// One plain name: no `/`, not `.` or `..`, not empty, no NUL.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(Error::unsafe_path(name, "not a plain file name"));
+    }
+    Ok(())
+}
+
+impl Dir {
+    /// Open a trusted directory by path (the configured root or state dir).
+    /// Symlinks in this path are the operator's choice and are followed.
+    pub fn open(path: impl AsRef<Path>) -> Result<Dir> {
+        let path = path.as_ref();
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx(|| format!("opening directory {}", path.display()))?;
+        Ok(Dir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path of `name` in this directory, for messages.
+    pub fn display(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn stat(&self) -> Result<FileStat> {
+        fstat(self.fd.as_fd()).ctx(|| format!("stat {}", self.path.display()))
+    }
+
+    /// Walk `rel` (absolute paths are taken as relative to this directory)
+    /// one component at a time without following symlinks.
+    /// A symlink or non-directory on the way is `unsafe_path`; a missing
+    /// component is `Ok(None)`.
+    pub fn try_open_dir(&self, rel: impl AsRef<Path>) -> Result<Option<Dir>> {
+        let rel = rel.as_ref();
+        let mut cur = Dir {
+            fd: self
+                .fd
+                .try_clone()
+                .ctx(|| format!("duplicating descriptor of {}", self.path.display()))?,
+            path: self.path.clone(),
+        };
+        for comp in rel.components() {
+            let name = match comp {
+                Component::RootDir | Component::CurDir => continue,
+                Component::Normal(n) => n,
+                Component::ParentDir | Component::Prefix(_) => {
+                    return Err(Error::unsafe_path(
+                        self.path.join(rel),
+                        "path contains '..'",
+                    ))
+                }
+            };
+            let next_path = cur.path.join(name);
+            match openat(cur.fd.as_fd(), name, dir_flags(), Mode::empty()) {
+                Ok(fd) => {
+                    cur = Dir {
+                        fd,
+                        path: next_path,
+                    }
+                }
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(Errno::ELOOP) => {
+                    return Err(Error::unsafe_path(next_path, "is a symbolic link"))
+                }
+                Err(Errno::ENOTDIR) => {
+                    return Err(Error::unsafe_path(next_path, "is not a directory"))
+                }
+                Err(e) => {
+                    return Err(e).ctx(|| format!("opening directory {}", next_path.display()))
+                }
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    /// Like [`Dir::try_open_dir`], but a missing directory is an error.
+    pub fn open_dir(&self, rel: impl AsRef<Path>) -> Result<Dir> {
+        let rel = rel.as_ref();
+        self.try_open_dir(rel)?.ok_or_else(|| Error::Io {
+            context: format!("opening directory {}", self.path.join(rel).display()),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
+    }
+
+    /// Create the directory `name` here with `mode` (not affected by umask:
+    /// it is set with fchmod on the new descriptor), then open it.
+    /// Fails with `AlreadyExists` if something is there.
+    pub fn create_dir(&self, name: &str, meta: &Meta) -> Result<Dir> {
+        check_name(name)?;
+        let path = self.display(name);
+        mkdirat(self.fd.as_fd(), name, Mode::from_bits_truncate(0o700))
+            .ctx(|| format!("creating directory {}", path.display()))?;
+        let dir = self.open_dir(name)?;
+        fchown(
+            dir.fd.as_fd(),
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .ctx(|| format!("chown {}", path.display()))?;
+        fchmod(dir.fd.as_fd(), Mode::from_bits_truncate(meta.mode))
+            .ctx(|| format!("chmod {}", path.display()))?;
+        Ok(dir)
+    }
+
+    /// Set owner and mode of this directory, through its descriptor.
+    pub fn set_meta(&self, uid: u32, gid: u32, mode: u32) -> Result<()> {
+        fchown(
+            self.fd.as_fd(),
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+        )
+        .ctx(|| format!("chown {}", self.path.display()))?;
+        fchmod(self.fd.as_fd(), Mode::from_bits_truncate(mode))
+            .ctx(|| format!("chmod {}", self.path.display()))
+    }
+
+    /// lstat of `name` (a symlink is reported as a symlink). `None` if absent.
+    pub fn stat_at(&self, name: &str) -> Result<Option<FileStat>> {
+        check_name(name)?;
+        match fstatat(
+            self.fd.as_fd(),
+            name,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => Ok(Some(st)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(e).ctx(|| format!("stat {}", self.display(name).display())),
+        }
+    }
+
+    /// Read the regular file `name`. A symlink, FIFO, device or directory is
+    /// `unsafe_path` (and a FIFO is never blocked on). `None` if absent.
+    pub fn read(&self, name: &str) -> Result<Option<FileData>> {
+        check_name(name)?;
+        let path = self.display(name);
+        let fd = match openat(
+            self.fd.as_fd(),
+            name,
+            OFlag::O_RDONLY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NONBLOCK
+                | OFlag::O_NOCTTY,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(Errno::ELOOP) => return Err(Error::unsafe_path(path, "is a symbolic link")),
+            Err(e) => return Err(e).ctx(|| format!("opening {}", path.display())),
+        };
+        let st = fstat(fd.as_fd()).ctx(|| format!("stat {}", path.display()))?;
+        if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+            return Err(Error::unsafe_path(path, "is not a regular file"));
+        }
+        let meta = Meta::of_fd(fd.as_fd(), &st);
+        let mut bytes = Vec::with_capacity(st.st_size.max(0) as usize);
+        File::from(fd)
+            .read_to_end(&mut bytes)
+            .ctx(|| format!("reading {}", path.display()))?;
+        Ok(Some(FileData {
+            bytes,
+            meta,
+            nlink: st.st_nlink as u64,
+        }))
+    }
+
+    /// Replace (or create) `name` with `data`, atomically and durably:
+    /// temp file here → owner/mode/label → write → fsync → rename → fsync dir.
+    /// A reader sees either the old file or the new one, never a mix, and a
+    /// crash at any point leaves one of the two.
+    pub fn write_atomic(&self, name: &str, data: &[u8], meta: &Meta) -> Result<()> {
+        check_name(name)?;
+        let path = self.display(name);
+        let (tmp_name, fd) = self.create_temp(name)?;
+        let result = (|| {
+            let mut file = File::from(fd);
+            fchown(
+                file.as_fd(),
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+            )
+            .ctx(|| format!("chown temp file for {}", path.display()))?;
+            // After chown: chown clears set-id bits.
+            fchmod(file.as_fd(), Mode::from_bits_truncate(meta.mode))
+                .ctx(|| format!("chmod temp file for {}", path.display()))?;
+            if let Some(label) = &meta.selinux {
+                set_xattr(file.as_fd(), SELINUX_XATTR, label)
+                    .ctx(|| format!("copying the SELinux label to {}", path.display()))?;
+            }
+            file.write_all(data)
+                .ctx(|| format!("writing temp file for {}", path.display()))?;
+            fsync(file.as_fd()).ctx(|| format!("fsync temp file for {}", path.display()))?;
+            renameat(self.fd.as_fd(), tmp_name.as_str(), self.fd.as_fd(), name)
+                .ctx(|| format!("renaming temp file over {}", path.display()))
+        })();
+        if result.is_err() {
+            let _ = unlinkat(
+                self.fd.as_fd(),
+                tmp_name.as_str(),
+                UnlinkatFlags::NoRemoveDir,
+            );
+            return result;
+        }
+        self.sync()
+    }
+
+    /// fsync the directory itself, so that renames and unlinks in it survive
+    /// a crash.
+    pub fn sync(&self) -> Result<()> {
+        fsync(self.fd.as_fd()).ctx(|| format!("fsync directory {}", self.path.display()))
+    }
+
+    /// Remove the file `name` (not a directory). Absent is fine.
+    pub fn remove_file(&self, name: &str) -> Result<bool> {
+        check_name(name)?;
+        match unlinkat(self.fd.as_fd(), name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e).ctx(|| format!("removing {}", self.display(name).display())),
+        }
+    }
+
+    /// Remove the empty directory `name`.
+    pub fn remove_dir(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        unlinkat(self.fd.as_fd(), name, UnlinkatFlags::RemoveDir)
+            .ctx(|| format!("removing directory {}", self.display(name).display()))
+    }
+
+    /// Names in this directory (without `.` and `..`), sorted bytewise.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let fd = openat(self.fd.as_fd(), ".", dir_flags(), Mode::empty())
+            .ctx(|| format!("opening {}", self.path.display()))?;
+        let mut d =
+            nix::dir::Dir::from_fd(fd).ctx(|| format!("listing {}", self.path.display()))?;
+        let mut names = Vec::new();
+        for entry in d.iter() {
+            let entry = entry.ctx(|| format!("listing {}", self.path.display()))?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            // Names that are not UTF-8 are kept out: nothing we manage has one.
+            if let Ok(s) = std::str::from_utf8(name) {
+                names.push(s.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Create a new, empty temp file next to `name`, mode 0600, never
+    /// following or reusing an existing entry.
+    fn create_temp(&self, name: &str) -> Result<(String, OwnedFd)> {
+        for _ in 0..16 {
+            let tmp = format!(".{name}.accessd-{}", random_suffix());
+            match openat(
+                self.fd.as_fd(),
+                tmp.as_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            ) {
+                Ok(fd) => return Ok((tmp, fd)),
+                Err(Errno::EEXIST) => continue,
+                Err(e) => {
+                    return Err(e)
+                        .ctx(|| format!("creating a temp file in {}", self.path.display()))
+                }
+            }
+        }
+        Err(Error::Io {
+            context: format!("creating a temp file in {}", self.path.display()),
+            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        })
+    }
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 6];
+    getrandom::getrandom(&mut b).expect("the OS random number generator failed");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn get_xattr(fd: BorrowedFd<'_>, name: &str) -> Option<Vec<u8>> {
+    let cname = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: buf is valid for buf.len() bytes; fd is an open descriptor.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            cname.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
+
+fn set_xattr(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let cname = CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: value is valid for value.len() bytes; fd is an open descriptor.
+    let rc = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            cname.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc < 0 {
+        let err = std::io::Error::last_os_error();
+        // A filesystem without xattr support cannot carry a label either.
+        if err.raw_os_error() == Some(libc::ENOTSUP) {
+            return Ok(());
+        }
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// For messages: a path as bytes-safe text.
+pub fn show(p: &Path) -> String {
+    String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+
+    #[test]
+    fn write_atomic_sets_owner_mode_and_leaves_no_temp() {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        d.write_atomic("f", b"one\n", &Meta::new(0, 42, 0o640))
+            .unwrap();
+        d.write_atomic("f", b"two\n", &Meta::new(0, 42, 0o640))
+            .unwrap();
+        let md = std::fs::metadata(t.path().join("f")).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o640);
+        assert_eq!(md.gid(), 42);
+        assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"two\n");
+        assert_eq!(d.list().unwrap(), vec!["f".to_string()]);
+    }
+
+    #[test]
+    fn walking_refuses_symlinks_and_dotdot() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("home/alice")).unwrap();
+        symlink("/etc", t.path().join("home/evil")).unwrap();
+        let root = Dir::open(t.path()).unwrap();
+        assert!(root.open_dir("/home/alice").is_ok());
+        let e = root.open_dir("/home/evil").unwrap_err();
+        assert_eq!(e.code(), crate::error::Code::UnsafePath);
+        let e = root.open_dir("home/alice/../evil").unwrap_err();
+        assert_eq!(e.code(), crate::error::Code::UnsafePath);
+        assert!(root.try_open_dir("home/nobody").unwrap().is_none());
+    }
+
+    #[test]
+    fn read_refuses_symlink_and_fifo() {
+        let t = tempfile::tempdir().unwrap();
+        symlink("/etc/passwd", t.path().join("link")).unwrap();
+        nix::unistd::mkfifo(&t.path().join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        assert_eq!(
+            d.read("link").unwrap_err().code(),
+            crate::error::Code::UnsafePath
+        );
+        assert_eq!(
+            d.read("fifo").unwrap_err().code(),
+            crate::error::Code::UnsafePath
+        );
+        assert!(d.read("absent").unwrap().is_none());
+    }
+}

@@ -1,0 +1,23 @@
+//! accessd: verify signed commands from a cloud control plane and apply them to
+//! the login credentials of this instance.
+//!
+//! Map (which module owns what):
+//! - [`sys`]: the seam to the machine — root directory, clock, process runner.
+//! - [`fsx`]: every file access below the root; symlink-safe walking and the one
+//!   atomic-write routine.
+//! - [`error`]: the error type; each variant is one protocol error code.
+//! - [`names`], [`secret`]: validated user names and zeroized passwords.
+//! - [`accounts`]: /etc/passwd, shadow, group, gshadow, subuid, subgid, homes.
+//! - [`ssh`]: authorized_keys files and sshd's effective settings.
+//! - [`config`](crate::config): `accessd.toml`.
+//! - [`engine`]: the signed command path (envelope in, signed result out).
+
+pub mod accounts;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod fsx;
+pub mod names;
+pub mod secret;
+pub mod ssh;
+pub mod sys;
