@@ -68,6 +68,19 @@ pub fn fixture() -> tempfile::TempDir {
     fs::create_dir_all(root.join("etc/sudoers.d")).unwrap();
     fs::create_dir_all(root.join("home")).unwrap();
     fs::set_permissions(root.join("home"), fs::Permissions::from_mode(0o755)).unwrap();
+    // pwck checks that each login shell exists under the root: stand-ins
+    // for every shell the copied passwd and shells files name.
+    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
+    let shells = fs::read_to_string(root.join("etc/shells")).unwrap_or_default();
+    let mut progs: Vec<&str> = passwd.lines().filter_map(|l| l.split(':').nth(6)).collect();
+    progs.extend(shells.lines().filter(|l| l.starts_with('/')));
+    progs.push("/bin/sh");
+    for p in progs.into_iter().filter(|p| p.starts_with('/')) {
+        let dst = root.join(p.trim_start_matches('/'));
+        fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        fs::write(&dst, b"").unwrap();
+        fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).unwrap();
+    }
     t
 }
 
