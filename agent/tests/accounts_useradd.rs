@@ -51,6 +51,14 @@ fn same_result_as_useradd_m() {
     assert_eq!(created.sudo, None);
     assert_no_new_complaints(b.path(), &baseline);
 
+    let rec = accounts::lookup(&sys(b.path()), &user("bob")).unwrap();
+    assert_eq!(
+        (rec.uid, rec.gid, rec.home.as_path()),
+        (created.uid, created.gid, std::path::Path::new("/home/bob"))
+    );
+    let e = accounts::lookup(&sys(b.path()), &user("nobody-such")).unwrap_err();
+    assert_eq!(e.code(), Code::UserNotFound);
+
     let listed = accounts::list_users(&sys(b.path())).unwrap();
     let bob = listed.iter().find(|u| u.record.name == "bob").unwrap();
     assert_eq!(bob.password, PasswordState::Locked);
