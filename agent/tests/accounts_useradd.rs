@@ -214,3 +214,32 @@ fn existing_user_is_user_exists_and_nothing_changes() {
     before.remove(std::path::Path::new("etc/.pwd.lock"));
     assert_eq!(before, after);
 }
+
+#[test]
+fn a_foreign_sudoers_file_of_the_same_name_is_not_overwritten() {
+    if !prerequisites(&[]) {
+        return;
+    }
+    let a = fixture();
+    fs::write(
+        a.path().join("etc/sudoers.d/frank"),
+        b"frank ALL=(ALL) /usr/bin/true\n",
+    )
+    .unwrap();
+    let before = whole_tree(a.path());
+    let e = accounts::create_user(
+        &sys(a.path()),
+        &AccountsConfig::default(),
+        &NewUser {
+            sudo: true,
+            ..spec("frank")
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidCommand, "{e}");
+    let mut after = whole_tree(a.path());
+    after.remove(std::path::Path::new("etc/.pwd.lock"));
+    let mut before = before;
+    before.remove(std::path::Path::new("etc/.pwd.lock"));
+    assert_eq!(before, after);
+}
