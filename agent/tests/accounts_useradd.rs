@@ -243,3 +243,29 @@ fn a_foreign_sudoers_file_of_the_same_name_is_not_overwritten() {
     before.remove(std::path::Path::new("etc/.pwd.lock"));
     assert_eq!(before, after);
 }
+
+#[test]
+fn same_result_as_useradd_m_without_user_groups_and_with_home_mode() {
+    if !prerequisites(&["useradd"]) {
+        return;
+    }
+    let a = fixture();
+    let defs = fs::read_to_string(a.path().join("etc/login.defs")).unwrap();
+    let defs: String = defs
+        .lines()
+        .filter(|l| !l.starts_with("USERGROUPS_ENAB") && !l.starts_with("HOME_MODE"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        + "USERGROUPS_ENAB no\nHOME_MODE 0750\n";
+    fs::write(a.path().join("etc/login.defs"), defs).unwrap();
+    let b = clone_tree(a.path());
+
+    useradd(a.path(), &["-m", "gina"]);
+    let c =
+        accounts::create_user(&sys(b.path()), &AccountsConfig::default(), &spec("gina")).unwrap();
+    assert_eq!(snapshot(a.path(), true), snapshot(b.path(), true));
+    assert_eq!(home_tree(a.path(), "gina"), home_tree(b.path(), "gina"));
+    assert_eq!(c.gid, 100);
+    let md = fs::metadata(b.path().join("home/gina")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o750);
+}

@@ -43,9 +43,8 @@ pub fn create(
         "{}/{name}",
         dflt.get("HOME").unwrap_or("/home").trim_end_matches('/')
     ));
-    let usergroups = defs
-        .get("USERGROUPS_ENAB")
-        .is_none_or(|_| defs.yes("USERGROUPS_ENAB"));
+    // getdef_bool: unset is "no" (Debian's login.defs says yes).
+    let usergroups = defs.yes("USERGROUPS_ENAB");
     let today = lastchg(sys);
 
     // useradd's lock order: passwd, subuid, subgid, group, gshadow, shadow.
