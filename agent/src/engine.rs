@@ -208,6 +208,14 @@ impl Engine {
             Err(e) => (e.code(), e.to_string(), json!({})),
         };
         let status = status_of(code);
+        // The daemon writes the audit record from `Handled`; this is the
+        // step-by-step trace. Messages never carry a secret (see error.rs).
+        tracing::debug!(
+            id = out.id.as_deref().unwrap_or("-"),
+            op = out.op.as_deref().unwrap_or("-"),
+            code = code.as_str(),
+            "result: {message}"
+        );
         let payload = ResultPayload {
             v: 1,
             id: out.id.clone(),
@@ -246,8 +254,13 @@ impl Engine {
                 self.cfg.max_envelope_bytes
             )));
         }
-        let (_keyid, payload) = Envelope::parse(bytes)?.verify(COMMAND_TYPE, &self.trusted)?;
+        let (keyid, payload) = Envelope::parse(bytes)?.verify(COMMAND_TYPE, &self.trusted)?;
         (out.id, out.op) = command::peek(&payload);
+        tracing::debug!(
+            keyid,
+            id = out.id.as_deref().unwrap_or("-"),
+            "signature verified"
+        );
         let cmd = command::parse(&payload)?;
         out.user = cmd.op.target_user().map(|u| u.to_string());
         self.check_instance_and_times(&cmd)?;
