@@ -92,6 +92,9 @@ impl Engine {
     /// store, and be ready to handle envelopes.
     pub fn new(cfg: Config, sys: System) -> Result<Engine> {
         let trusted = cfg.trusted_keys().map_err(Error::invalid)?;
+        if trusted.is_empty() {
+            tracing::warn!("no [trust] key is configured: every command will be refused");
+        }
         let state = open_state_dir(&sys.state_dir)?;
         let identity = Identity::load_or_create(&state)?;
         let replay = ReplayStore::open(&state)?;
