@@ -291,17 +291,6 @@ impl Engine {
         }
         let now = self.sys.clock.now();
         let skew = Duration::from_secs(self.cfg.clock_skew_secs);
-        let ttl = cmd
-            .expires_at
-            .duration_since(cmd.issued_at)
-            .map_err(|_| Error::invalid("expires_at is before issued_at"))?;
-        if ttl > Duration::from_secs(self.cfg.max_ttl_secs) {
-            return Err(Error::invalid(format!(
-                "validity window of {}s is over the maximum of {}s",
-                ttl.as_secs(),
-                self.cfg.max_ttl_secs
-            )));
-        }
         if cmd.issued_at > now + skew {
             return Err(Error::NotYetValid(format!(
                 "issued_at {} is after now ({}) plus {}s of tolerated skew",
@@ -316,6 +305,19 @@ impl Engine {
                 format_time(cmd.expires_at),
                 format_time(now),
                 skew.as_secs()
+            )));
+        }
+        // A long window would make a leaked command useful for long, and
+        // would keep its id in the replay record as long.
+        let ttl = cmd
+            .expires_at
+            .duration_since(cmd.issued_at)
+            .map_err(|_| Error::invalid("expires_at is before issued_at"))?;
+        if ttl > Duration::from_secs(self.cfg.max_ttl_secs) {
+            return Err(Error::invalid(format!(
+                "validity window of {}s is over the maximum of {}s",
+                ttl.as_secs(),
+                self.cfg.max_ttl_secs
             )));
         }
         Ok(())
