@@ -646,3 +646,34 @@ fn replay_is_refused_across_process_restarts() {
     assert_eq!(second.id.as_deref(), Some("c-proc"));
     assert_unchanged(&before, &rig.snapshot(), "replayed in a new process");
 }
+
+#[test]
+fn reconfigure_rotates_the_trusted_keys() {
+    let Some(rig) = rig() else { return };
+    let mut e = rig.engine();
+    let new_key = SigningKey::from_bytes(&[8; 32]);
+    let mut cfg = rig.config();
+    cfg.trust.clear();
+    cfg.trust.insert(
+        "console-2027".into(),
+        encode_b64(new_key.verifying_key().as_bytes()),
+    );
+    e.reconfigure(cfg.clone());
+    let old = e.handle(&rig.signed("c-old", "inventory", Value::Null));
+    assert_eq!(old.code, Code::UnknownKey);
+    let new = e.handle(
+        rig.spec("c-new", "inventory", Value::Null)
+            .sign(&new_key, "console-2027")
+            .as_bytes(),
+    );
+    assert_eq!(new.code, Code::Ok, "{}", new.message);
+    // A configuration with an undecodable key is not taken.
+    cfg.trust.insert("broken".into(), "AAAA".into());
+    e.reconfigure(cfg);
+    let still = e.handle(
+        rig.spec("c-new2", "inventory", Value::Null)
+            .sign(&new_key, "console-2027")
+            .as_bytes(),
+    );
+    assert_eq!(still.code, Code::Ok, "{}", still.message);
+}
