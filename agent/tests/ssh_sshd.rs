@@ -590,9 +590,17 @@ fn live(runner: Arc<dyn Runner>) -> System {
     System::new("/", "/nonexistent-state").with_runner(runner)
 }
 
+/// (case, `systemctl show` answers, reload fails, commands run or error text)
+type RestartCase<'a> = (
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    bool,
+    Result<&'a [&'a str], &'a str>,
+);
+
 #[test]
 fn restart_detects_the_unit_and_never_reaches_the_real_systemctl() {
-    let cases: &[(&str, &[(&str, &str)], bool, Result<&[&str], &str>)] = &[
+    let cases: &[RestartCase] = &[
         (
             "Debian/Ubuntu: ssh.service",
             &[(

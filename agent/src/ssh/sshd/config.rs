@@ -43,9 +43,7 @@ pub fn directive(line: &[u8]) -> Option<Directive> {
         return None;
     }
     let s = s.trim_end_matches([' ', '\t', '\r', '\n', '\x0c']);
-    let kw_end = s
-        .find(|c: char| c == ' ' || c == '\t' || c == '=')
-        .unwrap_or(s.len());
+    let kw_end = s.find([' ', '\t', '=']).unwrap_or(s.len());
     let keyword = s[..kw_end].to_ascii_lowercase();
     let mut rest = s[kw_end..].trim_start_matches([' ', '\t']);
     // strdelim allows one '=' between keyword and value.
