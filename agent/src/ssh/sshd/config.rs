@@ -422,7 +422,17 @@ impl Config {
             let mut trial = self.clone();
             let old = &trial.files[e.file].lines[e.line];
             let eol = if old.ends_with(b"\n") { "\n" } else { "" };
-            trial.files[e.file].lines[e.line] = format!("{keyword} {value}{eol}").into_bytes();
+            // Keep the keyword as written: before OpenSSH 8.7 an alias such
+            // as ChallengeResponseAuthentication was a separate option, so
+            // renaming the line could change what it means.
+            let text = String::from_utf8_lossy(old);
+            let written = text
+                .trim_start_matches([' ', '\t'])
+                .split([' ', '\t', '=', '\r', '\n'])
+                .next()
+                .unwrap_or(keyword)
+                .to_owned();
+            trial.files[e.file].lines[e.line] = format!("{written} {value}{eol}").into_bytes();
             if works(&trial) {
                 *self = trial;
                 return Ok(());
@@ -639,7 +649,7 @@ mod tests {
         c.set("PasswordAuthentication", &[], "no", None).unwrap();
         assert_eq!(
             c.files[0].render(),
-            b"PasswordAuthentication no\nPasswordAuthentication no\n"
+            b"passwordauthentication no\nPasswordAuthentication no\n"
         );
     }
 
