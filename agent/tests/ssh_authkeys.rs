@@ -206,6 +206,20 @@ fn fingerprints_and_bits_equal_ssh_keygen_for_every_accepted_type() {
     let dsa = key(&lines[6]);
     assert_eq!(dsa.warnings().len(), 1);
     assert!(key(&lines[0]).warnings().is_empty());
+
+    // Every accepted type is written, listed and found by ssh-keygen.
+    let mut all: Vec<KeyLine> = lines.iter().map(|l| key(l)).collect();
+    all.push(key(&sk_ed));
+    all.push(key(&sk_ec));
+    let out = add_keys(&env.sys, &user("alice"), &all).unwrap();
+    assert_eq!(out.added, all.len());
+    assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+    let listed: Vec<(u32, String)> = list_keys(&env.sys, &user("alice"))
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.bits, k.fingerprint))
+        .collect();
+    assert_eq!(listed, keygen_l(&env.ak("alice")));
 }
 
 #[test]

@@ -278,6 +278,30 @@ fn layouts() -> Vec<Layout> {
             created: &[DROPIN],
         },
         Layout {
+            name: "a drop-in that sorts before ours sets the value",
+            files: vec![
+                (main, debian_default()),
+                ("/etc/ssh/sshd_config.d/00-aaa.conf", "PasswordAuthentication yes\n".into()),
+                (
+                    "/etc/ssh/sshd_config.d/50-cloud-init.conf",
+                    "PasswordAuthentication yes\n".into(),
+                ),
+            ],
+            change: all_three(),
+            changed: &["/etc/ssh/sshd_config.d/00-aaa.conf"],
+            created: &[DROPIN],
+        },
+        Layout {
+            name: "old ChallengeResponseAuthentication alias with UsePAM",
+            files: vec![(
+                main,
+                "UsePAM yes\nChallengeResponseAuthentication yes\nPasswordAuthentication yes\n".into(),
+            )],
+            change: all_three(),
+            changed: &[MAIN],
+            created: &[],
+        },
+        Layout {
             name: "no Include at all (RHEL 8 / Alibaba Cloud Linux 3, OpenSSH 8.0)",
             files: vec![(
                 main,
