@@ -475,6 +475,14 @@ fn hostile_homes_are_refused_and_targets_unchanged() {
             fs::write(home.join(".ssh/authorized_keys"), "bob's\n").unwrap();
             home.join(".ssh/authorized_keys")
         }),
+        ("authorized_keys is a huge sparse file", |_root, home| {
+            fs::create_dir(home.join(".ssh")).unwrap();
+            chown_alice(&home.join(".ssh"));
+            let p = home.join(".ssh/authorized_keys");
+            fs::File::create(&p).unwrap().set_len(16 << 20).unwrap();
+            chown_alice(&p);
+            p
+        }),
         ("~ itself is a symlink", |root, home| {
             fs::remove_dir(home).unwrap();
             let target = root.join("etc");
