@@ -740,3 +740,47 @@ fn not_live_never_restarts() {
     assert!(msg.contains("no service restarted"), "{msg}");
     assert!(runner.log.lock().unwrap().is_empty());
 }
+
+#[test]
+fn second_backup_is_timestamped_and_first_is_kept() {
+    if !ready() {
+        return;
+    }
+    let mut env = Env::new(
+        &[(
+            "/etc/ssh/sshd_config",
+            "PasswordAuthentication yes\nUsePAM no\n".into(),
+        )],
+        true,
+        true,
+    );
+    // 2026-11-29T20:00:00Z
+    env.sys = env
+        .sys
+        .clone()
+        .with_clock(Arc::new(accessd::sys::FixedClock::at_unix(1_795_982_400)));
+    let main = env.p("/etc/ssh/sshd_config");
+    let original = fs::read(&main).unwrap();
+    let off = SshdChange {
+        password_authentication: Some(false),
+        ..Default::default()
+    };
+    set_sshd(&env.sys, &SshdOptions::default(), &off, false).unwrap();
+    let after_first = fs::read(&main).unwrap();
+    let on = SshdChange {
+        password_authentication: Some(true),
+        ..Default::default()
+    };
+    let out = set_sshd(&env.sys, &SshdOptions::default(), &on, false).unwrap();
+    let stamped = env.p("/etc/ssh/sshd_config.bak.20261129T200000Z");
+    assert_eq!(
+        out.backups,
+        vec![PathBuf::from("/etc/ssh/sshd_config.bak.20261129T200000Z")]
+    );
+    assert_eq!(
+        fs::read(env.p("/etc/ssh/sshd_config.bak")).unwrap(),
+        original
+    );
+    assert_eq!(fs::read(stamped).unwrap(), after_first);
+    assert_eq!(env.sshd_t()["passwordauthentication"], "yes");
+}
