@@ -11,12 +11,17 @@
 //! - [`ssh`]: authorized_keys files and sshd's effective settings.
 //! - [`config`](crate::config): `accessd.toml`.
 //! - [`engine`]: the signed command path (envelope in, signed result out).
+//! - [`daemon`]: `<state_dir>/inbox` → engine → `<state_dir>/outbox`, signals, systemd.
+//! - [`logging`]: stderr or journald, and the audit events (`MESSAGE_ID`s).
 
 pub mod accounts;
 pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod fsx;
+pub mod logging;
 pub mod names;
 pub mod secret;
 pub mod ssh;
