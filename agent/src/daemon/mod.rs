@@ -347,3 +347,6 @@ pub fn staged_result_name(h: &Handled, index: usize) -> String {
 pub fn state_paths(state_dir: &Path) -> (PathBuf, PathBuf) {
     (state_dir.join("inbox"), state_dir.join("outbox"))
 }
+
+#[cfg(test)]
+mod tests;
