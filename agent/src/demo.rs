@@ -8,21 +8,20 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::daemon::{self, Control, Spool};
 use crate::engine::Engine;
 use crate::error::{Error, IoContext, Result};
+use crate::protocol::client::{sealed_password, verify_result, CommandSpec};
 use crate::sys::System;
 
-const COMMAND_TYPE: &str = "application/vnd.accessd.command.v1+json";
-const RESULT_TYPE: &str = "application/vnd.accessd.result.v1+json";
 const INSTANCE: &str = "i-demo";
 const USER: &str = "alice";
 
@@ -119,13 +118,7 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
         "{} alice@laptop",
         ssh_ed25519_line(&user_key.verifying_key())
     );
-    let sealed = {
-        let x = crypto_box::PublicKey::from_bytes(agent_key.to_montgomery().to_bytes());
-        let ct = x
-            .seal(&mut rand_core::OsRng, b"Demo-Passw0rd!")
-            .map_err(|_| Error::invalid("sealing the demo password"))?;
-        B64.encode(ct)
-    };
+    let sealed = sealed_password(&agent_key, b"Demo-Passw0rd!");
 
     let steps: Vec<(&str, &str, Value)> = vec![
         (
@@ -141,7 +134,7 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
         (
             "set a password (sealed to the agent's key)",
             "set_password",
-            json!({"user": USER, "password": {"sealed": sealed}}),
+            json!({"user": USER, "password": sealed}),
         ),
         (
             "turn PasswordAuthentication off",
@@ -152,7 +145,11 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
     let mut last_env = Vec::new();
     for (n, (what, op, args)) in steps.into_iter().enumerate() {
         let id = format!("demo-{}-{op}", n + 1);
-        let env = sign_command(&cp, &id, op, args)?;
+        let spec = CommandSpec {
+            id: id.clone(),
+            ..CommandSpec::new(INSTANCE, op, args, Duration::from_secs(600))
+        };
+        let env = spec.sign(&cp, "demo-console").into_bytes();
         w(out, format!("→ {what}: {op} (command {id})\n"))?;
         let result = send(&state, &format!("{:04}-{op}.json", n + 1), &env)?;
         w(out, format!("  ← {}\n", describe(&result, &agent_key)?))?;
@@ -216,34 +213,6 @@ fn build_root(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A DSSE command envelope signed by the control-plane key (PROTOCOL §2–3).
-fn sign_command(key: &SigningKey, id: &str, op: &str, args: Value) -> Result<Vec<u8>> {
-    let now = SystemTime::now();
-    let payload = json!({
-        "v": 1,
-        "id": id,
-        "instance_id": INSTANCE,
-        "issued_at": humantime::format_rfc3339_seconds(now).to_string(),
-        "expires_at": humantime::format_rfc3339_seconds(now + Duration::from_secs(600)).to_string(),
-        "op": op,
-        "args": args,
-    });
-    let body = serde_json::to_vec(&payload).map_err(|e| Error::invalid(e.to_string()))?;
-    let sig = key.sign(&pae(COMMAND_TYPE, &body));
-    let env = json!({
-        "payloadType": COMMAND_TYPE,
-        "payload": B64.encode(&body),
-        "signatures": [{"keyid": "demo-console", "sig": B64.encode(sig.to_bytes())}],
-    });
-    serde_json::to_vec(&env).map_err(|e| Error::invalid(e.to_string()))
-}
-
-fn pae(ty: &str, body: &[u8]) -> Vec<u8> {
-    let mut v = format!("DSSEv1 {} {} {} ", ty.len(), ty, body.len()).into_bytes();
-    v.extend_from_slice(body);
-    v
-}
-
 /// Drop `env` in the inbox the way the protocol says (hidden name, then
 /// rename) and wait for its answer in the outbox.
 fn send(state: &Path, name: &str, env: &[u8]) -> Result<Vec<u8>> {
@@ -265,31 +234,15 @@ fn send(state: &Path, name: &str, env: &[u8]) -> Result<Vec<u8>> {
 
 /// Verify a result envelope with the agent's key and summarise it.
 fn describe(result: &[u8], agent: &VerifyingKey) -> Result<String> {
-    let bad = |m: &str| Error::invalid(format!("result envelope: {m}"));
-    let env: Value = serde_json::from_slice(result).map_err(|_| bad("not JSON"))?;
-    if env["payloadType"] != RESULT_TYPE {
-        return Err(bad("wrong payloadType"));
-    }
-    let body = B64
-        .decode(env["payload"].as_str().ok_or_else(|| bad("no payload"))?)
-        .map_err(|_| bad("payload not base64"))?;
-    let sig = B64
-        .decode(
-            env["signatures"][0]["sig"]
-                .as_str()
-                .ok_or_else(|| bad("no signature"))?,
-        )
-        .map_err(|_| bad("signature not base64"))?;
-    let sig = ed25519_dalek::Signature::from_slice(&sig).map_err(|_| bad("signature length"))?;
-    agent
-        .verify(&pae(RESULT_TYPE, &body), &sig)
-        .map_err(|_| bad("signature does not verify"))?;
-    let p: Value = serde_json::from_slice(&body).map_err(|_| bad("payload not JSON"))?;
+    let p = verify_result(agent, result)?;
     Ok(format!(
         "signature verified; status {}, code {}: {}",
-        p["status"].as_str().unwrap_or("?"),
-        p["code"].as_str().unwrap_or("?"),
-        p["message"].as_str().unwrap_or("")
+        serde_json::to_value(p.status)
+            .unwrap_or_default()
+            .as_str()
+            .unwrap_or("?"),
+        p.code.as_str(),
+        p.message
     ))
 }
 
@@ -333,14 +286,16 @@ fn show_changes(out: &mut dyn Write, root: &Path) -> Result<()> {
     for line in read(&ak).lines() {
         w(format!("  /{ak}: {line}\n"))?;
     }
-    let mut dropins: Vec<_> = std::fs::read_dir(root.join("etc/ssh/sshd_config.d"))
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    dropins.sort();
-    for p in dropins {
-        let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
-        for line in std::fs::read_to_string(&p).unwrap_or_default().lines() {
-            w(format!("  /{rel}: {line}\n"))?;
+    for dir in ["etc/sudoers.d", "etc/ssh/sshd_config.d"] {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(dir))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        for p in files {
+            let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
+            for line in std::fs::read_to_string(&p).unwrap_or_default().lines() {
+                w(format!("  /{rel}: {line}\n"))?;
+            }
         }
     }
     for line in read("etc/ssh/sshd_config")
