@@ -240,8 +240,10 @@ expect_eq "$bad" "" "systemd-analyze verify output"
 section "accessd identity in a chroot (key created on first use, 0600)"
 pub1=$(chroot "$R" /usr/bin/accessd identity --config /etc/accessd/accessd.toml) || fail "accessd identity (first)"
 expect_match "$pub1" '^[A-Za-z0-9+/]{43}=$' "identity prints a base64 Ed25519 public key"
-key_files=$(cd "$R/var/lib/accessd" && find . -type f -newer "$R/etc/accessd/accessd.toml" -printf '%m %u %p\n')
-expect_match "$key_files" '^600 root ./identity.key$' "identity key file 0600 root"
+state_files=$(cd "$R/var/lib/accessd" && find . -mindepth 1 -printf '%m %u %p\n')
+expect_match "$state_files" '^600 root ./identity.key$' "identity key file 0600 root"
+# Whatever else the agent keeps there is root's alone too.
+expect_no_match "$(printf '%s\n' "$state_files" | awk '{ print substr($1, length($1) - 1) }')" '[^0]' "state files closed to group and others"
 expect_eq "$(stat -c %a "$R/var/lib/accessd")" "700" "state dir still 0700"
 pub2=$(chroot "$R" /usr/bin/accessd identity --config /etc/accessd/accessd.toml)
 expect_eq "$pub2" "$pub1" "identity is stable"
