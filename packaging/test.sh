@@ -353,5 +353,12 @@ rpm_root -e accessd
 expect_eq "$(calls "$R")" "stop accessd.service accessd-boot.service
 --no-reload disable accessd.service accessd-boot.service
 daemon-reload" "rpm erase: stop, disable, reload"
+# RPM has no purge: a changed config is set aside, the state dir stays.
+cmp -s "$R/etc/accessd/accessd.toml.rpmsave" "$tmp/changed-rpm.toml" || fail "rpm erase: changed config not kept as .rpmsave"
+ok
+for f in /usr/bin/accessd /usr/bin/accessctl /usr/lib/systemd/system/accessd.service /usr/lib/systemd/system/accessd-boot.service /etc/accessd/accessd.toml; do
+  [ ! -e "$R$f" ] || fail "rpm erase left $f"
+  ok
+done
 
 echo "packaging/test.sh: $checks checks passed"
