@@ -6,20 +6,21 @@
 # --version overrides the package version (default: the crate's, from
 #   Cargo.toml); the .deb gets Debian revision "-1" appended. The install test
 #   uses it to build an older package to upgrade from.
-# --out puts both packages in DIR (default: target/packages). The paths of the
-#   two packages are printed last, one per line: .deb first, then .rpm.
+# --out puts both packages in DIR (default: target/packages).
+# Standard output is exactly the two packages' paths, .deb first, then .rpm;
+# progress goes to standard error.
 #
 # cargo-deb and cargo-generate-rpm are installed with `cargo install --locked`
 # at the pinned versions when missing (they land in ~/.cargo/bin, which CI
-# caches), so a fresh machine needs only the Rust toolchain and dpkg.
+# caches), so a fresh machine needs only the Rust toolchain and dpkg-dev
+# (dpkg-shlibdeps computes the .deb's library dependencies).
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 CARGO_DEB_VERSION=3.8.0
 CARGO_GENERATE_RPM_VERSION=0.21.1
 
 version=""
-out=target/packages
+out="$(dirname "$0")/../target/packages"
 while [ $# -gt 0 ]; do
   case "$1" in
     --version) version="${2:?--version needs a value}"; shift 2 ;;
@@ -27,6 +28,8 @@ while [ $# -gt 0 ]; do
     *) echo "build.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
+out=$(realpath -m -- "$out")   # relative to the caller's directory, not the repo's
+cd "$(dirname "$0")/.."
 
 # Installs $1 at version $2 unless `cargo $3 --version` already reports it.
 ensure_tool() {
@@ -63,7 +66,7 @@ awk '
   { print }
 ' config/accessd.toml > "$target_dir/release/accessd.toml"
 
-cargo build --release --locked -p accessd --bins
+cargo build --release --locked -p accessd --bins >&2
 
 mkdir -p "$out"
 deb_args=(--no-build --package accessd --output "$out")
@@ -72,7 +75,7 @@ if [ -n "$version" ]; then
   deb_args+=(--deb-version "$version-1")
   rpm_args+=(--set-metadata "version = \"$version\"")
 fi
-# Quiet: the last two lines of stdout are the packages' paths.
+# cargo deb prints the package's path as its last line.
 deb=$(cargo deb "${deb_args[@]}" | tail -n 1)
 crate_version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 rpm="$out/accessd-${version:-$crate_version}-1.$(uname -m).rpm"
