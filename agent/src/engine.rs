@@ -92,6 +92,9 @@ impl Engine {
     /// store, and be ready to handle envelopes.
     pub fn new(cfg: Config, sys: System) -> Result<Engine> {
         let trusted = cfg.trusted_keys().map_err(Error::invalid)?;
+        if trusted.is_empty() {
+            tracing::warn!("no [trust] key is configured: every command will be refused");
+        }
         let state = open_state_dir(&sys.state_dir)?;
         let identity = Identity::load_or_create(&state)?;
         let replay = ReplayStore::open(&state)?;
@@ -208,6 +211,14 @@ impl Engine {
             Err(e) => (e.code(), e.to_string(), json!({})),
         };
         let status = status_of(code);
+        // The daemon writes the audit record from `Handled`; this is the
+        // step-by-step trace. Messages never carry a secret (see error.rs).
+        tracing::debug!(
+            id = out.id.as_deref().unwrap_or("-"),
+            op = out.op.as_deref().unwrap_or("-"),
+            code = code.as_str(),
+            "result: {message}"
+        );
         let payload = ResultPayload {
             v: 1,
             id: out.id.clone(),
@@ -246,8 +257,13 @@ impl Engine {
                 self.cfg.max_envelope_bytes
             )));
         }
-        let (_keyid, payload) = Envelope::parse(bytes)?.verify(COMMAND_TYPE, &self.trusted)?;
+        let (keyid, payload) = Envelope::parse(bytes)?.verify(COMMAND_TYPE, &self.trusted)?;
         (out.id, out.op) = command::peek(&payload);
+        tracing::debug!(
+            keyid,
+            id = out.id.as_deref().unwrap_or("-"),
+            "signature verified"
+        );
         let cmd = command::parse(&payload)?;
         out.user = cmd.op.target_user().map(|u| u.to_string());
         self.check_instance_and_times(&cmd)?;
@@ -275,17 +291,6 @@ impl Engine {
         }
         let now = self.sys.clock.now();
         let skew = Duration::from_secs(self.cfg.clock_skew_secs);
-        let ttl = cmd
-            .expires_at
-            .duration_since(cmd.issued_at)
-            .map_err(|_| Error::invalid("expires_at is before issued_at"))?;
-        if ttl > Duration::from_secs(self.cfg.max_ttl_secs) {
-            return Err(Error::invalid(format!(
-                "validity window of {}s is over the maximum of {}s",
-                ttl.as_secs(),
-                self.cfg.max_ttl_secs
-            )));
-        }
         if cmd.issued_at > now + skew {
             return Err(Error::NotYetValid(format!(
                 "issued_at {} is after now ({}) plus {}s of tolerated skew",
@@ -300,6 +305,19 @@ impl Engine {
                 format_time(cmd.expires_at),
                 format_time(now),
                 skew.as_secs()
+            )));
+        }
+        // A long window would make a leaked command useful for long, and
+        // would keep its id in the replay record as long.
+        let ttl = cmd
+            .expires_at
+            .duration_since(cmd.issued_at)
+            .map_err(|_| Error::invalid("expires_at is before issued_at"))?;
+        if ttl > Duration::from_secs(self.cfg.max_ttl_secs) {
+            return Err(Error::invalid(format!(
+                "validity window of {}s is over the maximum of {}s",
+                ttl.as_secs(),
+                self.cfg.max_ttl_secs
             )));
         }
         Ok(())
