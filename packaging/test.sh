@@ -247,11 +247,13 @@ expect_no_match "$(printf '%s\n' "$state_files" | awk '{ print substr($1, length
 expect_eq "$(stat -c %a "$R/var/lib/accessd")" "700" "state dir still 0700"
 pub2=$(chroot "$R" /usr/bin/accessd identity --config /etc/accessd/accessd.toml)
 expect_eq "$pub2" "$pub1" "identity is stable"
-# The image-builder reset documented in docs/install.md.
-rm -f "$R/var/lib/accessd/identity.key"
-pub3=$(chroot "$R" /usr/bin/accessd identity --config /etc/accessd/accessd.toml)
+# The image-builder reset documented in docs/install.md: delete the state dir.
+rm -rf "$R/var/lib/accessd"
+pub3=$(chroot "$R" /usr/bin/accessd identity --config /etc/accessd/accessd.toml) || fail "accessd identity after reset"
 [ "$pub3" != "$pub1" ] || fail "a reset identity must be a new key"
 ok
+expect_eq "$(mode_owner "$R/var/lib/accessd")" "700 root:root" "state dir made again 0700 after reset"
+expect_eq "$(stat -c '%a %U' "$R/var/lib/accessd/identity.key")" "600 root" "new identity key 0600"
 
 section "upgrade to $(basename "$deb") keeps a changed config, the key and an admin's disable"
 printf '\n# changed by the administrator\n' >>"$R/etc/accessd/accessd.toml"
