@@ -1361,12 +1361,7 @@ impl Sandbox {
             restart.display()
         );
         self.write(AGENT_CONFIG, &config, 0o600);
-        let out = self.run(&[
-            &accessd_bin().to_string_lossy(),
-            "identity",
-            "--config",
-            AGENT_CONFIG,
-        ]);
+        let out = self.run(&[&self.accessd_inside(), "identity", "--config", AGENT_CONFIG]);
         assert!(
             out.ok(),
             "accessd identity failed: {}{}",
@@ -1394,7 +1389,7 @@ impl Sandbox {
             .arg("-t")
             .arg(self.pid.to_string())
             .args(["-m", "-w", "--"])
-            .arg(accessd_bin())
+            .arg(self.accessd_inside())
             .args(["--config", AGENT_CONFIG])
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
@@ -1479,10 +1474,27 @@ impl Sandbox {
     /// `accessd apply-staged` inside the namespace (what the boot unit runs).
     pub fn apply_staged(&self) -> Out {
         self.run(&[
-            &accessd_bin().to_string_lossy(),
+            &self.accessd_inside(),
             "apply-staged",
             "--config",
             AGENT_CONFIG,
         ])
+    }
+
+    /// The accessd binary as the namespace sees it. A target directory under
+    /// one of the masked paths (say /root/target) is hidden by the throwaway
+    /// mounts, so the binary is copied into the sandbox then.
+    pub fn accessd_inside(&self) -> String {
+        let bin = accessd_bin();
+        let masked = ["/etc", "/home", "/root", "/run", "/var/log", "/var/mail"];
+        if !masked.iter().any(|m| bin.starts_with(m)) {
+            return bin.to_string_lossy().into_owned();
+        }
+        let copy = self.dir.path().join("bin/accessd");
+        if !copy.exists() {
+            fs::copy(&bin, &copy)
+                .unwrap_or_else(|e| panic!("copy {} into the sandbox: {e}", bin.display()));
+        }
+        copy.to_string_lossy().into_owned()
     }
 }
