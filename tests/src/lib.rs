@@ -313,6 +313,18 @@ impl HostSnapshot {
         HostSnapshot(map)
     }
 
+    /// Every file under `dir` (an absolute path) as seen under `root`:
+    /// for "nothing in /etc changed" checks.
+    pub fn tree_under(root: &Path, dir: &str) -> HostSnapshot {
+        let mut map = BTreeMap::new();
+        record_tree(
+            &mut map,
+            Path::new(dir),
+            &root.join(dir.trim_start_matches('/')),
+        );
+        HostSnapshot(map)
+    }
+
     /// Human-readable differences (empty when equal).
     pub fn diff(&self, later: &HostSnapshot) -> Vec<String> {
         let mut out = Vec::new();
@@ -820,7 +832,9 @@ impl Sandbox {
                 "-o",
                 "PubkeyAuthentication=no",
                 "-o",
-                "PreferredAuthentications=password",
+                // Both ways sshd accepts a password, so that "password
+                // logins are off" is tested against either.
+                "PreferredAuthentications=password,keyboard-interactive",
                 "-o",
                 "NumberOfPasswordPrompts=1",
                 &format!("{user}@127.0.0.1"),
@@ -1425,6 +1439,20 @@ impl Sandbox {
         );
     }
 
+    /// Stop the daemon (SIGTERM), as at shutdown.
+    pub fn stop_agent(&mut self) {
+        self.agent
+            .as_mut()
+            .expect("call Sandbox::start_agent first")
+            .stop();
+    }
+
+    /// Start the daemon again after [`Sandbox::stop_agent`].
+    pub fn resume_agent(&mut self) {
+        assert!(self.agent().daemon.is_none(), "the daemon is running");
+        self.start_daemon();
+    }
+
     /// Stop the daemon (SIGTERM) and start it again, same config and state.
     pub fn restart_agent(&mut self) {
         self.agent
@@ -1496,5 +1524,62 @@ impl Sandbox {
                 .unwrap_or_else(|e| panic!("copy {} into the sandbox: {e}", bin.display()));
         }
         copy.to_string_lossy().into_owned()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Time.
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs() as i64
+}
+
+/// Days since the epoch, as shadow's lastchg counts them.
+pub fn days_since_epoch() -> i64 {
+    unix_now().div_euclid(86_400)
+}
+
+/// RFC 3339 UTC time `offset` seconds from now (`2026-11-29T18:00:00Z`).
+pub fn rfc3339_from_now(offset: i64) -> String {
+    let t = unix_now() + offset;
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_date() {
+        let ours = rfc3339_from_now(0);
+        let date = host_ok(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]);
+        // The two clocks may straddle a second; compare to the minute.
+        assert_eq!(ours[..16], date.trim()[..16]);
+    }
+
+    #[test]
+    fn fingerprint_tells_contents_apart() {
+        assert_ne!(fingerprint(b"root:x:0:0"), fingerprint(b"root:x:0:1"));
+        assert_eq!(fingerprint(b"same"), fingerprint(b"same"));
     }
 }
