@@ -11,13 +11,21 @@
 //! - [`ssh`]: authorized_keys files and sshd's effective settings.
 //! - [`config`](crate::config): `accessd.toml`.
 //! - [`engine`]: the signed command path (envelope in, signed result out).
+//! - [`protocol`]: DSSE envelopes, typed commands, results, and the client half.
+//! - [`identity`], [`replay`], [`staging`]: the agent's state directory.
+//! - [`inventory`]: the `inventory` op's report.
 
 pub mod accounts;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod fsx;
+pub mod identity;
+pub mod inventory;
 pub mod names;
+pub mod protocol;
+pub mod replay;
 pub mod secret;
 pub mod ssh;
+pub mod staging;
 pub mod sys;
