@@ -45,8 +45,16 @@ fn admin_creates_a_sudo_user_with_a_home_from_skel() {
     let Some(mut sb) = sandbox() else { return };
     sb.start_agent();
 
+    let password = "Ex4mple-Passw0rd!";
     sb.cmd("create_user")
         .user("exampleuser")
+        .args(["--sudo"])
+        .password(password)
+        .send()
+        .assert_ok();
+    // Key-only admins (no password to answer sudo's prompt) and plain users.
+    sb.cmd("create_user")
+        .user("keyadmin")
         .args(["--sudo"])
         .send()
         .assert_ok();
@@ -60,12 +68,12 @@ fn admin_creates_a_sudo_user_with_a_home_from_skel() {
     assert!(uid >= 1000, "a regular uid from login.defs, got {uid}");
     let group = sb.group_entry("exampleuser").expect("a user private group");
     assert_eq!(group[2], pw[3], "the private group is the primary group");
-    let shadow = sb
-        .shadow_entry("exampleuser")
-        .expect("exampleuser in /etc/shadow");
+    let shadow = sb.shadow_entry("exampleuser").expect("in /etc/shadow");
+    assert!(shadow[1].starts_with("$6$"), "the password is set");
+    let locked = sb.shadow_entry("plainuser").expect("in /etc/shadow");
     assert!(
-        shadow[1].starts_with('!'),
-        "the password is locked until set: {shadow:?}"
+        locked[1].starts_with('!'),
+        "no password: locked as by useradd: {locked:?}"
     );
 
     // The home is what useradd -m makes: compare with useradd itself.
@@ -117,6 +125,17 @@ fn admin_creates_a_sudo_user_with_a_home_from_skel() {
         sudo.stdout,
         sudo.stderr
     );
+    // Without a password, sudo is granted by a drop-in that needs none.
+    let key_admin = sb.run(&["sudo", "-l", "-U", "keyadmin"]);
+    assert!(
+        key_admin
+            .stdout
+            .contains("User keyadmin may run the following commands")
+            && key_admin.stdout.contains("NOPASSWD"),
+        "sudo -l -U keyadmin: {}{}",
+        key_admin.stdout,
+        key_admin.stderr
+    );
     let plain = sb.run(&["sudo", "-l", "-U", "plainuser"]);
     assert!(
         plain.stdout.contains("is not allowed to run sudo"),
@@ -124,10 +143,10 @@ fn admin_creates_a_sudo_user_with_a_home_from_skel() {
         plain.stdout
     );
 
-    assert_eq!(
-        shadow_tool_complaints(&sb, "exampleuser"),
-        Vec::<String>::new()
-    );
+    for user in ["exampleuser", "keyadmin", "plainuser"] {
+        assert_eq!(shadow_tool_complaints(&sb, user), Vec::<String>::new());
+    }
+    sb.assert_password_login("exampleuser", password);
     assert_eq!(
         sb.run(&["visudo", "-c"]).status.code(),
         Some(0),
