@@ -164,7 +164,10 @@ fn product_bin(name: &str, env: &str) -> PathBuf {
         candidates.push(PathBuf::from(dir).join("debug").join(name));
     }
     match candidates.iter().find(|p| p.is_file()) {
-        Some(p) => p.clone(),
+        Some(p) => {
+            assert_not_stale(p);
+            p.clone()
+        }
         None => panic!(
             "the {name} binary was not found (looked at {}); the e2e suite drives the built \
              binaries: run `cargo build --workspace --bins` first, or set {env}",
@@ -174,6 +177,35 @@ fn product_bin(name: &str, env: &str) -> PathBuf {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    }
+}
+
+/// `cargo test -p accessd-e2e` alone does not rebuild the product, and a
+/// stale binary makes every scenario lie; refuse one older than any source
+/// file of the agent crate (when the sources are there to compare with).
+fn assert_not_stale(bin: &Path) {
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/src");
+    let Ok(built) = fs::metadata(bin).and_then(|m| m.modified()) else {
+        return;
+    };
+    let mut stack = vec![sources];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if fs::metadata(&p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > built)
+            {
+                panic!(
+                    "{} is older than {}: run `cargo build --workspace --bins` first \
+                     (`cargo test --workspace` does it too)",
+                    bin.display(),
+                    p.display()
+                );
+            }
+        }
     }
 }
 
@@ -487,9 +519,47 @@ done
     )
 }
 
+/// A port for a sandbox's sshd. It is chosen below the kernel's ephemeral
+/// range: a port from `bind(0)` could be taken by any parallel test's
+/// outgoing ssh connection between this check and sshd's own bind. Ports
+/// are handed out in sequence from a per-process random start, so tests of
+/// one binary never race each other for the same one.
 fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-    l.local_addr().expect("local addr").port()
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+        })
+        .unwrap_or(32768);
+    let (base, span) = (10_000u32, ephemeral_low.saturating_sub(10_000).max(1000));
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        random_u32() % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = (base + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + span)
+}
+
+/// Good enough to spread parallel processes over the port range.
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    if fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        return std::process::id();
+    }
+    u32::from_ne_bytes(b)
 }
 
 fn mkdir(p: &Path, mode: u32) {
