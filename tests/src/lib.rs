@@ -300,8 +300,8 @@ fn host_ok(argv: &[&str]) -> String {
 // Host guard.
 
 /// The host files the suite must never change: the account databases, sudo
-/// policy, everything under /etc/ssh, root's keys, and the list of homes and
-/// mail spools. Contents, mode and owner of each, compared exactly.
+/// policy, everything under /etc/ssh, root's keys, accessd's default state
+/// directory, and the list of homes and mail spools. Contents, mode and owner of each, compared exactly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSnapshot(BTreeMap<PathBuf, String>);
 
@@ -313,8 +313,14 @@ const GUARDED_FILES: &[&str] = &[
     "/etc/sudoers",
     "/etc/login.defs",
 ];
-const GUARDED_TREES: &[&str] = &["/etc/ssh", "/etc/sudoers.d", "/etc/accessd", "/root/.ssh"];
-const GUARDED_LISTINGS: &[&str] = &["/home", "/var/mail", "/var/lib"];
+const GUARDED_TREES: &[&str] = &[
+    "/etc/ssh",
+    "/etc/sudoers.d",
+    "/etc/accessd",
+    "/root/.ssh",
+    "/var/lib/accessd",
+];
+const GUARDED_LISTINGS: &[&str] = &["/home", "/var/mail"];
 
 impl HostSnapshot {
     /// Read the guarded files of this machine now.
@@ -618,6 +624,8 @@ impl Sandbox {
             &etc_ssh.join("ssh_host_ed25519_key").to_string_lossy(),
         ]);
         let _ = fs::remove_dir_all(t.join("etc/accessd"));
+        // A host in maintenance mode must not make every login fail here.
+        let _ = fs::remove_file(t.join("etc/nologin"));
         mkdir(&t.join("etc/accessd"), 0o755);
         // Marker that proves the namespace sees the copy and the host does not.
         write_file(&t.join("etc/accessd-e2e-sandbox"), "sandbox\n", 0o644);

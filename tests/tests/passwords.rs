@@ -113,3 +113,49 @@ fn a_next_boot_password_waits_for_apply_staged() {
     sb.cmd("inventory").send().assert_ok();
     assert_eq!(sb.read("/etc/shadow"), shadow_after);
 }
+
+#[test]
+fn a_password_hash_from_the_control_plane_logs_in() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    sb.cmd("create_user").user("exampleuser").send().assert_ok();
+    let password = "H4shed-elsewhere!";
+    // The control plane hashes; the plaintext never reaches the instance.
+    let out = std::process::Command::new("openssl")
+        .args(["passwd", "-6", "-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(password.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("openssl passwd -6");
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    sb.cmd("set_password")
+        .user("exampleuser")
+        .args(["--crypt", &hash])
+        .send()
+        .assert_ok();
+
+    assert_eq!(
+        sb.shadow_entry("exampleuser").unwrap()[1],
+        hash,
+        "stored as given"
+    );
+    sb.assert_password_login("exampleuser", password);
+
+    // A "hash" that would break the shadow line is refused.
+    let before = sb.read("/etc/shadow");
+    let r = sb
+        .cmd("set_password")
+        .user("exampleuser")
+        .args(["--crypt", "$6$salt$x:0:0"])
+        .send();
+    assert_eq!(r.status(), "rejected", "{}", r.payload);
+    assert_eq!(sb.read("/etc/shadow"), before);
+    sb.assert_password_login("exampleuser", password);
+}

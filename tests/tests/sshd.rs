@@ -173,3 +173,51 @@ fn a_broken_dropin_fails_set_sshd_and_changes_nothing() {
         .is_empty());
     assert_eq!(sb.sshd_restarts(), restarts);
 }
+
+#[test]
+fn a_change_made_without_restart_takes_effect_on_restart_sshd() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    let key = user_with_key_and_password(&sb);
+    let (pid, restarts) = (sb.sshd_pid(), sb.sshd_restarts());
+
+    let r = sb
+        .cmd("set_sshd")
+        .args(["--password-auth", "no", "--no-restart"])
+        .send();
+    r.assert_ok();
+    assert_eq!(r.payload["data"]["restarted"], false, "{}", r.payload);
+
+    // On disk it is off; the running sshd has not read it yet.
+    assert_eq!(sb.sshd_option("passwordauthentication"), "no");
+    assert_eq!(sb.sshd_restarts(), restarts);
+    assert_eq!(sb.sshd_pid(), pid);
+    sb.assert_password_login("exampleuser", PASSWORD);
+
+    sb.cmd("restart_sshd").send().assert_ok();
+
+    assert_eq!(sb.sshd_restarts(), restarts + 1);
+    sb.assert_no_password_login("exampleuser", PASSWORD);
+    sb.assert_key_login("exampleuser", &key);
+}
+
+#[test]
+fn forbidding_root_logins_locks_out_roots_key_until_allowed_again() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    let key = sb.client_key("root-admin", KeyKind::Ed25519);
+    sb.cmd("add_keys")
+        .user("root")
+        .keys(&[&key])
+        .send()
+        .assert_ok();
+    sb.assert_key_login("root", &key);
+
+    set_sshd(&sb, "--permit-root-login", "no");
+    assert_eq!(sb.sshd_option("permitrootlogin"), "no");
+    sb.assert_no_key_login("root", &key);
+
+    set_sshd(&sb, "--permit-root-login", "prohibit-password");
+    assert_eq!(sb.sshd_option("permitrootlogin"), "without-password");
+    sb.assert_key_login("root", &key);
+}
