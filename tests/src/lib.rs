@@ -8,7 +8,7 @@
 //! `accessd` daemon, configured to trust a control-plane key the test holds.
 //!
 //! The test process is multithreaded, so it cannot `unshare` itself. Instead
-//! a holder process (`unshare -m` + `sleep infinity`) owns the namespace;
+//! a holder process (`unshare -m` + a shell that waits) owns the namespace;
 //! every command of a scenario runs inside it with `nsenter -t PID -m`, and
 //! files are read through `/proc/PID/root`. Teardown ([`Drop`]) kills every
 //! process whose mount namespace is the sandbox's, so nothing survives a
@@ -1020,9 +1020,28 @@ fn db_entry(text: &str, name: &str) -> Option<Vec<String>> {
         .find(|f| f.first().map(String::as_str) == Some(name))
 }
 
+/// The rest of the holder's life. Drop kills the namespace when a test ends
+/// or panics; this covers the test process being killed outright (a CI
+/// timeout, ^C): when its parent is gone the holder SIGKILLs everything in
+/// its namespace (sshd, sessions, accessd) and removes the throwaway tree
+/// (`$1`, only ever a directory named accessd-e2e-*), which TempDir's Drop
+/// would have removed.
+const WATCHDOG: &str = r#"echo ready
+exec </dev/null >/dev/null 2>&1
+set +e
+me=$(readlink /proc/$$/ns/mnt)
+while kill -0 "$PPID"; do sleep 1; done
+for p in /proc/[0-9]*; do
+  pid=${p#/proc/}
+  [ "$pid" != "$$" ] && [ "$(readlink "$p/ns/mnt")" = "$me" ] && kill -KILL "$pid"
+done
+case "$1" in /tmp/accessd-e2e-*|/*/accessd-e2e-*) rm -rf --one-file-system -- "$1" ;; esac
+exit 0
+"#;
+
 /// Start the namespace holder: `unshare -m --propagation private` runs a
 /// shell that bind-mounts the throwaway tree over the real paths, says
-/// `ready`, and becomes `sleep infinity`. Returns the child, its pid (the
+/// `ready`, and then waits as [`WATCHDOG`]. Returns the child, its pid (the
 /// namespace's anchor) and its mount-namespace link.
 fn enter_namespace(t: &Path) -> (Child, u32, PathBuf) {
     let mut script = String::from(
@@ -1036,7 +1055,7 @@ fn enter_namespace(t: &Path) -> (Child, u32, PathBuf) {
     if Path::new("/var/mail").is_dir() {
         script.push_str("mount --bind \"$1/varmail\" /var/mail\n");
     }
-    script.push_str("echo ready\nexec sleep infinity </dev/null >/dev/null 2>&1\n");
+    script.push_str(WATCHDOG);
     let mut child = Command::new("unshare")
         .args([
             "-m",
