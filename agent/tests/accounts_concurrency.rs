@@ -35,19 +35,42 @@ fn no_update_is_lost_between_accessd_usermod_and_chage() {
     let cfg = AccountsConfig::default();
     // Hashes made up front, so that our loop is as tight as the tools'.
     let hashes: Vec<_> = (0..ROUNDS)
-        .map(|i| accounts::hash_password(&cfg, &Secret::new(format!("Pass-word{i}").into_bytes())).unwrap())
+        .map(|i| {
+            accounts::hash_password(&cfg, &Secret::new(format!("Pass-word{i}").into_bytes()))
+                .unwrap()
+        })
         .collect();
 
     let r1 = root.clone();
     let usermod = thread::spawn(move || {
         for i in 0..ROUNDS {
-            run("usermod", &["-R", r1.to_str().unwrap(), "-c", &format!("c{i}"), &format!("u{}", i % USERS)], None);
+            run(
+                "usermod",
+                &[
+                    "-R",
+                    r1.to_str().unwrap(),
+                    "-c",
+                    &format!("c{i}"),
+                    &format!("u{}", i % USERS),
+                ],
+                None,
+            );
         }
     });
     let r2 = root.clone();
     let chage = thread::spawn(move || {
         for i in 0..ROUNDS {
-            run("chage", &["-R", r2.to_str().unwrap(), "-W", &(10 + i).to_string(), &format!("w{}", i % USERS)], None);
+            run(
+                "chage",
+                &[
+                    "-R",
+                    r2.to_str().unwrap(),
+                    "-W",
+                    &(10 + i).to_string(),
+                    &format!("w{}", i % USERS),
+                ],
+                None,
+            );
         }
     });
     let s = sys(&root);
@@ -64,12 +87,24 @@ fn no_update_is_lost_between_accessd_usermod_and_chage() {
         // The last round that touched user i.
         let last = (0..ROUNDS).filter(|r| r % USERS == i).max().unwrap();
         let u = entry(&root, "passwd", &format!("u{i}")).unwrap();
-        assert_eq!(u.split(':').nth(4), Some(format!("c{last}").as_str()), "usermod lost: {u}");
+        assert_eq!(
+            u.split(':').nth(4),
+            Some(format!("c{last}").as_str()),
+            "usermod lost: {u}"
+        );
         let w = entry(&root, "shadow", &format!("w{i}")).unwrap();
-        assert_eq!(w.split(':').nth(5), Some((10 + last).to_string().as_str()), "chage lost: {w}");
+        assert_eq!(
+            w.split(':').nth(5),
+            Some((10 + last).to_string().as_str()),
+            "chage lost: {w}"
+        );
         let name = format!("p{i}");
         let p = entry(&root, "shadow", &name).unwrap();
-        assert_eq!(p.split(':').nth(1), Some(ours[&name].as_str()), "accessd lost: {p}");
+        assert_eq!(
+            p.split(':').nth(1),
+            Some(ours[&name].as_str()),
+            "accessd lost: {p}"
+        );
     }
     for f in ["passwd.lock", "shadow.lock", "group.lock", "gshadow.lock"] {
         assert!(!root.join("etc").join(f).exists(), "{f} left behind");

@@ -35,7 +35,19 @@ fn hostile_inputs_are_refused_and_change_nothing() {
     let long = "a".repeat(33);
 
     // Names are refused before anything is read.
-    for bad in ["a:b", "a\nb", "a/b", "..", "../etc", "Root", "VICTIM", long.as_str(), "", "-x", "a b"] {
+    for bad in [
+        "a:b",
+        "a\nb",
+        "a/b",
+        "..",
+        "../etc",
+        "Root",
+        "VICTIM",
+        long.as_str(),
+        "",
+        "-x",
+        "a b",
+    ] {
         let e = UserName::parse(bad).unwrap_err();
         assert_eq!(e.code(), Code::InvalidCommand, "{bad:?}");
     }
@@ -52,33 +64,56 @@ fn hostile_inputs_are_refused_and_change_nothing() {
     ] {
         let e = CryptHash::parse(&bad).unwrap_err();
         assert_eq!(e.code(), Code::InvalidCommand, "{bad:?}");
-        assert!(!e.to_string().contains(&good), "the message must not echo the hash");
+        assert!(
+            !e.to_string().contains(&good),
+            "the message must not echo the hash"
+        );
     }
 
     let cases: Vec<(&str, Code, Error)> = vec![
         (
             "weak password",
             Code::WeakPassword,
-            accounts::set_password(&s, &cfg, &user("victim"), &Password::Plain(Secret::new(b"password".to_vec())))
-                .unwrap_err(),
+            accounts::set_password(
+                &s,
+                &cfg,
+                &user("victim"),
+                &Password::Plain(Secret::new(b"password".to_vec())),
+            )
+            .unwrap_err(),
         ),
         (
             "too long password",
             Code::WeakPassword,
-            accounts::set_password(&s, &cfg, &user("victim"), &Password::Plain(Secret::new([b'A', b'a', b'1'].repeat(30))))
-                .unwrap_err(),
+            accounts::set_password(
+                &s,
+                &cfg,
+                &user("victim"),
+                &Password::Plain(Secret::new([b'A', b'a', b'1'].repeat(30))),
+            )
+            .unwrap_err(),
         ),
         (
             "password with a newline",
             Code::WeakPassword,
-            accounts::set_password(&s, &cfg, &user("victim"), &Password::Plain(Secret::new(b"Abcdef-1\nroot::".to_vec())))
-                .unwrap_err(),
+            accounts::set_password(
+                &s,
+                &cfg,
+                &user("victim"),
+                &Password::Plain(Secret::new(b"Abcdef-1\nroot::".to_vec())),
+            )
+            .unwrap_err(),
         ),
         (
             "unknown user",
             Code::UserNotFound,
-            accounts::set_password(&s, &cfg, &user("ghost"), &Password::Crypt(CryptHash::parse(&good).unwrap()))
-                .unwrap_err(),
+            accounts::set_password(
+                &s,
+                &cfg,
+                &user("ghost"),
+                &Password::Crypt(CryptHash::parse(&good).unwrap()),
+            )
+            .unwrap_err(),
         ),
         (
             "create with weak password",
@@ -110,7 +145,11 @@ fn hostile_inputs_are_refused_and_change_nothing() {
             )
             .unwrap_err(),
         ),
-        ("delete root", Code::InvalidCommand, accounts::delete_user(&s, &user("root"), true).unwrap_err()),
+        (
+            "delete root",
+            Code::InvalidCommand,
+            accounts::delete_user(&s, &user("root"), true).unwrap_err(),
+        ),
     ];
     for (what, code, e) in cases {
         assert_eq!(e.code(), code, "{what}: {e}");
@@ -139,8 +178,13 @@ fn symlinked_shadow_is_unsafe_path_and_its_target_untouched() {
     .unwrap_err();
     assert_eq!(e.code(), Code::UnsafePath, "{e}");
     assert_eq!(fs::read(&target).unwrap(), before);
-    assert!(fs::symlink_metadata(a.path().join("etc/shadow")).unwrap().file_type().is_symlink());
-    assert!(!a.path().join("etc/shadow.lock").exists() && !a.path().join("etc/passwd.lock").exists());
+    assert!(fs::symlink_metadata(a.path().join("etc/shadow"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(
+        !a.path().join("etc/shadow.lock").exists() && !a.path().join("etc/passwd.lock").exists()
+    );
 }
 
 #[test]

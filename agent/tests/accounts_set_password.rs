@@ -40,7 +40,11 @@ fn plaintext_hash_is_reproduced_by_openssl_and_libxcrypt() {
     let salt = s.split('$').nth(2).unwrap();
     assert_eq!(salt.len(), 16, "{s}");
     assert!(!s.contains("rounds="), "rounds 5000 is not written: {s}");
-    let out = run("openssl", &["passwd", "-6", "-salt", salt, "-stdin"], Some(format!("{pw}\n").as_bytes()));
+    let out = run(
+        "openssl",
+        &["passwd", "-6", "-salt", salt, "-stdin"],
+        Some(format!("{pw}\n").as_bytes()),
+    );
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), s);
     assert_eq!(system_crypt(pw, &s), s);
 
@@ -66,7 +70,11 @@ fn same_result_as_chpasswd_e() {
     let baseline = check_report(a.path());
     let hash = known_hash();
 
-    run("chpasswd", &["-e", "-R", &root_arg(a.path())], Some(format!("alice:{hash}\n").as_bytes()));
+    run(
+        "chpasswd",
+        &["-e", "-R", &root_arg(a.path())],
+        Some(format!("alice:{hash}\n").as_bytes()),
+    );
     accounts::set_password(
         &sys(b.path()),
         &AccountsConfig::default(),
@@ -108,7 +116,11 @@ fn chpasswd_accepts_our_plaintext_hash() {
     let ours = entry(b.path(), "shadow", "carol").unwrap();
     let hash = ours.split(':').nth(1).unwrap().to_owned();
     assert_eq!(system_crypt("Very-Secret-42", &hash), hash);
-    run("chpasswd", &["-e", "-R", &root_arg(a.path())], Some(format!("carol:{hash}\n").as_bytes()));
+    run(
+        "chpasswd",
+        &["-e", "-R", &root_arg(a.path())],
+        Some(format!("carol:{hash}\n").as_bytes()),
+    );
     assert_eq!(entry(a.path(), "shadow", "carol").unwrap(), ours);
 }
 
@@ -119,7 +131,9 @@ fn lastchg_comes_from_the_clock() {
     }
     let a = fixture();
     useradd(a.path(), &["dave"]);
-    let s = sys(a.path()).with_clock(std::sync::Arc::new(accessd::sys::FixedClock::at_unix(20000 * 86400 + 5)));
+    let s = sys(a.path()).with_clock(std::sync::Arc::new(accessd::sys::FixedClock::at_unix(
+        20000 * 86400 + 5,
+    )));
     accounts::set_password(
         &s,
         &AccountsConfig::default(),
@@ -127,11 +141,19 @@ fn lastchg_comes_from_the_clock() {
         &Password::Crypt(CryptHash::parse(&known_hash()).unwrap()),
     )
     .unwrap();
-    assert_eq!(entry(a.path(), "shadow", "dave").unwrap().split(':').nth(2), Some("20000"));
+    assert_eq!(
+        entry(a.path(), "shadow", "dave").unwrap().split(':').nth(2),
+        Some("20000")
+    );
 }
 
 fn hold_ofd(path: &std::path::Path) -> fs::File {
-    let f = fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
     let fl = libc::flock {
         l_type: libc::F_WRLCK as libc::c_short,
         l_whence: libc::SEEK_SET as libc::c_short,
@@ -140,7 +162,10 @@ fn hold_ofd(path: &std::path::Path) -> fs::File {
         l_pid: 0,
     };
     // SAFETY: valid fd and flock.
-    assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) }, 0);
+    assert_eq!(
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) },
+        0
+    );
     f
 }
 
@@ -156,31 +181,56 @@ fn lock_timeout_when_pwd_lock_or_a_live_file_lock_is_held() {
     let cfg = AccountsConfig::default();
 
     let held = hold_ofd(&a.path().join("etc/.pwd.lock"));
-    let e = accounts::set_password_with_timeout(&sys(a.path()), &cfg, &user("erin"), &pw, Duration::from_millis(300))
-        .unwrap_err();
+    let e = accounts::set_password_with_timeout(
+        &sys(a.path()),
+        &cfg,
+        &user("erin"),
+        &pw,
+        Duration::from_millis(300),
+    )
+    .unwrap_err();
     assert_eq!(e.code(), Code::LockTimeout, "{e}");
     assert!(e.to_string().contains(".pwd.lock"));
     drop(held);
 
     // A commonio lock held by a live process (as `useradd -P` would hold it).
-    let mut live = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let mut live = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
     fs::write(a.path().join("etc/shadow.lock"), format!("{}\0", live.id())).unwrap();
-    let e = accounts::set_password_with_timeout(&sys(a.path()), &cfg, &user("erin"), &pw, Duration::from_millis(300))
-        .unwrap_err();
+    let e = accounts::set_password_with_timeout(
+        &sys(a.path()),
+        &cfg,
+        &user("erin"),
+        &pw,
+        Duration::from_millis(300),
+    )
+    .unwrap_err();
     assert_eq!(e.code(), Code::LockTimeout, "{e}");
     fs::remove_file(a.path().join("etc/shadow.lock")).unwrap();
     let mut after = whole_tree(a.path());
     after.remove(std::path::Path::new("etc/.pwd.lock"));
     let mut before2 = before.clone();
     before2.remove(std::path::Path::new("etc/.pwd.lock"));
-    assert_eq!(before2, after, "a timed-out change must leave every file as it was");
+    assert_eq!(
+        before2, after,
+        "a timed-out change must leave every file as it was"
+    );
 
     // The same lock left by a dead process is taken over, then removed.
     live.kill().unwrap();
     let dead = live.id();
     live.wait().unwrap();
     fs::write(a.path().join("etc/shadow.lock"), format!("{dead}\0")).unwrap();
-    accounts::set_password_with_timeout(&sys(a.path()), &cfg, &user("erin"), &pw, Duration::from_secs(5)).unwrap();
+    accounts::set_password_with_timeout(
+        &sys(a.path()),
+        &cfg,
+        &user("erin"),
+        &pw,
+        Duration::from_secs(5),
+    )
+    .unwrap();
     assert!(!a.path().join("etc/shadow.lock").exists());
     assert!(!a.path().join("etc/passwd.lock").exists());
 }

@@ -30,8 +30,16 @@ fn same_result_as_userdel_r() {
         useradd(r, &["-m", "carol"]);
         // bob is a supplementary member of alice's and carol's groups, and an
         // admin of carol's group in gshadow.
-        run("usermod", &["-R", r.to_str().unwrap(), "-aG", "alice,carol", "bob"], None);
-        run("gpasswd", &["-Q", r.to_str().unwrap(), "-A", "bob", "carol"], None);
+        run(
+            "usermod",
+            &["-R", r.to_str().unwrap(), "-aG", "alice,carol", "bob"],
+            None,
+        );
+        run(
+            "gpasswd",
+            &["-Q", r.to_str().unwrap(), "-A", "bob", "carol"],
+            None,
+        );
         fs::write(r.join("home/bob/notes.txt"), b"mine").unwrap();
         fs::create_dir_all(r.join("home/bob/deep/er")).unwrap();
     });
@@ -128,5 +136,8 @@ fn removes_accessds_sudoers_dropin_but_not_a_foreign_one() {
     accounts::delete_user(&s, &user("lee"), true).unwrap();
     assert!(!a.path().join("etc/sudoers.d/kim").exists());
     assert!(a.path().join("etc/sudoers.d/lee").exists());
-    assert!(!a.path().join("etc/sudoers.d/kim-").exists(), "no backup where sudo would read it");
+    assert!(
+        !a.path().join("etc/sudoers.d/kim-").exists(),
+        "no backup where sudo would read it"
+    );
 }

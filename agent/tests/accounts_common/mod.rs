@@ -41,7 +41,10 @@ pub fn prerequisites(tools: &[&str]) -> bool {
 /// default/useradd,skel,shells,subuid,subgid,sudoers,sudoers.d} copied from
 /// the host (owner and mode kept) and an empty home/.
 pub fn fixture() -> tempfile::TempDir {
-    let t = tempfile::Builder::new().prefix("accessd-acct").tempdir().unwrap();
+    let t = tempfile::Builder::new()
+        .prefix("accessd-acct")
+        .tempdir()
+        .unwrap();
     let root = t.path();
     fs::create_dir_all(root.join("etc/default")).unwrap();
     for f in [
@@ -109,14 +112,21 @@ fn copy_dir(src: &Path, dst: &Path) {
 
 /// An exact copy of a whole tree (owners, modes, links) with `cp -a`.
 pub fn clone_tree(src: &Path) -> tempfile::TempDir {
-    let t = tempfile::Builder::new().prefix("accessd-acct").tempdir().unwrap();
+    let t = tempfile::Builder::new()
+        .prefix("accessd-acct")
+        .tempdir()
+        .unwrap();
     let out = Command::new("cp")
         .arg("-a")
         .arg(format!("{}/.", src.display()))
         .arg(t.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "cp -a: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cp -a: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     t
 }
 
@@ -142,7 +152,11 @@ pub fn run(prog: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut c = Command::new(prog);
     c.args(args)
         .env("LC_ALL", "C")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap_or_else(|e| panic!("spawning {prog}: {e}"));
@@ -169,7 +183,11 @@ pub fn root_arg(root: &Path) -> String {
 pub fn snapshot(root: &Path, backups: bool) -> BTreeMap<String, (Vec<u8>, u32, u32, u32)> {
     let mut m = BTreeMap::new();
     for f in DB_FILES {
-        let names = if backups { vec![f.to_string(), format!("{f}-")] } else { vec![f.to_string()] };
+        let names = if backups {
+            vec![f.to_string(), format!("{f}-")]
+        } else {
+            vec![f.to_string()]
+        };
         for n in names {
             let p = root.join("etc").join(&n);
             if let Ok(bytes) = fs::read(&p) {
@@ -221,7 +239,10 @@ pub fn home_tree(root: &Path, name: &str) -> BTreeMap<PathBuf, String> {
     let home = root.join("home").join(name);
     let mut m = BTreeMap::new();
     if let Ok(md) = fs::symlink_metadata(&home) {
-        m.insert(PathBuf::from("."), format!("dir {:o} {}:{}", md.mode() & 0o7777, md.uid(), md.gid()));
+        m.insert(
+            PathBuf::from("."),
+            format!("dir {:o} {}:{}", md.mode() & 0o7777, md.uid(), md.gid()),
+        );
         walk(&home, &home, &mut m);
     }
     m
@@ -278,6 +299,10 @@ pub fn user(name: &str) -> accessd::names::UserName {
 
 /// A fixed, valid SHA-512 crypt string (password "Correct-Horse1").
 pub fn known_hash() -> String {
-    let out = run("openssl", &["passwd", "-6", "-salt", "saltsaltsaltsalt", "-stdin"], Some(b"Correct-Horse1\n"));
+    let out = run(
+        "openssl",
+        &["passwd", "-6", "-salt", "saltsaltsaltsalt", "-stdin"],
+        Some(b"Correct-Horse1\n"),
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
