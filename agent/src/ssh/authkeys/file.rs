@@ -30,32 +30,13 @@ pub struct Owner {
 }
 
 /// The user's uid, primary gid and home from passwd under the root.
-///
-/// MERGE: replace the body with `crate::accounts::lookup(sys, user)` once the
-/// accounts branch lands; this private reader exists only because
-/// `accounts::lookup` is still `todo!()` on this branch.
 pub fn owner_of(sys: &System, user: &UserName) -> Result<Owner> {
-    let etc = Dir::open(&sys.root)?.open_dir("etc")?;
-    let data = etc.read("passwd")?.ok_or_else(|| Error::Io {
-        context: format!("reading {}", sys.path("/etc/passwd").display()),
-        source: std::io::Error::from(std::io::ErrorKind::NotFound),
-    })?;
-    for line in data.bytes.split(|&b| b == b'\n') {
-        let f: Vec<&[u8]> = line.split(|&b| b == b':').collect();
-        if f.len() >= 7 && f[0] == user.as_str().as_bytes() {
-            let num = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u32>().ok();
-            let (Some(uid), Some(gid)) = (num(f[2]), num(f[3])) else {
-                break;
-            };
-            let home = std::str::from_utf8(f[5]).unwrap_or("");
-            return Ok(Owner {
-                uid,
-                gid,
-                home: PathBuf::from(home),
-            });
-        }
-    }
-    Err(Error::UserNotFound(user.to_string()))
+    let rec = crate::accounts::lookup(sys, user)?;
+    Ok(Owner {
+        uid: rec.uid,
+        gid: rec.gid,
+        home: rec.home,
+    })
 }
 
 fn is_type(mode: u32, t: SFlag) -> bool {
