@@ -181,7 +181,9 @@ fn make_temp_dir() -> Result<PathBuf> {
     Ok(p)
 }
 
-fn build_root(root: &Path) -> Result<()> {
+/// Lay out the demo's minimal system under `root` (also used by the daemon's
+/// integration tests as their machine).
+pub fn build_root(root: &Path) -> Result<()> {
     let root_user = nix::unistd::geteuid().is_root();
     for (rel, mode, text) in FILES {
         let p = root.join(rel);
@@ -308,7 +310,7 @@ fn show_changes(out: &mut dyn Write, root: &Path) -> Result<()> {
 }
 
 /// `ssh-ed25519 AAAA…` for a public key (RFC 8709 wire format).
-fn ssh_ed25519_line(k: &VerifyingKey) -> String {
+pub fn ssh_ed25519_line(k: &VerifyingKey) -> String {
     let mut blob = Vec::new();
     for part in [b"ssh-ed25519".as_slice(), k.as_bytes().as_slice()] {
         blob.extend_from_slice(&(part.len() as u32).to_be_bytes());
