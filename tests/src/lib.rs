@@ -468,6 +468,11 @@ pub struct Sandbox {
     holder: Child,
     pid: u32,
     mnt_ns: PathBuf,
+    /// An open `/proc/PID/ns/mnt`: keeps the namespace (and so its inode
+    /// number, which the kernel hands out lowest-free-first) alive until
+    /// teardown has finished scanning for it, so that a namespace created by
+    /// a parallel test can never be mistaken for this one.
+    ns_pin: Option<fs::File>,
     /// The port the sandbox's sshd listens on (127.0.0.1 only).
     pub port: u16,
     agent: Option<Agent>,
@@ -647,12 +652,13 @@ impl Sandbox {
             0o755,
         );
 
-        let (holder, pid, mnt_ns) = enter_namespace(t);
+        let (holder, pid, mnt_ns, ns_pin) = enter_namespace(t);
         let mut sb = Sandbox {
             dir,
             holder,
             pid,
             mnt_ns,
+            ns_pin: Some(ns_pin),
             port,
             agent: None,
             seq: AtomicU32::new(0),
@@ -1043,7 +1049,7 @@ exit 0
 /// shell that bind-mounts the throwaway tree over the real paths, says
 /// `ready`, and then waits as [`WATCHDOG`]. Returns the child, its pid (the
 /// namespace's anchor) and its mount-namespace link.
-fn enter_namespace(t: &Path) -> (Child, u32, PathBuf) {
+fn enter_namespace(t: &Path) -> Holder {
     // `-n`: no utab bookkeeping under the host's /run for these mounts.
     let mut script = String::from(
         "set -eu\n\
@@ -1078,7 +1084,10 @@ fn enter_namespace(t: &Path) -> (Child, u32, PathBuf) {
     )
 }
 
-fn spawn_holder(script: &str, t: &Path) -> Result<(Child, u32, PathBuf), String> {
+/// The namespace holder: child, pid, namespace link, namespace pin.
+type Holder = (Child, u32, PathBuf, fs::File);
+
+fn spawn_holder(script: &str, t: &Path) -> Result<Holder, String> {
     let mut child = Command::new("unshare")
         .args([
             "-m",
@@ -1113,11 +1122,15 @@ fn spawn_holder(script: &str, t: &Path) -> Result<(Child, u32, PathBuf), String>
         ));
     }
     let pid = child.id();
+    // Pinned before it is read: the holder is our unreaped child, so the
+    // pid is still the holder's.
+    let pin =
+        fs::File::open(format!("/proc/{pid}/ns/mnt")).expect("open the holder's mount namespace");
     let mnt_ns =
         fs::read_link(format!("/proc/{pid}/ns/mnt")).expect("read the holder's mount namespace");
     let ours = fs::read_link("/proc/self/ns/mnt").expect("read our mount namespace");
     assert_ne!(mnt_ns, ours, "the holder is not in a namespace of its own");
-    Ok((child, pid, mnt_ns))
+    Ok((child, pid, mnt_ns, pin))
 }
 
 impl Drop for Sandbox {
@@ -1137,6 +1150,7 @@ impl Drop for Sandbox {
         kill_namespace(&self.mnt_ns, self.pid);
         let _ = self.holder.kill();
         let _ = self.holder.wait();
+        self.ns_pin.take();
         // Checked on every teardown so that the guard covers every test,
         // whichever order or thread it ran in. A panic inside a panic would
         // abort and hide the first failure, so only report then.
@@ -1181,9 +1195,7 @@ fn kill_namespace(mnt_ns: &Path, holder: u32) {
                         continue;
                     }
                     found = true;
-                    let _ = Command::new("kill")
-                        .args(["-KILL", &pid.to_string()])
-                        .status();
+                    kill_if_in(pid, mnt_ns);
                 }
             }
         }
@@ -1193,6 +1205,38 @@ fn kill_namespace(mnt_ns: &Path, holder: u32) {
         thread::sleep(Duration::from_millis(20));
     }
     eprintln!("warning: processes of sandbox namespace (holder {holder}) survived SIGKILL");
+}
+
+/// SIGKILL `pid` if it is (still) in `mnt_ns`. The pid is pinned with a
+/// pidfd before its namespace is checked, so a pid that is recycled between
+/// the scan and the signal can never make us kill an unrelated process.
+fn kill_if_in(pid: i32, mnt_ns: &Path) {
+    // SAFETY: plain syscalls on integers; the fd is closed below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
+    if fd < 0 {
+        let no_pidfd = std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS);
+        if no_pidfd && fs::read_link(format!("/proc/{pid}/ns/mnt")).ok().as_deref() == Some(mnt_ns)
+        {
+            // Kernels before 5.3: the racy way is all there is.
+            // SAFETY: a plain syscall on integers.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        return; // otherwise it is gone already
+    }
+    if fs::read_link(format!("/proc/{pid}/ns/mnt")).ok().as_deref() == Some(mnt_ns) {
+        // SAFETY: fd is a pidfd we own; a null siginfo is allowed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd,
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+    // SAFETY: fd is ours and not used again.
+    unsafe { libc::close(fd) };
 }
 
 // ---------------------------------------------------------------------------
@@ -1261,10 +1305,11 @@ struct Agent {
 impl Agent {
     fn stop(&mut self) {
         if let Some(mut child) = self.daemon.take() {
-            // SIGTERM first: a clean shutdown is part of what a restart tests.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            // SIGTERM first: a clean shutdown is part of what a restart
+            // tests. (nsenter exec'd accessd, so the child is accessd; it is
+            // not reaped yet, so its pid cannot have been recycled.)
+            // SAFETY: a plain syscall on integers.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
