@@ -482,7 +482,7 @@ pub struct Sandbox {
 /// The cloud image layout (Debian's packaged sshd_config: the Include comes
 /// first, so drop-ins win), plus where this sandbox's sshd listens.
 fn sshd_config(port: u16) -> String {
-    format!(
+    let mut text = format!(
         "# accessd e2e sandbox: Debian's packaged sshd_config plus a private port\n\
          Include /etc/ssh/sshd_config.d/*.conf\n\
          \n\
@@ -496,7 +496,29 @@ fn sshd_config(port: u16) -> String {
          PrintMotd no\n\
          AcceptEnv LANG LC_*\n\
          Subsystem\tsftp\t/usr/lib/openssh/sftp-server\n"
-    )
+    );
+    // OpenSSH 9.8 penalises addresses that fail to authenticate; the suite
+    // fails logins from 127.0.0.1 on purpose and must not be locked out.
+    if sshd_version() >= (9, 8) {
+        text.push_str("PerSourcePenalties no\n");
+    }
+    text
+}
+
+/// `(major, minor)` of the installed sshd (`sshd -V`; 9.2 on Debian 12).
+fn sshd_version() -> (u32, u32) {
+    static VERSION: OnceLock<(u32, u32)> = OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let out = run_with(Command::new(SSHD).arg("-V"), None, COMMAND_TIMEOUT);
+        let text = format!("{}{}", out.stdout, out.stderr);
+        let v = text
+            .split("OpenSSH_")
+            .nth(1)
+            .unwrap_or_else(|| panic!("sshd -V printed no version: {text}"));
+        let mut parts = v.split(|c: char| !c.is_ascii_digit());
+        let mut num = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        (num(), num())
+    })
 }
 
 /// What cloud-init writes on images that enable password logins.
@@ -1733,6 +1755,17 @@ pub fn rfc3339_from_now(offset: i64) -> String {
 #[cfg(test)]
 mod unit {
     use super::*;
+
+    #[test]
+    fn sshd_version_is_read() {
+        if which(SSHD).is_some() {
+            assert!(
+                sshd_version() >= (8, 2),
+                "Include needs 8.2: {:?}",
+                sshd_version()
+            );
+        }
+    }
 
     #[test]
     fn rfc3339_matches_date() {
