@@ -575,3 +575,105 @@ fn an_oversized_envelope_is_refused_before_parsing() {
     let h = e.handle(&env);
     assert_eq!((h.code, h.id), (Code::BadEnvelope, None));
 }
+
+/// One envelope handled by a separate process (this test binary re-run with
+/// only `child_handles_one_envelope`), so that nothing but the state
+/// directory connects two runs.
+fn handle_in_child(rig: &Rig, envelope: &[u8]) -> accessd::protocol::result::ResultPayload {
+    let env_path = rig.tmp.path().join("child-envelope.json");
+    let out_path = rig.tmp.path().join("child-result.json");
+    std::fs::write(&env_path, envelope).unwrap();
+    let _ = std::fs::remove_file(&out_path);
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_handles_one_envelope",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env("ACCESSD_CHILD_ROOT", &rig.root)
+        .env("ACCESSD_CHILD_STATE", &rig.state)
+        .env("ACCESSD_CHILD_ENVELOPE", &env_path)
+        .env("ACCESSD_CHILD_OUT", &out_path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let result = std::fs::read(&out_path).expect("the child wrote a result");
+    let agent = accessd::config::parse_public_key(
+        &std::fs::read_to_string(rig.tmp.path().join("child-agent.pub")).unwrap(),
+    )
+    .unwrap();
+    client::verify_result(&agent, &result).unwrap()
+}
+
+#[test]
+#[ignore = "the child half of replay_is_refused_across_process_restarts"]
+fn child_handles_one_envelope() {
+    let (Ok(root), Ok(state), Ok(env), Ok(out)) = (
+        std::env::var("ACCESSD_CHILD_ROOT"),
+        std::env::var("ACCESSD_CHILD_STATE"),
+        std::env::var("ACCESSD_CHILD_ENVELOPE"),
+        std::env::var("ACCESSD_CHILD_OUT"),
+    ) else {
+        return;
+    };
+    let mut rig = Rig::new();
+    rig.root = root.into();
+    rig.state = state.into();
+    let mut e = rig.engine();
+    let h = e.handle(&std::fs::read(env).unwrap());
+    let out = std::path::PathBuf::from(out);
+    std::fs::write(out.with_file_name("child-agent.pub"), e.public_key()).unwrap();
+    std::fs::write(out, &h.envelope).unwrap();
+}
+
+#[test]
+fn replay_is_refused_across_process_restarts() {
+    let Some(rig) = rig() else { return };
+    let env = rig.signed(
+        "c-proc",
+        "add_keys",
+        json!({"user": "root", "keys": [KEY2]}),
+    );
+    let first = handle_in_child(&rig, &env);
+    assert_eq!(first.code, Code::Ok, "{}", first.message);
+    let before = rig.snapshot();
+    let second = handle_in_child(&rig, &env);
+    assert_eq!(
+        (second.code, second.status),
+        (Code::Replayed, Status::Rejected)
+    );
+    assert_eq!(second.id.as_deref(), Some("c-proc"));
+    assert_unchanged(&before, &rig.snapshot(), "replayed in a new process");
+}
+
+#[test]
+fn reconfigure_rotates_the_trusted_keys() {
+    let Some(rig) = rig() else { return };
+    let mut e = rig.engine();
+    let new_key = SigningKey::from_bytes(&[8; 32]);
+    let mut cfg = rig.config();
+    cfg.trust.clear();
+    cfg.trust.insert(
+        "console-2027".into(),
+        encode_b64(new_key.verifying_key().as_bytes()),
+    );
+    e.reconfigure(cfg.clone());
+    let old = e.handle(&rig.signed("c-old", "inventory", Value::Null));
+    assert_eq!(old.code, Code::UnknownKey);
+    let new = e.handle(
+        rig.spec("c-new", "inventory", Value::Null)
+            .sign(&new_key, "console-2027")
+            .as_bytes(),
+    );
+    assert_eq!(new.code, Code::Ok, "{}", new.message);
+    // A configuration with an undecodable key is not taken.
+    cfg.trust.insert("broken".into(), "AAAA".into());
+    e.reconfigure(cfg);
+    let still = e.handle(
+        rig.spec("c-new2", "inventory", Value::Null)
+            .sign(&new_key, "console-2027")
+            .as_bytes(),
+    );
+    assert_eq!(still.code, Code::Ok, "{}", still.message);
+}

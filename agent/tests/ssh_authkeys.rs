@@ -206,6 +206,20 @@ fn fingerprints_and_bits_equal_ssh_keygen_for_every_accepted_type() {
     let dsa = key(&lines[6]);
     assert_eq!(dsa.warnings().len(), 1);
     assert!(key(&lines[0]).warnings().is_empty());
+
+    // Every accepted type is written, listed and found by ssh-keygen.
+    let mut all: Vec<KeyLine> = lines.iter().map(|l| key(l)).collect();
+    all.push(key(&sk_ed));
+    all.push(key(&sk_ec));
+    let out = add_keys(&env.sys, &user("alice"), &all).unwrap();
+    assert_eq!(out.added, all.len());
+    assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+    let listed: Vec<(u32, String)> = list_keys(&env.sys, &user("alice"))
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.bits, k.fingerprint))
+        .collect();
+    assert_eq!(listed, keygen_l(&env.ak("alice")));
 }
 
 #[test]
@@ -460,6 +474,14 @@ fn hostile_homes_are_refused_and_targets_unchanged() {
             std::os::unix::fs::chown(home.join(".ssh"), Some(1001), Some(1001)).unwrap();
             fs::write(home.join(".ssh/authorized_keys"), "bob's\n").unwrap();
             home.join(".ssh/authorized_keys")
+        }),
+        ("authorized_keys is a huge sparse file", |_root, home| {
+            fs::create_dir(home.join(".ssh")).unwrap();
+            chown_alice(&home.join(".ssh"));
+            let p = home.join(".ssh/authorized_keys");
+            fs::File::create(&p).unwrap().set_len(16 << 20).unwrap();
+            chown_alice(&p);
+            p
         }),
         ("~ itself is a symlink", |root, home| {
             fs::remove_dir(home).unwrap();

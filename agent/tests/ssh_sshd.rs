@@ -278,6 +278,30 @@ fn layouts() -> Vec<Layout> {
             created: &[DROPIN],
         },
         Layout {
+            name: "a drop-in that sorts before ours sets the value",
+            files: vec![
+                (main, debian_default()),
+                ("/etc/ssh/sshd_config.d/00-aaa.conf", "PasswordAuthentication yes\n".into()),
+                (
+                    "/etc/ssh/sshd_config.d/50-cloud-init.conf",
+                    "PasswordAuthentication yes\n".into(),
+                ),
+            ],
+            change: all_three(),
+            changed: &["/etc/ssh/sshd_config.d/00-aaa.conf"],
+            created: &[DROPIN],
+        },
+        Layout {
+            name: "old ChallengeResponseAuthentication alias with UsePAM",
+            files: vec![(
+                main,
+                "UsePAM yes\nChallengeResponseAuthentication yes\nPasswordAuthentication yes\n".into(),
+            )],
+            change: all_three(),
+            changed: &[MAIN],
+            created: &[],
+        },
+        Layout {
             name: "no Include at all (RHEL 8 / Alibaba Cloud Linux 3, OpenSSH 8.0)",
             files: vec![(
                 main,
@@ -715,4 +739,48 @@ fn not_live_never_restarts() {
     let msg = restart_sshd(&sys, &SshdOptions::default()).unwrap();
     assert!(msg.contains("no service restarted"), "{msg}");
     assert!(runner.log.lock().unwrap().is_empty());
+}
+
+#[test]
+fn second_backup_is_timestamped_and_first_is_kept() {
+    if !ready() {
+        return;
+    }
+    let mut env = Env::new(
+        &[(
+            "/etc/ssh/sshd_config",
+            "PasswordAuthentication yes\nUsePAM no\n".into(),
+        )],
+        true,
+        true,
+    );
+    // 2026-11-29T20:00:00Z
+    env.sys = env
+        .sys
+        .clone()
+        .with_clock(Arc::new(accessd::sys::FixedClock::at_unix(1_795_982_400)));
+    let main = env.p("/etc/ssh/sshd_config");
+    let original = fs::read(&main).unwrap();
+    let off = SshdChange {
+        password_authentication: Some(false),
+        ..Default::default()
+    };
+    set_sshd(&env.sys, &SshdOptions::default(), &off, false).unwrap();
+    let after_first = fs::read(&main).unwrap();
+    let on = SshdChange {
+        password_authentication: Some(true),
+        ..Default::default()
+    };
+    let out = set_sshd(&env.sys, &SshdOptions::default(), &on, false).unwrap();
+    let stamped = env.p("/etc/ssh/sshd_config.bak.20261129T200000Z");
+    assert_eq!(
+        out.backups,
+        vec![PathBuf::from("/etc/ssh/sshd_config.bak.20261129T200000Z")]
+    );
+    assert_eq!(
+        fs::read(env.p("/etc/ssh/sshd_config.bak")).unwrap(),
+        original
+    );
+    assert_eq!(fs::read(stamped).unwrap(), after_first);
+    assert_eq!(env.sshd_t()["passwordauthentication"], "yes");
 }
