@@ -139,3 +139,66 @@ fn a_command_for_another_instance_is_rejected() {
     assert!(sb.lstat("/root/.ssh/authorized_keys").is_none());
     sb.assert_no_key_login("root", &key);
 }
+
+/// The result envelopes in the outbox verify under the key `accessd
+/// identity` printed, checked by PyNaCl (libsodium) rather than by accessd's
+/// own code, and carry the command's id.
+#[test]
+fn results_verify_with_libsodium_under_the_agents_identity() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    let ok = sb.cmd("inventory").send();
+    ok.assert_ok();
+    let rejected = sb.cmd("inventory").instance("i-elsewhere").send();
+    rejected.assert_rejected("wrong_instance");
+
+    let outbox = sb.state_dir().join("outbox");
+    let script = r#"
+import base64, json, sys
+from nacl.signing import VerifyKey
+key = VerifyKey(base64.b64decode(sys.argv[1]))
+for path in sys.argv[2:]:
+    env = json.load(open(path))
+    body = base64.b64decode(env["payload"])
+    t = env["payloadType"].encode()
+    pae = b"DSSEv1 %d %s %d %s" % (len(t), t, len(body), body)
+    assert env["payloadType"] == "application/vnd.accessd.result.v1+json", path
+    sig = [s for s in env["signatures"] if s["keyid"] == "agent"][0]
+    key.verify(pae, base64.b64decode(sig["sig"]))
+    print(json.loads(body)["id"])
+"#;
+    let files: Vec<String> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().to_string_lossy().into_owned())
+        .filter(|p| p.ends_with(".json"))
+        .collect();
+    assert_eq!(
+        files.len(),
+        2,
+        "one result per command in {}",
+        outbox.display()
+    );
+    let out = // Debian's python3, which python3-nacl installs into (a python3
+    // earlier in PATH, e.g. pyenv's, would not see it).
+    std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script, sb.agent_public_key()])
+        .args(&files)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "PyNaCl refused a result: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: std::collections::BTreeSet<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let expected = [&ok, &rejected]
+        .iter()
+        .map(|r| r.payload["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, expected);
+}
