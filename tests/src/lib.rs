@@ -79,7 +79,14 @@ fn preflight() -> &'static Result<(), String> {
             "mount",
             "useradd",
             "chpasswd",
+            "pwck",
+            "grpck",
+            "su",
             "sudo",
+            "visudo",
+            "openssl",
+            // Debian's, with python3-nacl (the independent result check).
+            "/usr/bin/python3",
         ];
         let missing: Vec<&str> = tools.into_iter().filter(|t| which(t).is_none()).collect();
         if !missing.is_empty() {
