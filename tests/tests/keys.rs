@@ -1,0 +1,221 @@
+//! Scenarios 3, 4, 5 and 11: binding and unbinding SSH keys, checked with
+//! real key logins, and refusing paths a user has turned into symlinks.
+
+use std::os::unix::fs::MetadataExt;
+
+use accessd_e2e::{sandbox, HostSnapshot, KeyKind, Sandbox};
+
+fn assert_ssh_files_owned_by(sb: &Sandbox, user: &str, home: &str) {
+    let uid: u32 = sb.passwd_entry(user).unwrap()[2].parse().unwrap();
+    let dir = sb.lstat(format!("{home}/.ssh")).expect("~/.ssh exists");
+    assert!(dir.is_dir(), "~/.ssh is a real directory");
+    assert_eq!(dir.mode() & 0o7777, 0o700, "~/.ssh mode");
+    assert_eq!(dir.uid(), uid, "~/.ssh owner");
+    let file = sb
+        .lstat(format!("{home}/.ssh/authorized_keys"))
+        .expect("authorized_keys exists");
+    assert!(file.is_file(), "authorized_keys is a regular file");
+    assert_eq!(file.mode() & 0o7777, 0o600, "authorized_keys mode");
+    assert_eq!(file.uid(), uid, "authorized_keys owner");
+    assert_eq!(file.nlink(), 1, "authorized_keys has no other links");
+}
+
+#[test]
+fn user_logs_in_with_each_bound_key_type() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    sb.cmd("create_user").user("exampleuser").send().assert_ok();
+    let ed = sb.client_key("laptop-ed25519", KeyKind::Ed25519);
+    let rsa = sb.client_key("laptop-rsa", KeyKind::Rsa2048);
+    let ecdsa = sb.client_key("laptop-ecdsa", KeyKind::Ecdsa256);
+    let never = sb.client_key("never-bound", KeyKind::Ed25519);
+    sb.assert_no_key_login("exampleuser", &ed);
+
+    sb.cmd("add_keys")
+        .user("exampleuser")
+        .keys(&[&ed])
+        .send()
+        .assert_ok();
+    sb.assert_key_login("exampleuser", &ed);
+    assert_ssh_files_owned_by(&sb, "exampleuser", "/home/exampleuser");
+
+    sb.cmd("add_keys")
+        .user("exampleuser")
+        .keys(&[&rsa, &ecdsa])
+        .send()
+        .assert_ok();
+    for k in [&ed, &rsa, &ecdsa] {
+        sb.assert_key_login("exampleuser", k);
+    }
+    sb.assert_no_key_login("exampleuser", &never);
+    assert_ssh_files_owned_by(&sb, "exampleuser", "/home/exampleuser");
+
+    // Binding a key again does not duplicate it.
+    let before = sb.read("/home/exampleuser/.ssh/authorized_keys");
+    sb.cmd("add_keys")
+        .user("exampleuser")
+        .keys(&[&ed])
+        .send()
+        .assert_ok();
+    assert_eq!(sb.read("/home/exampleuser/.ssh/authorized_keys"), before);
+}
+
+#[test]
+fn replacing_keys_keeps_only_the_new_and_hand_added_keys() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    sb.cmd("create_user").user("exampleuser").send().assert_ok();
+    let old1 = sb.client_key("old-1", KeyKind::Ed25519);
+    let old2 = sb.client_key("old-2", KeyKind::Ecdsa256);
+    let by_hand = sb.client_key("by-hand", KeyKind::Ed25519);
+    let new = sb.client_key("new", KeyKind::Rsa2048);
+
+    sb.cmd("add_keys")
+        .user("exampleuser")
+        .keys(&[&old1, &old2])
+        .send()
+        .assert_ok();
+    // The user adds a key of their own, the way people do.
+    let out = sb.run(&[
+        "su",
+        "-s",
+        "/bin/sh",
+        "-c",
+        &format!("echo '{}' >> ~/.ssh/authorized_keys", by_hand.public),
+        "exampleuser",
+    ]);
+    assert!(out.ok(), "hand-adding a key: {}", out.stderr);
+    sb.assert_key_login("exampleuser", &by_hand);
+
+    sb.cmd("replace_keys")
+        .user("exampleuser")
+        .keys(&[&new])
+        .send()
+        .assert_ok();
+
+    sb.assert_key_login("exampleuser", &new);
+    sb.assert_key_login("exampleuser", &by_hand);
+    sb.assert_no_key_login("exampleuser", &old1);
+    sb.assert_no_key_login("exampleuser", &old2);
+    assert_ssh_files_owned_by(&sb, "exampleuser", "/home/exampleuser");
+}
+
+#[test]
+fn unbinding_a_key_by_fingerprint_locks_that_key_out() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    sb.cmd("create_user").user("exampleuser").send().assert_ok();
+    let gone = sb.client_key("gone", KeyKind::Ed25519);
+    let stays = sb.client_key("stays", KeyKind::Rsa2048);
+    sb.cmd("add_keys")
+        .user("exampleuser")
+        .keys(&[&gone, &stays])
+        .send()
+        .assert_ok();
+    sb.assert_key_login("exampleuser", &gone);
+
+    sb.cmd("remove_keys")
+        .user("exampleuser")
+        .args(["--fingerprint", &gone.fingerprint])
+        .send()
+        .assert_ok();
+
+    sb.assert_no_key_login("exampleuser", &gone);
+    sb.assert_key_login("exampleuser", &stays);
+    let blob = gone.public.split_whitespace().nth(1).unwrap();
+    assert!(!sb
+        .read("/home/exampleuser/.ssh/authorized_keys")
+        .contains(blob));
+    assert_ssh_files_owned_by(&sb, "exampleuser", "/home/exampleuser");
+}
+
+#[test]
+fn root_logs_in_with_a_bound_key_under_prohibit_password() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    // Debian's default, which `sshd -T` prints under its old name.
+    assert_eq!(sb.sshd_option("permitrootlogin"), "without-password");
+    let key = sb.client_key("root-admin", KeyKind::Ed25519);
+    sb.assert_no_key_login("root", &key);
+
+    sb.cmd("add_keys")
+        .user("root")
+        .keys(&[&key])
+        .send()
+        .assert_ok();
+
+    sb.assert_key_login("root", &key);
+    assert_ssh_files_owned_by(&sb, "root", "/root");
+    // prohibit-password means what it says, even with the right password.
+    sb.chpasswd("root", "R00t-Passw0rd!");
+    sb.assert_no_password_login("root", "R00t-Passw0rd!");
+}
+
+#[test]
+fn keys_for_a_user_whose_ssh_dir_links_to_etc_are_refused() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    sb.cmd("create_user").user("exampleuser").send().assert_ok();
+    let key = sb.client_key("attacker", KeyKind::Ed25519);
+    // What the user can do in their own home without any privilege.
+    let out = sb.run(&[
+        "su",
+        "-s",
+        "/bin/sh",
+        "-c",
+        "rm -rf ~/.ssh && ln -s /etc ~/.ssh",
+        "exampleuser",
+    ]);
+    assert!(out.ok(), "{}", out.stderr);
+    let etc_before = HostSnapshot::tree_under(&sb.path("/"), "/etc");
+
+    for op in ["add_keys", "replace_keys"] {
+        let r = sb.cmd(op).user("exampleuser").keys(&[&key]).send();
+        assert_eq!(r.code(), "unsafe_path", "{op}: {}", r.payload);
+        assert_ne!(r.status(), "ok");
+    }
+    let r = sb
+        .cmd("remove_keys")
+        .user("exampleuser")
+        .keys(&[&key])
+        .send();
+    assert_eq!(r.code(), "unsafe_path", "remove_keys: {}", r.payload);
+
+    let diff = etc_before.diff(&HostSnapshot::tree_under(&sb.path("/"), "/etc"));
+    assert!(diff.is_empty(), "/etc changed: {diff:?}");
+    assert!(sb.lstat("/etc/authorized_keys").is_none());
+    sb.assert_no_key_login("exampleuser", &key);
+}
+
+#[test]
+fn keys_for_a_user_whose_authorized_keys_links_to_shadow_are_refused() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    sb.cmd("create_user").user("exampleuser").send().assert_ok();
+    let key = sb.client_key("attacker", KeyKind::Ed25519);
+    let out = sb.run(&[
+        "su",
+        "-s",
+        "/bin/sh",
+        "-c",
+        "mkdir -p -m 700 ~/.ssh && ln -sf /etc/shadow ~/.ssh/authorized_keys",
+        "exampleuser",
+    ]);
+    assert!(out.ok(), "{}", out.stderr);
+    let etc_before = HostSnapshot::tree_under(&sb.path("/"), "/etc");
+
+    for op in ["add_keys", "replace_keys", "remove_keys"] {
+        let r = sb.cmd(op).user("exampleuser").keys(&[&key]).send();
+        assert_eq!(r.code(), "unsafe_path", "{op}: {}", r.payload);
+        assert_ne!(r.status(), "ok");
+    }
+
+    let diff = etc_before.diff(&HostSnapshot::tree_under(&sb.path("/"), "/etc"));
+    assert!(diff.is_empty(), "/etc changed: {diff:?}");
+    let link = sb.lstat("/home/exampleuser/.ssh/authorized_keys").unwrap();
+    assert!(
+        link.file_type().is_symlink(),
+        "the user's link was left as it was"
+    );
+    sb.assert_no_key_login("exampleuser", &key);
+}
