@@ -11,12 +11,14 @@
 //! - [`ssh`]: authorized_keys files and sshd's effective settings.
 //! - [`config`](crate::config): `accessd.toml`.
 //! - [`engine`]: the signed command path (envelope in, signed result out).
+//! - [`mqtt`]: fleet delivery through an MQTT broker (transport only).
 
 pub mod accounts;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod fsx;
+pub mod mqtt;
 pub mod names;
 pub mod secret;
 pub mod ssh;
