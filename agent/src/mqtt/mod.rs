@@ -319,6 +319,11 @@ impl Task {
                 self.eventloop
                     .pending
                     .retain(|r| !matches!(r, Request::Publish(_) | Request::Subscribe(_)));
+                // Events still queued from the last connection are stale: an
+                // old "PUBLISH sent" would be taken for the next result's, and
+                // an old incoming command would be acknowledged by a packet id
+                // that means something else now (the broker sends it again).
+                self.eventloop.state.events.clear();
                 if let Some(inf) = self.inflight.take() {
                     self.queue.push_front(Queued {
                         name: inf.name,
@@ -363,6 +368,7 @@ impl Task {
             }
             Event::Incoming(Packet::Publish(p)) => self.on_publish(p),
             Event::Outgoing(Outgoing::Publish(pkid)) => {
+                debug!(pkid, inflight = ?self.inflight.as_ref().map(|i| (&i.name, i.pkid)), "outgoing publish");
                 if let Some(inf) = &mut self.inflight {
                     if inf.pkid.is_none() {
                         inf.pkid = Some(pkid);
@@ -370,6 +376,7 @@ impl Task {
                 }
             }
             Event::Incoming(Packet::PubAck(ack)) => {
+                debug!(pkid = ack.pkid, inflight = ?self.inflight.as_ref().map(|i| (&i.name, i.pkid)), "puback");
                 let ours = matches!(&self.inflight, Some(inf) if inf.pkid == Some(ack.pkid));
                 if ours {
                     let inf = self.inflight.take().expect("checked above");
