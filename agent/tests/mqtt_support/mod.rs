@@ -76,7 +76,13 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// certificate, all signed by it.
 pub fn make_ca(dir: &Path, name: &str) -> TlsFiles {
     std::fs::create_dir_all(dir).unwrap();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
     let ca_key = format!("{name}-ca.key");
     let ca = format!("{name}-ca.pem");
     let mut a = vec!["req", "-x509"];
@@ -97,7 +103,10 @@ pub fn make_ca(dir: &Path, name: &str) -> TlsFiles {
     ]);
     openssl(dir, &a);
     for (leaf, ext) in [
-        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
         ("client", "extendedKeyUsage=clientAuth\n"),
     ] {
         let key = format!("{name}-{leaf}.key");
@@ -112,8 +121,21 @@ pub fn make_ca(dir: &Path, name: &str) -> TlsFiles {
         openssl(
             dir,
             &[
-                "x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial",
-                "-out", &pem, "-days", "2", "-extfile", &extf,
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &extf,
             ],
         );
     }
@@ -203,7 +225,11 @@ impl Broker {
     }
 
     pub fn url(&self, tls: bool) -> String {
-        format!("{}://127.0.0.1:{}", if tls { "mqtts" } else { "mqtt" }, self.port)
+        format!(
+            "{}://127.0.0.1:{}",
+            if tls { "mqtts" } else { "mqtt" },
+            self.port
+        )
     }
 
     /// (Re)start on the same port, with the same persistence file.
@@ -220,7 +246,10 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("mosquitto exited ({st}); see {}", self.dir.join("mosquitto.log").display());
+                panic!(
+                    "mosquitto exited ({st}); see {}",
+                    self.dir.join("mosquitto.log").display()
+                );
             }
             assert!(Instant::now() < deadline, "mosquitto did not listen");
             std::thread::sleep(Duration::from_millis(20));
@@ -436,7 +465,12 @@ impl ControlPlane {
 
     pub async fn send(&self, instance: &str, body: impl Into<Vec<u8>>) {
         self.client
-            .publish(format!("accessd/{instance}/commands"), QoS::AtLeastOnce, false, body)
+            .publish(
+                format!("accessd/{instance}/commands"),
+                QoS::AtLeastOnce,
+                false,
+                body,
+            )
             .await
             .unwrap();
     }
@@ -447,7 +481,10 @@ impl ControlPlane {
             .await
             .expect("no result in time")
             .expect("control plane stopped");
-        (topic, serde_json::from_slice(&bytes).expect("result is JSON"))
+        (
+            topic,
+            serde_json::from_slice(&bytes).expect("result is JSON"),
+        )
     }
 }
 
