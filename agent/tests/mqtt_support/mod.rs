@@ -95,7 +95,7 @@ pub fn make_ca(dir: &Path, name: &str) -> TlsFiles {
         "-days",
         "2",
         "-subj",
-        "/CN=accessd test CA",
+        &format!("/CN=accessd test CA {name}"),
         "-addext",
         "basicConstraints=critical,CA:TRUE",
         "-addext",
