@@ -2,16 +2,17 @@
 //! that names the key and the file. Defaults are documented in
 //! `config/accessd.toml`.
 //!
-//! SKELETON: the struct is fixed so that every part can rely on it; loading
-//! and validation are filled in by the command-path work (issue 4).
+//! Errors are startup errors: they carry the file's path and say what to fix.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::path::{Path, PathBuf};
 
+use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 
-use crate::accounts::PasswordPolicy;
-use crate::error::Result;
+use crate::accounts::{AccountsConfig, PasswordPolicy};
+use crate::error::{Error, IoContext, Result};
 use crate::ssh::sshd::SshdOptions;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -131,9 +132,309 @@ fn default_keep_alive() -> u64 {
 
 pub const DEFAULT_PATH: &str = "/etc/accessd/accessd.toml";
 
+/// Largest accepted `max_envelope_bytes`: commands are small; a bigger limit
+/// only helps a flood.
+const MAX_ENVELOPE_CAP: usize = 16 * 1024 * 1024;
+
+/// A config or key error: a startup problem, reported with the file it is in.
+fn config_error(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::Io {
+        context: format!("configuration {}", path.display()),
+        source: io::Error::new(io::ErrorKind::InvalidData, msg.to_string()),
+    }
+}
+
 impl Config {
     /// Read, parse and validate `path` (permissions, trusted keys, values).
     pub fn load(path: &Path) -> Result<Config> {
-        todo!("issue 4 {}", path.display())
+        let text = read_private_file(path, "configuration file")?;
+        let text = String::from_utf8(text)
+            .map_err(|_| config_error(path, "the file is not valid UTF-8"))?;
+        Config::parse_str(&text, path)
+    }
+
+    /// Parse and validate configuration text; `origin` names it in errors.
+    /// (No permission check: that is [`Config::load`]'s job.)
+    pub fn parse_str(text: &str, origin: &Path) -> Result<Config> {
+        // toml's message names the unknown key, its line and column, and the
+        // keys that are allowed; prefixing the path names the file.
+        let cfg: Config = toml::from_str(text).map_err(|e| config_error(origin, e))?;
+        cfg.validate().map_err(|msg| config_error(origin, msg))?;
+        Ok(cfg)
+    }
+
+    /// Check values that the types alone do not constrain.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let id = &self.instance_id;
+        if id.is_empty()
+            || id.len() > 128
+            || id.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(format!(
+                "instance_id {:?} must be 1 to 128 printable characters without spaces",
+                crate::names::truncate_for_message(id)
+            ));
+        }
+        for (what, p) in [
+            ("state_dir", &self.state_dir),
+            ("root", &self.root),
+            ("sshd.config", &self.sshd.config),
+            ("sshd.binary", &self.sshd.binary),
+        ] {
+            if !p.is_absolute() {
+                return Err(format!(
+                    "{what} = {:?} must be an absolute path",
+                    p.display()
+                ));
+            }
+        }
+        if self.max_envelope_bytes < 1024 || self.max_envelope_bytes > MAX_ENVELOPE_CAP {
+            return Err(format!(
+                "max_envelope_bytes = {} must be between 1024 and {MAX_ENVELOPE_CAP}",
+                self.max_envelope_bytes
+            ));
+        }
+        if self.max_ttl_secs == 0 {
+            return Err("max_ttl_secs must be at least 1".into());
+        }
+        if self.clock_skew_secs > 86_400 {
+            return Err("clock_skew_secs must be at most 86400 (one day)".into());
+        }
+        // libxcrypt's limits for SHA-512 crypt.
+        if !(1000..=999_999_999).contains(&self.passwords.rounds) {
+            return Err(format!(
+                "passwords.rounds = {} must be between 1000 and 999999999",
+                self.passwords.rounds
+            ));
+        }
+        let pol = &self.passwords.policy;
+        if pol.min_len == 0 || pol.min_len > pol.max_len || pol.min_classes > 4 {
+            return Err(format!(
+                "passwords: need 1 <= min_len ({}) <= max_len ({}) and min_classes ({}) <= 4",
+                pol.min_len, pol.max_len, pol.min_classes
+            ));
+        }
+        if let Some(cmd) = &self.sshd.restart_command {
+            if cmd.is_empty() || !Path::new(&cmd[0]).is_absolute() {
+                return Err(
+                    "sshd.restart_command must be a list starting with an absolute program path"
+                        .into(),
+                );
+            }
+        }
+        self.trusted_keys()?;
+        Ok(())
+    }
+
+    /// The `[trust]` table decoded: key id → Ed25519 public key.
+    /// An error names the offending key id.
+    pub fn trusted_keys(&self) -> std::result::Result<BTreeMap<String, VerifyingKey>, String> {
+        let mut out = BTreeMap::new();
+        for (id, b64) in &self.trust {
+            if !valid_key_id(id) {
+                return Err(format!(
+                    "[trust] key id {:?} is not valid: use 1 to 64 characters of A-Z a-z 0-9 . _ -",
+                    crate::names::truncate_for_message(id)
+                ));
+            }
+            let key = parse_public_key(b64).map_err(|e| format!("[trust] key {id:?}: {e}"))?;
+            out.insert(id.clone(), key);
+        }
+        Ok(out)
+    }
+
+    /// The accounts layer's settings from `[passwords]`.
+    pub fn accounts(&self) -> AccountsConfig {
+        AccountsConfig {
+            policy: self.passwords.policy.clone(),
+            rounds: self.passwords.rounds,
+        }
+    }
+}
+
+/// Key ids (PROTOCOL §1): 1..64 chars of `[A-Za-z0-9._-]`.
+pub fn valid_key_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// A public key as PROTOCOL §1 writes it: standard base64 (padded) of the 32
+/// raw bytes. Surrounding whitespace (a trailing newline in a .pub file) is
+/// ignored. Points that are not on the curve, or of small order, are refused.
+pub fn parse_public_key(b64: &str) -> std::result::Result<VerifyingKey, String> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| format!("not standard base64 ({e})"))?;
+    let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
+        format!(
+            "decodes to {} bytes, an Ed25519 public key is 32",
+            raw.len()
+        )
+    })?;
+    let key = VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| "is not a valid Ed25519 public key".to_string())?;
+    if key.is_weak() {
+        return Err("is a small-order (weak) Ed25519 point".into());
+    }
+    Ok(key)
+}
+
+/// Read a file that only its owner (root, or the user running the agent) may
+/// change: a group- or world-writable config or key file would let another
+/// user choose which control plane the agent obeys. `what` names it in errors.
+pub fn read_private_file(path: &Path, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut f = std::fs::File::open(path).ctx(|| format!("opening {what} {}", path.display()))?;
+    // Checked on the opened descriptor, so the file checked is the file read.
+    let md = f
+        .metadata()
+        .ctx(|| format!("stat {what} {}", path.display()))?;
+    if !md.is_file() {
+        return Err(config_error(
+            path,
+            format!("the {what} is not a regular file"),
+        ));
+    }
+    if md.mode() & 0o022 != 0 {
+        return Err(config_error(
+            path,
+            format!(
+                "the {what} is writable by group or others (mode {:04o}); refusing it. Fix with: chmod go-w {}",
+                md.mode() & 0o7777,
+                path.display()
+            ),
+        ));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if md.uid() != 0 && md.uid() != euid {
+        return Err(config_error(
+            path,
+            format!(
+                "the {what} is owned by uid {}, not by root; refusing it",
+                md.uid()
+            ),
+        ));
+    }
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)
+        .ctx(|| format!("reading {what} {}", path.display()))?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse_str(text, Path::new("/etc/accessd/accessd.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let c = parse("instance_id = \"i-1\"\n").unwrap();
+        assert_eq!(c.state_dir, Path::new("/var/lib/accessd"));
+        assert_eq!(c.root, Path::new("/"));
+        assert_eq!(c.max_envelope_bytes, 65536);
+        assert_eq!((c.clock_skew_secs, c.max_ttl_secs), (300, 3600));
+        assert_eq!(c.passwords.rounds, 5000);
+        assert_eq!(c.passwords.policy, PasswordPolicy::default());
+        assert!(c.mqtt.is_none());
+    }
+
+    #[test]
+    fn the_example_config_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/accessd.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let c = Config::parse_str(&text, &path).unwrap();
+        assert_eq!(c.instance_id, "i-0abc123");
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_the_file() {
+        for text in [
+            "instance_id = \"i\"\nbogus = 1\n",
+            "instance_id = \"i\"\n[sshd]\nbogus = 1\n",
+            "instance_id = \"i\"\n[passwords]\nbogus = 1\n",
+            "instance_id = \"i\"\n[outbox]\nbogus = 1\n",
+            "instance_id = \"i\"\n[mqtt]\nurl = \"mqtt://x\"\nbogus = 1\n",
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains("bogus"), "{e}");
+            assert!(e.contains("/etc/accessd/accessd.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn password_policy_keys_are_read_from_the_passwords_table() {
+        let c = parse("instance_id = \"i\"\n[passwords]\nmin_len = 12\nrounds = 10000\n").unwrap();
+        assert_eq!(c.passwords.policy.min_len, 12);
+        assert_eq!(c.passwords.rounds, 10000);
+        assert_eq!(c.accounts().rounds, 10000);
+    }
+
+    #[test]
+    fn trusted_keys_are_validated_at_load() {
+        let ok = parse(&format!(
+            "instance_id = \"i\"\n[trust]\nconsole-2026 = \"{KEY}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.trusted_keys().unwrap().len(), 1);
+        for (id, val, needle) in [
+            ("short", "AAAA", "short"),
+            ("notb64", "!!!!", "notb64"),
+            ("bad id", KEY, "bad id"),
+            (
+                "weak",
+                "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                "weak",
+            ),
+        ] {
+            let e = parse(&format!(
+                "instance_id = \"i\"\n[trust]\n\"{id}\" = \"{val}\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        let long = "k".repeat(65);
+        assert!(parse(&format!(
+            "instance_id = \"i\"\n[trust]\n{long} = \"{KEY}\"\n"
+        ))
+        .is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for text in [
+            "instance_id = \"\"\n",
+            "instance_id = \"i\"\nstate_dir = \"relative\"\n",
+            "instance_id = \"i\"\nmax_envelope_bytes = 10\n",
+            "instance_id = \"i\"\nmax_ttl_secs = 0\n",
+            "instance_id = \"i\"\n[passwords]\nrounds = 10\n",
+            "instance_id = \"i\"\n[sshd]\nrestart_command = []\n",
+        ] {
+            assert!(parse(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn group_or_world_writable_config_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("accessd.toml");
+        std::fs::write(&p, "instance_id = \"i\"\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Config::load(&p).is_ok());
+        for mode in [0o664, 0o646] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = Config::load(&p).unwrap_err().to_string();
+            assert!(e.contains("writable by group or others"), "{e}");
+        }
     }
 }

@@ -295,6 +295,53 @@ impl Dir {
         self.sync()
     }
 
+    /// Keep the current `name` as `backup` (shadow-utils' `FILE-`) before it
+    /// is replaced: the old inode itself is hard-linked under a temp name and
+    /// renamed over `backup`, so the backup has the original bytes, owner,
+    /// mode, label and times without a copy, and a reader of `backup` never
+    /// sees a partial file. Durable once the directory is synced, which the
+    /// following [`Dir::write_atomic`] does. Absent `name` is a no-op.
+    pub fn backup(&self, name: &str, backup: &str) -> Result<()> {
+        check_name(name)?;
+        check_name(backup)?;
+        let tmp = format!(".{backup}.accessd-{}", random_suffix());
+        match nix::unistd::linkat(
+            self.fd.as_fd(),
+            name,
+            self.fd.as_fd(),
+            tmp.as_str(),
+            nix::fcntl::AtFlags::empty(),
+        ) {
+            Ok(()) => {}
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => {
+                return Err(e)
+                    .ctx(|| format!("linking {} as a backup", self.display(name).display()))
+            }
+        }
+        renameat(self.fd.as_fd(), tmp.as_str(), self.fd.as_fd(), backup).or_else(|e| {
+            let _ = unlinkat(self.fd.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            Err(e).ctx(|| format!("renaming the backup to {}", self.display(backup).display()))
+        })
+    }
+
+    /// Create the symbolic link `name` → `target` here, owned by uid:gid
+    /// (the link itself; its target is never touched).
+    pub fn create_symlink(&self, target: &Path, name: &str, uid: u32, gid: u32) -> Result<()> {
+        check_name(name)?;
+        let path = self.display(name);
+        nix::unistd::symlinkat(target, self.fd.as_fd(), name)
+            .ctx(|| format!("creating symlink {}", path.display()))?;
+        nix::unistd::fchownat(
+            self.fd.as_fd(),
+            name,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ctx(|| format!("chown symlink {}", path.display()))
+    }
+
     /// fsync the directory itself, so that renames and unlinks in it survive
     /// a crash.
     pub fn sync(&self) -> Result<()> {

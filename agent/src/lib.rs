@@ -11,15 +11,28 @@
 //! - [`ssh`]: authorized_keys files and sshd's effective settings.
 //! - [`config`](crate::config): `accessd.toml`.
 //! - [`engine`]: the signed command path (envelope in, signed result out).
-//! - [`mqtt`]: fleet delivery through an MQTT broker (transport only).
+//! - [`daemon`]: `<state_dir>/inbox` → engine → `<state_dir>/outbox`, signals, systemd.
+//! - [`logging`]: stderr or journald, and the audit events (`MESSAGE_ID`s).
+//! - [`protocol`]: DSSE envelopes, typed commands, results, and the client half.
+//! - [`identity`], [`replay`], [`staging`]: the agent's state directory.
+//! - [`inventory`]: the `inventory` op's report.
+//! - [`mqtt`]: fleet delivery through an MQTT broker (transport and client).
 
 pub mod accounts;
 pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod fsx;
+pub mod identity;
+pub mod inventory;
+pub mod logging;
 pub mod mqtt;
 pub mod names;
+pub mod protocol;
+pub mod replay;
 pub mod secret;
 pub mod ssh;
+pub mod staging;
 pub mod sys;

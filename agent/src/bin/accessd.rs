@@ -1,1 +1,120 @@
-fn main() {}
+//! `accessd`: the agent binary (PROTOCOL §6). Argument parsing, logging,
+//! exit codes; everything else is in the library.
+//!
+//! Exit status: 0 success; 1 the agent could not do its job (bad
+//! configuration, unwritable state); 2 bad usage; 3 (`apply`,
+//! `apply-staged`) some command was rejected or failed — its signed result
+//! says why.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use accessd::config::{Config, DEFAULT_PATH};
+use accessd::daemon::{self, Spool};
+use accessd::engine::{Engine, Status};
+use accessd::sys::System;
+use accessd::{demo, logging};
+
+#[derive(Parser)]
+#[command(
+    name = "accessd",
+    version,
+    about = "Apply signed login-credential commands from a control plane"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon (the default): answer every file dropped in <state_dir>/inbox.
+    Run,
+    /// Print the agent's public key (base64 Ed25519), creating the identity if missing.
+    Identity,
+    /// Verify and apply envelope files once, without the daemon; print each
+    /// signed result as one JSON line.
+    Apply {
+        #[arg(required = true, value_name = "ENVELOPE")]
+        envelopes: Vec<PathBuf>,
+    },
+    /// Apply what `set_password` with `apply_at: next_boot` staged (run at boot, before sshd).
+    ApplyStaged,
+    /// Show accessd at work on a throwaway sandbox (never touches this machine's /etc).
+    Demo,
+}
+
+const EXIT_ERROR: u8 = 1;
+const EXIT_NOT_OK: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let demo = matches!(cli.cmd, Some(Cmd::Demo));
+    // The demo prints its own story on stdout; keep the log to warnings.
+    logging::init(if demo { "warn" } else { "info" });
+    let result = match cli.cmd.unwrap_or(Cmd::Run) {
+        Cmd::Run => daemon::serve(&cli.config).map(|()| true),
+        Cmd::Identity => identity(&cli.config),
+        Cmd::Apply { envelopes } => apply(&cli.config, &envelopes),
+        Cmd::ApplyStaged => apply_staged(&cli.config),
+        Cmd::Demo => demo::run(&mut std::io::stdout()).map(|()| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_NOT_OK),
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("accessd: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn engine(config: &Path) -> accessd::error::Result<(Config, Engine)> {
+    let cfg = Config::load(config)?;
+    let engine = Engine::new(cfg.clone(), System::new(&cfg.root, &cfg.state_dir))?;
+    Ok((cfg, engine))
+}
+
+fn identity(config: &Path) -> accessd::error::Result<bool> {
+    let (_, engine) = engine(config)?;
+    println!("{}", engine.public_key());
+    Ok(true)
+}
+
+fn apply(config: &Path, files: &[PathBuf]) -> accessd::error::Result<bool> {
+    use accessd::error::IoContext;
+    use std::io::Write;
+    let (_, mut engine) = engine(config)?;
+    let mut all_ok = true;
+    let mut out = std::io::stdout().lock();
+    for f in files {
+        let bytes = std::fs::read(f).ctx(|| format!("reading {}", f.display()))?;
+        let source = f.display().to_string();
+        logging::received(
+            &source,
+            logging::peek_command_id(&bytes).as_deref(),
+            bytes.len(),
+        );
+        let h = engine.handle(&bytes);
+        logging::outcome(&source, &h);
+        all_ok &= h.status == Status::Ok;
+        out.write_all(&h.envelope)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush())
+            .ctx(|| "writing to stdout".into())?;
+    }
+    Ok(all_ok)
+}
+
+fn apply_staged(config: &Path) -> accessd::error::Result<bool> {
+    let (cfg, mut engine) = engine(config)?;
+    let mut spool = Spool::open(&cfg.state_dir, cfg.outbox.clone())?;
+    let handled = daemon::apply_staged(&mut engine, &mut spool)?;
+    Ok(handled.iter().all(|h| h.status == Status::Ok))
+}

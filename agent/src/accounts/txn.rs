@@ -1,0 +1,128 @@
+//! Several files changed as one: all replaced, or — on any failure — the
+//! ones already replaced are put back. Each replacement goes through
+//! [`Dir::write_atomic`]; the previous version of an account database is
+//! kept as `FILE-`, as shadow-utils keeps it.
+
+use crate::error::Result;
+use crate::fsx::{Dir, FileData, Meta};
+
+struct Change<'a> {
+    dir: &'a Dir,
+    name: String,
+    old: Option<FileData>,
+    /// `None`: remove the file.
+    new: Option<Vec<u8>>,
+    meta: Meta,
+    backup: bool,
+}
+
+#[derive(Default)]
+pub struct Txn<'a> {
+    changes: Vec<Change<'a>>,
+}
+
+impl<'a> Txn<'a> {
+    pub fn new() -> Self {
+        Txn {
+            changes: Vec::new(),
+        }
+    }
+
+    /// Replace the existing `old` file `name` with `new`, keeping its owner,
+    /// mode and label, and its previous content as `name-`. A no-op when
+    /// the content is unchanged.
+    pub fn replace(&mut self, dir: &'a Dir, name: &str, old: FileData, new: Vec<u8>) {
+        if old.bytes == new {
+            return;
+        }
+        self.changes.push(Change {
+            dir,
+            name: name.to_owned(),
+            meta: old.meta.clone(),
+            old: Some(old),
+            new: Some(new),
+            backup: true,
+        });
+    }
+
+    /// Create (or replace, keeping no backup) `name` with `meta`. For files
+    /// where a `name-` would itself be read, such as sudoers drop-ins.
+    pub fn put(
+        &mut self,
+        dir: &'a Dir,
+        name: &str,
+        old: Option<FileData>,
+        new: Vec<u8>,
+        meta: Meta,
+    ) {
+        self.changes.push(Change {
+            dir,
+            name: name.to_owned(),
+            old,
+            new: Some(new),
+            meta,
+            backup: false,
+        });
+    }
+
+    /// Remove `name` (restored from `old` on rollback).
+    pub fn remove(&mut self, dir: &'a Dir, name: &str, old: FileData) {
+        self.changes.push(Change {
+            dir,
+            name: name.to_owned(),
+            meta: old.meta.clone(),
+            old: Some(old),
+            new: None,
+            backup: false,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Apply every change in order. On failure, undo the applied ones in
+    /// reverse order and return the first error.
+    pub fn commit(self) -> Result<()> {
+        for (i, c) in self.changes.iter().enumerate() {
+            if let Err(e) = apply(c) {
+                for done in self.changes[..i].iter().rev() {
+                    if let Err(undo) = restore(done) {
+                        tracing::error!(
+                            file = %done.dir.display(&done.name).display(),
+                            error = %undo,
+                            "could not restore a file after a failed change"
+                        );
+                    }
+                }
+                // `c` itself may have failed after its rename; put it back too.
+                let _ = restore(c);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn apply(c: &Change<'_>) -> Result<()> {
+    if c.backup {
+        c.dir.backup(&c.name, &format!("{}-", c.name))?;
+    }
+    match &c.new {
+        Some(bytes) => c.dir.write_atomic(&c.name, bytes, &c.meta),
+        None => {
+            c.dir.remove_file(&c.name)?;
+            c.dir.sync()
+        }
+    }
+}
+
+fn restore(c: &Change<'_>) -> Result<()> {
+    match &c.old {
+        Some(old) => c.dir.write_atomic(&c.name, &old.bytes, &old.meta),
+        None => {
+            c.dir.remove_file(&c.name)?;
+            c.dir.sync()
+        }
+    }
+}

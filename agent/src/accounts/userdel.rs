@@ -1,0 +1,143 @@
+//! `userdel [-r]` (shadow 4.13): the user leaves passwd, shadow, every
+//! group member list, gshadow and the subordinate id files; the private
+//! group goes too when nobody else uses it.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::fsx::Dir;
+use crate::names::UserName;
+use crate::sys::System;
+
+use super::db::{self, Table};
+use super::logindefs::Defs;
+use super::{home, invalidate_caches, load, load_required, lock, malformed, record, sudo, txn};
+
+pub fn delete(sys: &System, user: &UserName, remove_home: bool, timeout: Duration) -> Result<()> {
+    let name = user.as_str();
+    let root = Dir::open(&sys.root)?;
+    let etc = root.open_dir("etc")?;
+    let defs = Defs::load(&etc, "login.defs", ' ')?;
+    let uid_min = defs.num_or("UID_MIN", 1000).max(1) as u32;
+
+    // userdel's lock order: passwd, shadow, group, gshadow, subuid, subgid.
+    let mut files = vec!["passwd", "shadow", "group"];
+    for f in ["gshadow", "subuid", "subgid"] {
+        if etc.stat_at(f)?.is_some() {
+            files.push(f);
+        }
+    }
+    let sudoers_d = etc.try_open_dir("sudoers.d")?;
+    let rec;
+    {
+        let _locks = lock::Locks::acquire(&etc, &files, timeout)?;
+        let (pw_data, mut passwd) = load_required(&etc, "passwd")?;
+        let i = passwd
+            .find(name)
+            .ok_or_else(|| Error::UserNotFound(name.to_owned()))?;
+        rec = record(&passwd.fields(i)).ok_or_else(|| malformed(&etc, "passwd", name))?;
+        if rec.uid == 0 {
+            return Err(Error::invalid(format!(
+                "refusing to delete {name}: uid 0 is the superuser"
+            )));
+        }
+        if rec.uid < uid_min {
+            return Err(Error::invalid(format!(
+                "refusing to delete {name}: uid {} is a system account (below UID_MIN {uid_min})",
+                rec.uid
+            )));
+        }
+        passwd.remove(i);
+
+        let mut t = txn::Txn::new();
+        let (gr_data, mut group) = load_required(&etc, "group")?;
+        let mut gshadow = load(&etc, "gshadow")?;
+        drop_member(&mut group, 3, name);
+        if let Some((_, gs)) = &mut gshadow {
+            drop_member(gs, 2, name);
+            drop_member(gs, 3, name);
+        }
+        // The private group: same name, the user's primary gid, no other
+        // members, and nobody else's primary group.
+        let usergroups = defs
+            .get("USERGROUPS_ENAB")
+            .is_none_or(|_| defs.yes("USERGROUPS_ENAB"));
+        if usergroups {
+            if let Some(gi) = group.find(name) {
+                let f = group.fields(gi);
+                let gid = f.get(2).and_then(|g| db::parse_num(g));
+                let empty = f.get(3).is_none_or(Vec::is_empty);
+                let others = passwd.numbers(3).any(|g| Some(g) == gid);
+                if gid == Some(u64::from(rec.gid)) && empty && !others {
+                    group.remove(gi);
+                    if let Some((_, gs)) = &mut gshadow {
+                        if let Some(si) = gs.find(name) {
+                            gs.remove(si);
+                        }
+                    }
+                }
+            }
+        }
+        t.replace(&etc, "passwd", pw_data, passwd.to_bytes());
+        if let Some((data, mut shadow)) = load(&etc, "shadow")? {
+            if let Some(si) = shadow.find(name) {
+                shadow.remove(si);
+            }
+            t.replace(&etc, "shadow", data, shadow.to_bytes());
+        }
+        t.replace(&etc, "group", gr_data, group.to_bytes());
+        if let Some((data, gs)) = gshadow {
+            t.replace(&etc, "gshadow", data, gs.to_bytes());
+        }
+        for f in ["subuid", "subgid"] {
+            if let Some((data, mut table)) = load(&etc, f)? {
+                while let Some(si) = table.find(name) {
+                    table.remove(si);
+                }
+                t.replace(&etc, f, data, table.to_bytes());
+            }
+        }
+        if let Some(d) = &sudoers_d {
+            if let Some(old) = sudo::read_ours(d, user)? {
+                t.remove(d, &sudo::dropin_name(user), old);
+            }
+        }
+        t.commit()?;
+    }
+    invalidate_caches(sys);
+
+    if remove_home {
+        home::remove(&root, &rec.home, rec.uid).map_err(|e| after_commit(name, e))?;
+        // userdel -r also removes the mail spool, when it is the user's.
+        if let Some(mail) = root.try_open_dir("var/mail")? {
+            if mail.stat_at(name)?.is_some_and(|st| st.st_uid == rec.uid) {
+                mail.remove_file(name).map_err(|e| after_commit(name, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn drop_member(t: &mut Table, idx: usize, name: &str) {
+    let hits: Vec<(usize, Vec<Vec<u8>>)> = t
+        .entries()
+        .filter(|(_, f)| f.get(idx).is_some_and(|m| db::is_member(m, name)))
+        .collect();
+    for (i, mut f) in hits {
+        if let Some(kept) = db::without_member(&f[idx], name) {
+            f[idx] = kept;
+            t.set_fields(i, &f);
+        }
+    }
+}
+
+/// The account is gone by now; say so, so nobody retries the whole delete.
+fn after_commit(name: &str, e: Error) -> Error {
+    match e {
+        Error::Io { context, source } => Error::Io {
+            context: format!("user {name} was deleted, but removing the home failed: {context}"),
+            source,
+        },
+        other => other,
+    }
+}

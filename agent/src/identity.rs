@@ -1,0 +1,240 @@
+//! The agent's identity: one Ed25519 key pair whose seed lives in
+//! `<state_dir>/identity.key` (base64, mode 0600, directory 0700). It signs
+//! results; its X25519 form opens sealed passwords.
+//!
+//! Creation is race-free: the key is written under a temporary name and
+//! published with `link()`, which fails if the name exists, so two agents
+//! starting at once end with one key (the loser reads the winner's).
+
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use nix::errno::Errno;
+use nix::fcntl::AtFlags;
+use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsx::{Dir, Meta};
+
+pub const IDENTITY_FILE: &str = "identity.key";
+
+fn state_error(path: &Path, msg: String) -> Error {
+    Error::Io {
+        context: format!("state directory {}", path.display()),
+        source: io::Error::new(io::ErrorKind::PermissionDenied, msg),
+    }
+}
+
+/// Create (0700) or open the state directory. An existing one that group
+/// or others can write, or that another user owns, is refused: it holds the
+/// identity and the replay record.
+pub fn open_state_dir(path: &Path) -> Result<Dir> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .ctx(|| format!("creating state directory {}", path.display()))?;
+    let dir = Dir::open(path)?;
+    let st = dir.stat()?;
+    if st.st_mode & 0o022 != 0 {
+        return Err(state_error(
+            path,
+            format!(
+                "mode {:04o} is writable by group or others",
+                st.st_mode & 0o7777
+            ),
+        ));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if st.st_uid != euid {
+        return Err(state_error(
+            path,
+            format!("owned by uid {}, not {euid}", st.st_uid),
+        ));
+    }
+    Ok(dir)
+}
+
+/// Open (or create with `mode` 0700) the subdirectory `name` of `dir`.
+pub fn sub_dir(dir: &Dir, name: &str) -> Result<Dir> {
+    if let Some(d) = dir.try_open_dir(name)? {
+        return Ok(d);
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    let egid = nix::unistd::getegid().as_raw();
+    match dir.create_dir(name, &Meta::new(euid, egid, 0o700)) {
+        Ok(d) => Ok(d),
+        // Someone else created it between the two calls.
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+            dir.open_dir(name)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Write `data` to `name` in `dir` only if `name` does not exist yet,
+/// atomically (never a partial file) and durably. Returns `false` if it
+/// already existed (nothing written).
+pub fn write_new(dir: &Dir, name: &str, data: &[u8], meta: &Meta) -> Result<bool> {
+    let tmp = format!(".new-{name}-{}", crate::protocol::client::random_id());
+    dir.write_atomic(&tmp, data, meta)?;
+    let linked = linkat(
+        dir.as_fd(),
+        tmp.as_str(),
+        dir.as_fd(),
+        name,
+        AtFlags::empty(),
+    );
+    let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+    match linked {
+        Ok(()) => {
+            dir.sync()?;
+            Ok(true)
+        }
+        Err(Errno::EEXIST) => Ok(false),
+        Err(e) => Err(e).ctx(|| format!("publishing {}", dir.display(name).display())),
+    }
+}
+
+pub struct Identity {
+    key: SigningKey,
+}
+
+impl Identity {
+    /// Load `identity.key` from `state`, creating it on first use.
+    pub fn load_or_create(state: &Dir) -> Result<Identity> {
+        if let Some(id) = Self::load(state)? {
+            return Ok(id);
+        }
+        let mut seed = Zeroizing::new([0u8; 32]);
+        getrandom::getrandom(seed.as_mut()).map_err(|e| Error::Io {
+            context: "generating the agent identity".into(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        let text = Zeroizing::new(format!(
+            "{}\n",
+            crate::protocol::dsse::encode_b64(seed.as_ref())
+        ));
+        let euid = nix::unistd::geteuid().as_raw();
+        let egid = nix::unistd::getegid().as_raw();
+        write_new(
+            state,
+            IDENTITY_FILE,
+            text.as_bytes(),
+            &Meta::new(euid, egid, 0o600),
+        )?;
+        // Whether we won the race or not, the file on disk is the identity.
+        Self::load(state)?.ok_or_else(|| Error::Io {
+            context: format!("reading {}", state.display(IDENTITY_FILE).display()),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        })
+    }
+
+    fn load(state: &Dir) -> Result<Option<Identity>> {
+        let path = state.display(IDENTITY_FILE);
+        let Some(data) = state.read(IDENTITY_FILE)? else {
+            return Ok(None);
+        };
+        let bytes = Zeroizing::new(data.bytes);
+        if data.meta.mode & 0o077 != 0 {
+            return Err(state_error(
+                &path,
+                format!(
+                    "the identity key has mode {:04o}; it must be 0600 (group and others may have read it: consider replacing the key)",
+                    data.meta.mode
+                ),
+            ));
+        }
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| state_error(&path, "the identity key is not base64 text".into()))?;
+        let key = crate::protocol::client::signing_key_from_b64(text)
+            .map_err(|m| state_error(&path, m))?;
+        Ok(Some(Identity { key }))
+    }
+
+    pub fn from_signing_key(key: SigningKey) -> Identity {
+        Identity { key }
+    }
+
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// Base64 of the Ed25519 public key.
+    pub fn public_key_b64(&self) -> String {
+        crate::protocol::dsse::encode_b64(self.key.verifying_key().as_bytes())
+    }
+
+    /// Open a libsodium sealed box addressed to this agent's X25519 key.
+    /// The X25519 secret is derived as libsodium's
+    /// `crypto_sign_ed25519_sk_to_curve25519` does: the first half of
+    /// SHA-512(seed), clamped (crypto_box clamps when it multiplies).
+    pub fn unseal(&self, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        let sk = crypto_box::SecretKey::from_bytes(*Zeroizing::new(self.key.to_scalar_bytes()));
+        sk.unseal(sealed).ok().map(Zeroizing::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn identity_is_created_once_0600_and_reloaded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = open_state_dir(&tmp.path().join("state")).unwrap();
+        let a = Identity::load_or_create(&state).unwrap();
+        let b = Identity::load_or_create(&state).unwrap();
+        assert_eq!(a.public_key_b64(), b.public_key_b64());
+        let md = std::fs::metadata(tmp.path().join("state/identity.key")).unwrap();
+        assert_eq!(md.mode() & 0o777, 0o600);
+        let md = std::fs::metadata(tmp.path().join("state")).unwrap();
+        assert_eq!(md.mode() & 0o777, 0o700);
+        // No temporary files are left behind.
+        assert_eq!(state.list().unwrap(), vec![IDENTITY_FILE.to_string()]);
+    }
+
+    #[test]
+    fn racing_starts_end_with_one_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("state");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let keys: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        let d = open_state_dir(&path).unwrap();
+                        Identity::load_or_create(&d).unwrap().public_key_b64()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.windows(2).all(|w| w[0] == w[1]), "{keys:?}");
+    }
+
+    #[test]
+    fn a_readable_identity_key_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let state = open_state_dir(tmp.path()).unwrap();
+        Identity::load_or_create(&state).unwrap();
+        let p = tmp.path().join(IDENTITY_FILE);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Identity::load_or_create(&state).is_err());
+    }
+
+    #[test]
+    fn a_world_writable_state_dir_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(open_state_dir(tmp.path()).is_err());
+    }
+}

@@ -1,0 +1,190 @@
+//! Where log lines go, and the audit events every command leaves behind.
+//!
+//! Under systemd (`JOURNAL_STREAM` set) events go to journald natively, each
+//! field its own journal field, so `journalctl -u accessd COMMAND_ID=c-123`
+//! finds a command's whole story and `MESSAGE_ID=` finds every event of one
+//! kind. Elsewhere, human-readable lines on stderr. Filtering follows
+//! `RUST_LOG` (default `info`).
+//!
+//! What is logged is what [`Handled`] carries (ids, op, user name, codes and a
+//! message the engine wrote for humans) — never an envelope, a payload or a
+//! password: those fields simply do not exist here.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::engine::{Handled, Status};
+
+/// journald `MESSAGE_ID`s (128-bit, fixed forever: tools filter on them).
+pub mod message_id {
+    /// An envelope was picked up (inbox file read or MQTT message received).
+    pub const RECEIVED: &str = "5c0a4f1e2b7d4c8e9a3f6b1d0e2c7a41";
+    /// A command was applied (`status: ok`).
+    pub const APPLIED: &str = "8e3b2d7c1a6f4e0b9c5d3a2f1e7b6c42";
+    /// A command was refused before anything was attempted (`status: rejected`).
+    pub const REJECTED: &str = "b71f4a9c3e2d4b6a8f0c1d5e7a3b9c43";
+    /// A command was attempted and failed; nothing was changed (`status: failed`).
+    pub const FAILED: &str = "d24c8e1b6a3f4d7c9b2e0a5f8c1d3e44";
+}
+
+/// Install the global subscriber. `default_level` applies when `RUST_LOG` is
+/// unset. Safe to call once; a second call is ignored.
+pub fn init(default_level: &str) {
+    let filter =
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                // No prefix: our fields are the journal fields (COMMAND_ID, not F_COMMAND_ID).
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("accessd".into());
+                let _ = tracing_subscriber::registry()
+                    .with(layer.with_filter(filter()))
+                    .try_init();
+                return;
+            }
+            Err(e) => eprintln!("accessd: journald unavailable ({e}); logging to stderr"),
+        }
+    }
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colour codes only for a person at a terminal, never in files.
+                .with_ansi(
+                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                )
+                .with_target(false)
+                .with_filter(filter()),
+        )
+        .try_init();
+}
+
+/// Audit: an envelope arrived from `source` (an inbox file name, `staged`).
+/// `command_id` is what the envelope claims before verification (see
+/// [`peek_command_id`]); the result event carries the verified one.
+pub fn received(source: &str, command_id: Option<&str>, bytes: usize) {
+    tracing::info!(
+        message_id = message_id::RECEIVED,
+        command_id = command_id.unwrap_or(""),
+        source,
+        bytes,
+        "received {source} ({bytes} bytes)"
+    );
+}
+
+/// Audit: the outcome of one command.
+pub fn outcome(source: &str, h: &Handled) {
+    let id = h.id.as_deref().unwrap_or("");
+    let op = h.op.as_deref().unwrap_or("");
+    let user = h.target_user.as_deref().unwrap_or("");
+    let code = h.code.as_str();
+    let msg = &h.message;
+    match h.status {
+        Status::Ok => tracing::info!(
+            message_id = message_id::APPLIED,
+            command_id = id,
+            op,
+            target_user = user,
+            result_code = code,
+            source,
+            "applied {op} {id} from {source}: {msg}"
+        ),
+        Status::Rejected => tracing::warn!(
+            message_id = message_id::REJECTED,
+            command_id = id,
+            op,
+            target_user = user,
+            result_code = code,
+            source,
+            "rejected {source} ({code}): {msg}"
+        ),
+        Status::Failed => tracing::error!(
+            message_id = message_id::FAILED,
+            command_id = id,
+            op,
+            target_user = user,
+            result_code = code,
+            source,
+            "failed {op} {id} from {source} ({code}): {msg}"
+        ),
+    }
+}
+
+/// The `id` an envelope's payload claims, read without verifying anything,
+/// so that the "received" event can be found by `COMMAND_ID` like the rest of
+/// the command's story. Only an id of the protocol's shape is returned (it is
+/// attacker-controlled until verified; the shape keeps it a harmless token).
+pub fn peek_command_id(envelope: &[u8]) -> Option<String> {
+    use base64::Engine as _;
+    #[derive(serde::Deserialize)]
+    struct Env {
+        payload: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Payload {
+        id: String,
+    }
+    let env: Env = serde_json::from_slice(envelope).ok()?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let url = base64::engine::general_purpose::URL_SAFE;
+    let body = b64
+        .decode(&env.payload)
+        .or_else(|_| url.decode(&env.payload))
+        .ok()?;
+    let p: Payload = serde_json::from_slice(&body).ok()?;
+    let ok = (1..=128).contains(&p.id.len())
+        && p.id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(&c));
+    ok.then_some(p.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn env_with(payload: &str) -> Vec<u8> {
+        let p = base64::engine::general_purpose::STANDARD.encode(payload);
+        format!(r#"{{"payloadType":"x","payload":"{p}","signatures":[]}}"#).into_bytes()
+    }
+
+    #[test]
+    fn peeks_a_well_formed_id() {
+        assert_eq!(
+            peek_command_id(&env_with(r#"{"id":"c-1.2:3_x"}"#)).as_deref(),
+            Some("c-1.2:3_x")
+        );
+    }
+
+    #[test]
+    fn refuses_ids_that_could_forge_log_fields() {
+        assert_eq!(
+            peek_command_id(&env_with(r#"{"id":"a\nMESSAGE_ID=x"}"#)),
+            None
+        );
+        assert_eq!(peek_command_id(&env_with(r#"{"id":""}"#)), None);
+        assert_eq!(peek_command_id(b"not json"), None);
+    }
+
+    #[test]
+    fn message_ids_are_128_bit_hex_and_distinct() {
+        let ids = [
+            message_id::RECEIVED,
+            message_id::APPLIED,
+            message_id::REJECTED,
+            message_id::FAILED,
+        ];
+        for id in ids {
+            assert_eq!(id.len(), 32);
+            assert!(id.bytes().all(|c| c.is_ascii_hexdigit()));
+        }
+        let set: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(set.len(), 4);
+    }
+}

@@ -1,0 +1,162 @@
+//! The control plane's half of the protocol: build and sign a command, seal
+//! a password to an agent, verify a result. `accessctl`, the daemon's demo
+//! and the tests use these instead of shelling out.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde_json::Value;
+
+use super::dsse::{self, Envelope};
+use super::result::ResultPayload;
+use super::{format_time, AGENT_KEY_ID, COMMAND_TYPE, RESULT_TYPE};
+use crate::error::{Error, IoContext, Result};
+
+/// A command before signing. `args` is the op's argument object.
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    pub id: String,
+    pub instance_id: String,
+    pub issued_at: SystemTime,
+    pub expires_at: SystemTime,
+    pub op: String,
+    pub args: Value,
+}
+
+impl CommandSpec {
+    /// A command valid from now for `ttl`, with a random `c-<hex>` id.
+    pub fn new(instance_id: &str, op: &str, args: Value, ttl: Duration) -> CommandSpec {
+        let now = SystemTime::now();
+        CommandSpec {
+            id: random_id(),
+            instance_id: instance_id.to_owned(),
+            issued_at: now,
+            expires_at: now + ttl,
+            op: op.to_owned(),
+            args,
+        }
+    }
+
+    /// The payload JSON (PROTOCOL §3).
+    pub fn payload(&self) -> Vec<u8> {
+        let mut obj = serde_json::json!({
+            "v": 1,
+            "id": self.id,
+            "instance_id": self.instance_id,
+            "issued_at": format_time(self.issued_at),
+            "expires_at": format_time(self.expires_at),
+            "op": self.op,
+        });
+        if !self.args.is_null() {
+            obj["args"] = self.args.clone();
+        }
+        serde_json::to_vec(&obj).expect("serializing JSON values cannot fail")
+    }
+
+    /// The signed envelope, one JSON line.
+    pub fn sign(&self, key: &SigningKey, keyid: &str) -> String {
+        dsse::sign(COMMAND_TYPE, &self.payload(), key, keyid)
+    }
+}
+
+/// `c-` and 16 random hex digits.
+pub fn random_id() -> String {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).expect("the OS random number generator failed");
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("c-{hex}")
+}
+
+/// The X25519 public key that secrets for this agent are sealed to: the
+/// Edwards-to-Montgomery map of its Ed25519 key (libsodium
+/// `crypto_sign_ed25519_pk_to_curve25519`).
+pub fn seal_key(agent: &VerifyingKey) -> crypto_box::PublicKey {
+    crypto_box::PublicKey::from_bytes(agent.to_montgomery().to_bytes())
+}
+
+/// `{"sealed": "<base64>"}` for a password argument: libsodium
+/// `crypto_box_seal` of the UTF-8 password to the agent's X25519 key.
+pub fn sealed_password(agent: &VerifyingKey, password: &[u8]) -> Value {
+    let sealed = seal_key(agent)
+        .seal(&mut rand_core::OsRng, password)
+        .expect("sealing to a valid public key cannot fail");
+    serde_json::json!({ "sealed": dsse::encode_b64(&sealed) })
+}
+
+/// Verify a result envelope with the agent's public key and return its payload.
+pub fn verify_result(agent: &VerifyingKey, envelope: &[u8]) -> Result<ResultPayload> {
+    let trusted = BTreeMap::from([(AGENT_KEY_ID.to_owned(), *agent)]);
+    let (_, body) = Envelope::parse(envelope)?.verify(RESULT_TYPE, &trusted)?;
+    serde_json::from_slice(&body)
+        .map_err(|e| Error::BadEnvelope(format!("result payload does not parse: {e}")))
+}
+
+/// Read a private key file (base64 of the 32-byte seed). It must not be
+/// readable or writable by group or others.
+pub fn load_signing_key(path: &Path) -> Result<SigningKey> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path).ctx(|| format!("stat key file {}", path.display()))?;
+    if md.mode() & 0o077 != 0 {
+        return Err(Error::Io {
+            context: format!("key file {}", path.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "mode {:04o} lets group or others read it; chmod 600 it",
+                    md.mode() & 0o7777
+                ),
+            ),
+        });
+    }
+    let text =
+        std::fs::read_to_string(path).ctx(|| format!("reading key file {}", path.display()))?;
+    signing_key_from_b64(&text).map_err(|msg| Error::Io {
+        context: format!("key file {}", path.display()),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
+    })
+}
+
+/// Decode base64 of a 32-byte Ed25519 seed.
+pub fn signing_key_from_b64(text: &str) -> std::result::Result<SigningKey, String> {
+    use base64::Engine as _;
+    let raw = zeroize::Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| "not base64 of a 32-byte Ed25519 seed".to_string())?,
+    );
+    let seed: [u8; 32] = raw
+        .as_slice()
+        .try_into()
+        .map_err(|_| format!("decodes to {} bytes, an Ed25519 seed is 32", raw.len()))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// A public key given as base64 or as the path of a file holding it.
+pub fn public_key_arg(arg: &str) -> Result<VerifyingKey> {
+    let text = if Path::new(arg).is_file() {
+        std::fs::read_to_string(arg).ctx(|| format!("reading public key file {arg}"))?
+    } else {
+        arg.to_owned()
+    };
+    crate::config::parse_public_key(&text).map_err(|msg| Error::Io {
+        context: format!("public key {}", crate::names::truncate_for_message(arg)),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_password_opens_with_the_agents_converted_secret() {
+        let agent = SigningKey::from_bytes(&[7; 32]);
+        let v = sealed_password(&agent.verifying_key(), b"pw");
+        let sealed = dsse::decode_b64(v["sealed"].as_str().unwrap()).unwrap();
+        let sk = crypto_box::SecretKey::from_bytes(agent.to_scalar_bytes());
+        assert_eq!(sk.public_key(), seal_key(&agent.verifying_key()));
+        assert_eq!(sk.unseal(&sealed).unwrap(), b"pw");
+    }
+}

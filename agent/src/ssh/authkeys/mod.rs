@@ -1,0 +1,408 @@
+//! `~/.ssh/authorized_keys`: parse as sshd(8) does, change only what a command
+//! names, keep every other line byte for byte.
+//!
+//! - [`line`]: the sshd line splitter and option parser (bytes in, sub-slices out).
+//! - [`key`]: blob decoding, inner-type check, bits and fingerprints.
+//! - [`file`]: reaching the file safely as root in a user-controlled home.
+//!
+//! Which keys accessd added is recorded in the state directory
+//! (`keys/<user>.json`, fingerprints), never by marking the user's lines, so
+//! `replace_keys` can take back exactly what accessd put there.
+
+pub mod file;
+pub mod key;
+pub mod line;
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fsx::{Dir, FileData, Meta};
+use crate::names::{truncate_for_message, UserName};
+use crate::sys::System;
+
+use self::file::Owner;
+use self::key::PublicKey;
+use self::line::{AuthKeysText, Entry};
+
+/// sshd reads lines of up to 8 KiB (`SSH_MAX_PUBKEY_BYTES`, sshd(8)).
+const MAX_LINE: usize = 8192;
+/// Commands may not add RSA keys under this size (PROTOCOL §3).
+const MIN_RSA_BITS: u32 = 2048;
+
+/// One validated authorized_keys line from a command: optional options,
+/// an accepted key type, a blob that decodes to that type, optional comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLine {
+    options: Option<String>,
+    key: PublicKey,
+    comment: Option<String>,
+}
+
+impl KeyLine {
+    pub fn parse(line: &str) -> Result<KeyLine> {
+        let shown = || truncate_for_message(line);
+        if line.contains(['\n', '\r', '\0']) {
+            return Err(Error::invalid(format!(
+                "key line {:?} contains a line break or NUL",
+                shown()
+            )));
+        }
+        if line.len() > MAX_LINE {
+            return Err(Error::invalid(format!(
+                "key line {:?} is longer than sshd's {MAX_LINE}-byte limit",
+                shown()
+            )));
+        }
+        let bad = |why: String| Error::invalid(format!("key line {:?}: {why}", shown()));
+        let fields = match line::split(line.as_bytes()) {
+            Entry::Key(f) => f,
+            Entry::Comment => return Err(bad("is empty or a comment".into())),
+            Entry::Invalid(why) => return Err(bad(why.into())),
+        };
+        // The line is &str, so every field is UTF-8 too.
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let options = fields.options.map(text);
+        if let Some(o) = &options {
+            line::parse_options(o).map_err(bad)?;
+        }
+        let key_type = text(fields.key_type);
+        let key = PublicKey::decode(&key_type, fields.blob).map_err(bad)?;
+        if key.key_type == "ssh-rsa" && key.bits < MIN_RSA_BITS {
+            return Err(bad(format!(
+                "RSA key of {} bits; at least {MIN_RSA_BITS} are required",
+                key.bits
+            )));
+        }
+        Ok(KeyLine {
+            options,
+            key,
+            comment: fields.comment.map(text),
+        })
+    }
+
+    /// `SHA256:...` exactly as `ssh-keygen -l` prints it.
+    pub fn fingerprint(&self) -> String {
+        self.key.fingerprint()
+    }
+
+    /// Warnings to pass on in the result (e.g. ssh-dss is refused by current OpenSSH).
+    pub fn warnings(&self) -> Vec<String> {
+        if self.key.key_type == "ssh-dss" {
+            vec![format!(
+                "{} is an ssh-dss key: OpenSSH 9.8 disables DSA and 10.0 removed it, so sshd may not accept it",
+                self.fingerprint()
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+
+    pub fn key_type(&self) -> &str {
+        &self.key.key_type
+    }
+
+    pub fn bits(&self) -> u32 {
+        self.key.bits
+    }
+
+    /// The line accessd writes: `[options ]type base64[ comment]`.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        if let Some(o) = &self.options {
+            s.push_str(o);
+            s.push(' ');
+        }
+        s.push_str(&self.key.key_type);
+        s.push(' ');
+        s.push_str(&self.key.blob_base64());
+        if let Some(c) = &self.comment {
+            s.push(' ');
+            s.push_str(c);
+        }
+        s
+    }
+}
+
+/// What `remove_keys` matches: a key line or a `SHA256:` fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySelector {
+    Key(KeyLine),
+    Fingerprint(String),
+}
+
+impl KeySelector {
+    pub fn parse(s: &str) -> Result<KeySelector> {
+        if s.starts_with("SHA256:") {
+            if key::is_fingerprint(s) {
+                return Ok(KeySelector::Fingerprint(s.to_owned()));
+            }
+            return Err(Error::invalid(format!(
+                "{:?} is not a SHA256 fingerprint as ssh-keygen -l prints it",
+                truncate_for_message(s)
+            )));
+        }
+        KeyLine::parse(s).map(KeySelector::Key)
+    }
+
+    fn fingerprint(&self) -> String {
+        match self {
+            KeySelector::Key(k) => k.fingerprint(),
+            KeySelector::Fingerprint(f) => f.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyInfo {
+    #[serde(rename = "type")]
+    pub key_type: String,
+    pub bits: u32,
+    pub fingerprint: String,
+    pub comment: Option<String>,
+    pub options: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KeysOutcome {
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
+    pub warnings: Vec<String>,
+}
+
+/// The key a file line holds, when it is a key line accessd understands.
+fn line_key(raw: &[u8]) -> Option<PublicKey> {
+    match line::split(AuthKeysText::body(raw)) {
+        Entry::Key(f) => PublicKey::decode(std::str::from_utf8(f.key_type).ok()?, f.blob).ok(),
+        _ => None,
+    }
+}
+
+/// Add or update `keys` in `text`; returns the fingerprints of lines it
+/// inserted (keys that were not there before).
+fn add_to(text: &mut AuthKeysText, keys: &[KeyLine], out: &mut KeysOutcome) -> Vec<String> {
+    let mut inserted = Vec::new();
+    // The same key twice in one command: the later line wins.
+    let mut seen = BTreeSet::new();
+    let unique: Vec<&KeyLine> = keys
+        .iter()
+        .rev()
+        .filter(|k| seen.insert(k.key.blob.clone()))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    for k in unique {
+        out.warnings.extend(k.warnings());
+        let wanted = format!("{}\n", k.render());
+        let mut found = false;
+        let mut i = 0;
+        while i < text.lines.len() {
+            let same = line_key(&text.lines[i])
+                .is_some_and(|fk| fk.key_type == k.key.key_type && fk.blob == k.key.blob);
+            if !same {
+                i += 1;
+                continue;
+            }
+            if found {
+                // A duplicate of a key already kept: sshd would only ever use
+                // the first one, so it is noise.
+                text.lines.remove(i);
+                out.removed += 1;
+                continue;
+            }
+            found = true;
+            if AuthKeysText::body(&text.lines[i]) != k.render().as_bytes() {
+                text.lines[i] = wanted.clone().into_bytes();
+                out.updated += 1;
+            }
+            i += 1;
+        }
+        if !found {
+            if let Some(last) = text.lines.last_mut() {
+                if !last.ends_with(b"\n") {
+                    last.push(b'\n');
+                }
+            }
+            text.lines.push(wanted.into_bytes());
+            out.added += 1;
+            inserted.push(k.fingerprint());
+        }
+    }
+    inserted
+}
+
+/// Remove every line whose key has one of `fingerprints`; returns how many.
+fn remove_from(text: &mut AuthKeysText, fingerprints: &BTreeSet<String>) -> usize {
+    let before = text.lines.len();
+    text.lines
+        .retain(|l| !line_key(l).is_some_and(|k| fingerprints.contains(&k.fingerprint())));
+    before - text.lines.len()
+}
+
+/// accessd's record of the keys it added for one user.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Managed {
+    v: u32,
+    fingerprints: BTreeSet<String>,
+}
+
+const STATE_SUBDIR: &str = "keys";
+
+fn state_dir(sys: &System) -> Result<Dir> {
+    let state = Dir::open(&sys.state_dir)?;
+    match state.try_open_dir(STATE_SUBDIR)? {
+        Some(d) => Ok(d),
+        None => state.create_dir(STATE_SUBDIR, &Meta::new(0, 0, 0o700)),
+    }
+}
+
+fn state_name(user: &UserName) -> String {
+    format!("{user}.json")
+}
+
+fn load_managed(dir: &Dir, user: &UserName) -> Result<BTreeSet<String>> {
+    let Some(data) = dir.read(&state_name(user))? else {
+        return Ok(BTreeSet::new());
+    };
+    let m: Managed = serde_json::from_slice(&data.bytes).map_err(|e| Error::Io {
+        context: format!("reading {}", dir.display(&state_name(user)).display()),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })?;
+    Ok(m.fingerprints)
+}
+
+fn store_managed(dir: &Dir, user: &UserName, fps: &BTreeSet<String>) -> Result<()> {
+    let m = Managed {
+        v: 1,
+        fingerprints: fps.clone(),
+    };
+    let mut bytes = serde_json::to_vec_pretty(&m).expect("a set of strings serializes");
+    bytes.push(b'\n');
+    dir.write_atomic(&state_name(user), &bytes, &Meta::new(0, 0, 0o600))
+}
+
+/// One edit of one user's file: read, change in memory, write once.
+struct Edit {
+    owner: Owner,
+    ssh: Option<Dir>,
+    old: Option<FileData>,
+    text: AuthKeysText,
+}
+
+impl Edit {
+    fn open(sys: &System, user: &UserName, create: bool) -> Result<Edit> {
+        let owner = file::owner_of(sys, user)?;
+        let ssh = file::open_ssh_dir(sys, &owner, create)?;
+        let old = match &ssh {
+            Some(d) => file::read_keys_file(d, &owner)?,
+            None => None,
+        };
+        let text = AuthKeysText::parse(old.as_ref().map_or(&[][..], |d| &d.bytes));
+        Ok(Edit {
+            owner,
+            ssh,
+            old,
+            text,
+        })
+    }
+
+    /// Write the file when its content changed, or when it exists with the
+    /// wrong owner or mode (corrected by writing a fresh 0600 copy).
+    fn commit(&self) -> Result<()> {
+        let Some(ssh) = &self.ssh else {
+            return Ok(());
+        };
+        let new = self.text.render();
+        let changed = match &self.old {
+            Some(old) => old.bytes != new || file::meta_is_wrong(old, &self.owner),
+            None => !new.is_empty(),
+        };
+        if changed {
+            file::write_keys_file(ssh, &self.owner, &new, self.old.as_ref())?;
+        }
+        Ok(())
+    }
+}
+
+/// Apply an edit, keeping the managed-key record consistent with the file:
+/// the union of old and new record is stored before the file changes and
+/// the new record after, so a crash between the two can only leave accessd
+/// believing it owns a key it just handled — never forgetting one it added.
+fn apply(
+    sys: &System,
+    user: &UserName,
+    create: bool,
+    change: impl FnOnce(&mut AuthKeysText, &BTreeSet<String>, &mut KeysOutcome) -> BTreeSet<String>,
+) -> Result<KeysOutcome> {
+    let mut edit = Edit::open(sys, user, create)?;
+    let state = state_dir(sys)?;
+    let managed = load_managed(&state, user)?;
+    let mut out = KeysOutcome::default();
+    let after = change(&mut edit.text, &managed, &mut out);
+    let union: BTreeSet<String> = managed.union(&after).cloned().collect();
+    if union != managed {
+        store_managed(&state, user, &union)?;
+    }
+    edit.commit()?;
+    if after != union {
+        store_managed(&state, user, &after)?;
+    }
+    Ok(out)
+}
+
+pub fn add_keys(sys: &System, user: &UserName, keys: &[KeyLine]) -> Result<KeysOutcome> {
+    apply(sys, user, true, |text, managed, out| {
+        let inserted = add_to(text, keys, out);
+        managed.iter().cloned().chain(inserted).collect()
+    })
+}
+
+pub fn remove_keys(sys: &System, user: &UserName, keys: &[KeySelector]) -> Result<KeysOutcome> {
+    let fps: BTreeSet<String> = keys.iter().map(KeySelector::fingerprint).collect();
+    apply(sys, user, false, |text, managed, out| {
+        out.removed = remove_from(text, &fps);
+        managed.difference(&fps).cloned().collect()
+    })
+}
+
+pub fn replace_keys(sys: &System, user: &UserName, keys: &[KeyLine]) -> Result<KeysOutcome> {
+    let wanted: BTreeSet<String> = keys.iter().map(KeyLine::fingerprint).collect();
+    apply(sys, user, true, |text, managed, out| {
+        // Keys accessd added that stay wanted are updated in place, not
+        // removed and appended, so their position in the file is kept.
+        let drop: BTreeSet<String> = managed.difference(&wanted).cloned().collect();
+        out.removed = remove_from(text, &drop);
+        let inserted = add_to(text, keys, out);
+        managed
+            .intersection(&wanted)
+            .cloned()
+            .chain(inserted)
+            .collect()
+    })
+}
+
+pub fn list_keys(sys: &System, user: &UserName) -> Result<Vec<KeyInfo>> {
+    let edit = Edit::open(sys, user, false)?;
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut out = Vec::new();
+    for raw in &edit.text.lines {
+        let Entry::Key(f) = line::split(AuthKeysText::body(raw)) else {
+            continue;
+        };
+        let Ok(key) = PublicKey::decode(&lossy(f.key_type), f.blob) else {
+            continue;
+        };
+        out.push(KeyInfo {
+            key_type: key.key_type.clone(),
+            bits: key.bits,
+            fingerprint: key.fingerprint(),
+            comment: f.comment.map(lossy),
+            options: f.options.map(lossy),
+        });
+    }
+    Ok(out)
+}

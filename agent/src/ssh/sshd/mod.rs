@@ -1,0 +1,444 @@
+//! sshd_config: make the *effective* value of an option what a command asks,
+//! with backup, `sshd -t` validation, rollback and a service restart.
+//!
+//! - [`config`]: the one parser that reads and edits sshd_config and its
+//!   Include files, and decides where a value must be written.
+//! - [`service`]: unit detection and restart.
+//!
+//! Order of a change: plan every edit in memory → back up each existing file
+//! that changes → write (atomically) → `sshd -t` → `sshd -T` must report the
+//! requested values → restart. Any failure after the first write restores
+//! every changed file byte for byte and removes every file accessd created.
+
+pub mod config;
+pub mod service;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsx::{Dir, Meta};
+use crate::sys::{Cmd, System};
+
+use self::config::{same_value, Config};
+
+/// The drop-in accessd writes when the drop-in directory is read first.
+pub const DROPIN_NAME: &str = "00-accessd.conf";
+
+/// `[sshd]` in accessd.toml (PROTOCOL §6).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshdOptions {
+    /// Main config file, an absolute system path (resolved under the root).
+    pub config: PathBuf,
+    /// The sshd binary used for `sshd -t` and `sshd -T`.
+    pub binary: PathBuf,
+    /// Run instead of `systemctl try-reload-or-restart <detected unit>`.
+    pub restart_command: Option<Vec<String>>,
+}
+
+impl Default for SshdOptions {
+    fn default() -> Self {
+        SshdOptions {
+            config: PathBuf::from("/etc/ssh/sshd_config"),
+            binary: PathBuf::from("/usr/sbin/sshd"),
+            restart_command: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PermitRootLogin {
+    Yes,
+    No,
+    ProhibitPassword,
+}
+
+/// The settings a `set_sshd` command asks for; `None` leaves one alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SshdChange {
+    pub pubkey_authentication: Option<bool>,
+    pub password_authentication: Option<bool>,
+    pub permit_root_login: Option<PermitRootLogin>,
+}
+
+/// Effective values (as `sshd -T` prints them: `yes`, `no`, `prohibit-password`...).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Effective {
+    pub pubkey_authentication: Option<String>,
+    pub password_authentication: Option<String>,
+    pub permit_root_login: Option<String>,
+    /// `sshd -T` when sshd could be asked, `parsed` when read from the files.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SshdOutcome {
+    pub changed_files: Vec<PathBuf>,
+    pub backups: Vec<PathBuf>,
+    pub validated: bool,
+    pub restarted: bool,
+    pub message: String,
+}
+
+pub fn set_sshd(
+    sys: &System,
+    opts: &SshdOptions,
+    change: &SshdChange,
+    restart: bool,
+) -> Result<SshdOutcome> {
+    let root = Dir::open(&sys.root)?;
+    let mut cfg = Config::load(&root, &opts.config)?;
+    let wanted = plan(&mut cfg, change)?;
+
+    let mut outcome = SshdOutcome::default();
+    let mut undo = Undo::default();
+    let applied = write_plan(sys, &root, &cfg, &mut undo, &mut outcome)
+        .and_then(|()| validate(sys, &root, opts, &wanted));
+    let validation = match applied {
+        Ok(v) => v,
+        Err(e) => {
+            let rollback = undo.rollback(&root);
+            return Err(with_rollback(e, rollback));
+        }
+    };
+    let mut notes = Vec::new();
+    if outcome.changed_files.is_empty() {
+        notes.push("the requested values were already in effect".to_owned());
+    } else {
+        notes.push(format!(
+            "changed {}",
+            outcome
+                .changed_files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    match validation {
+        Validation::Checked => outcome.validated = true,
+        Validation::Skipped(why) => notes.push(format!("not validated: {why}")),
+    }
+    if restart && sys.is_live() {
+        match service::restart(sys, opts) {
+            Ok(what) => {
+                outcome.restarted = true;
+                notes.push(what);
+            }
+            Err(e) => {
+                // PROTOCOL §4: a failed command leaves every file as it was.
+                let rollback = undo.rollback(&root);
+                return Err(with_rollback(e, rollback));
+            }
+        }
+    } else if restart {
+        notes.push("no service restarted: root is not the running system".to_owned());
+    }
+    outcome.message = notes.join("; ");
+    Ok(outcome)
+}
+
+/// Restart the ssh service (detected unit, or the configured command).
+/// Returns a short description of what was run.
+pub fn restart_sshd(sys: &System, opts: &SshdOptions) -> Result<String> {
+    service::restart(sys, opts)
+}
+
+pub fn effective(sys: &System, opts: &SshdOptions) -> Result<Effective> {
+    let root = Dir::open(&sys.root)?;
+    if let Some(base) = sshd_command(sys, &root, opts)? {
+        prepare_runtime(&root)?;
+        if let Ok(values) = sshd_dump(sys, &base, opts) {
+            let get = |k: &str| values.get(k).cloned();
+            return Ok(Effective {
+                pubkey_authentication: get("pubkeyauthentication"),
+                password_authentication: get("passwordauthentication"),
+                permit_root_login: get("permitrootlogin"),
+                source: "sshd -T".into(),
+            });
+        }
+    }
+    let cfg = Config::load(&root, &opts.config)?;
+    // OpenSSH's compiled-in defaults when no file sets the option.
+    let get = |k: &str, default: &str| Some(cfg.value(&[k]).unwrap_or_else(|| default.into()));
+    Ok(Effective {
+        pubkey_authentication: get("pubkeyauthentication", "yes"),
+        password_authentication: get("passwordauthentication", "yes"),
+        permit_root_login: get("permitrootlogin", "prohibit-password"),
+        source: "parsed".into(),
+    })
+}
+
+/// Edit the model; return the `sshd -T` keyword → value pairs to confirm.
+fn plan(cfg: &mut Config, change: &SshdChange) -> Result<Vec<(&'static str, String)>> {
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
+    let mut wanted = Vec::new();
+    if let Some(v) = change.pubkey_authentication {
+        wanted.push(("PubkeyAuthentication", &[][..], yes_no(v)));
+    }
+    if let Some(v) = change.password_authentication {
+        wanted.push(("PasswordAuthentication", &[][..], yes_no(v)));
+    }
+    if let Some(v) = change.permit_root_login {
+        let s = match v {
+            PermitRootLogin::Yes => "yes",
+            PermitRootLogin::No => "no",
+            PermitRootLogin::ProhibitPassword => "prohibit-password",
+        };
+        // `without-password` is the old spelling of the same option value.
+        wanted.push(("PermitRootLogin", &[][..], s.to_owned()));
+    }
+    for (kw, aliases, value) in &wanted {
+        cfg.set(kw, aliases, value, Some(DROPIN_NAME))?;
+    }
+    // With UsePAM, keyboard-interactive asks PAM, and PAM asks for the
+    // password: "passwords off" must switch that path off too.
+    if change.password_authentication == Some(false)
+        && cfg
+            .value(&["usepam"])
+            .is_some_and(|v| same_value(&v, "yes"))
+    {
+        let kbd = (
+            "KbdInteractiveAuthentication",
+            &["challengeresponseauthentication"][..],
+            "no".to_owned(),
+        );
+        cfg.set(kbd.0, kbd.1, &kbd.2, Some(DROPIN_NAME))?;
+        wanted.push(kbd);
+    }
+    Ok(wanted.into_iter().map(|(kw, _, v)| (kw, v)).collect())
+}
+
+/// What to undo when a later step fails.
+#[derive(Default)]
+struct Undo {
+    /// (directory, name, original bytes, original metadata)
+    restore: Vec<(PathBuf, String, Vec<u8>, Meta)>,
+    /// Files accessd created (new drop-ins and backups).
+    created: Vec<(PathBuf, String)>,
+}
+
+impl Undo {
+    /// Put every file back; report what could not be restored.
+    fn rollback(&self, root: &Dir) -> Result<()> {
+        let mut failures = Vec::new();
+        for (dir, name, bytes, meta) in &self.restore {
+            let r = root
+                .open_dir(dir)
+                .and_then(|d| d.write_atomic(name, bytes, meta));
+            if let Err(e) = r {
+                failures.push(e.to_string());
+            }
+        }
+        for (dir, name) in &self.created {
+            let r = root.open_dir(dir).and_then(|d| {
+                d.remove_file(name)?;
+                d.sync()
+            });
+            if let Err(e) = r {
+                failures.push(e.to_string());
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Io {
+                context: format!("rolling back sshd configuration: {}", failures.join("; ")),
+                source: std::io::Error::other("rollback incomplete"),
+            })
+        }
+    }
+}
+
+/// A failure, with the rollback's own failure appended when it had one.
+fn with_rollback(e: Error, rollback: Result<()>) -> Error {
+    match rollback {
+        Ok(()) => e,
+        Err(r) => Error::Io {
+            context: format!("{e}; and then {r}"),
+            source: std::io::Error::other("rollback incomplete"),
+        },
+    }
+}
+
+fn split_path(p: &Path) -> Result<(PathBuf, String)> {
+    match (p.parent(), p.file_name().and_then(|n| n.to_str())) {
+        (Some(d), Some(n)) => Ok((d.to_path_buf(), n.to_owned())),
+        _ => Err(Error::unsafe_path(p, "not a file path")),
+    }
+}
+
+/// Back up and write every file the plan changed, recording how to undo.
+fn write_plan(
+    sys: &System,
+    root: &Dir,
+    cfg: &Config,
+    undo: &mut Undo,
+    outcome: &mut SshdOutcome,
+) -> Result<()> {
+    for f in cfg.files.iter().filter(|f| f.changed()) {
+        let (dir_path, name) = split_path(&f.path)?;
+        let dir = root.open_dir(&dir_path)?;
+        let new = f.render();
+        match &f.original {
+            Some((bytes, meta)) => {
+                let backup = backup_name(sys, &dir, cfg, &dir_path, &name)?;
+                dir.write_atomic(&backup, bytes, meta)?;
+                undo.created.push((dir_path.clone(), backup.clone()));
+                outcome.backups.push(dir_path.join(&backup));
+                undo.restore
+                    .push((dir_path.clone(), name.clone(), bytes.clone(), meta.clone()));
+                dir.write_atomic(&name, &new, meta)?;
+            }
+            None => {
+                if dir.stat_at(&name)?.is_some() {
+                    return Err(Error::unsafe_path(
+                        dir.display(&name),
+                        "appeared while the change was being prepared",
+                    ));
+                }
+                // Recorded first: a failed write may still leave the name.
+                undo.created.push((dir_path.clone(), name.clone()));
+                dir.write_atomic(&name, &new, &Meta::new(0, 0, 0o644))?;
+            }
+        }
+        outcome.changed_files.push(f.path.clone());
+    }
+    Ok(())
+}
+
+/// `X.bak`, as the console docs do; `X.bak.<UTC time>` when `X.bak` exists.
+/// A name an Include pattern would read (e.g. `Include d/*`) gets a leading
+/// dot, which glob(3) wildcards never match, so sshd never reads a backup.
+fn backup_name(
+    sys: &System,
+    dir: &Dir,
+    cfg: &Config,
+    dir_path: &Path,
+    name: &str,
+) -> Result<String> {
+    let stamp = humantime::format_rfc3339_seconds(sys.clock.now())
+        .to_string()
+        .replace(['-', ':'], "");
+    let mut candidates = vec![format!("{name}.bak"), format!("{name}.bak.{stamp}")];
+    candidates.extend((1..100).map(|i| format!("{name}.bak.{stamp}.{i}")));
+    for c in candidates {
+        let c = if cfg.is_included(&dir_path.join(&c)) {
+            format!(".{c}")
+        } else {
+            c
+        };
+        if dir.stat_at(&c)?.is_none() {
+            return Ok(c);
+        }
+    }
+    Err(Error::Io {
+        context: format!("choosing a backup name for {}", dir.display(name).display()),
+        source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+    })
+}
+
+enum Validation {
+    Checked,
+    Skipped(String),
+}
+
+/// How to run this root's sshd: the configured binary on the live system;
+/// the image's own sshd chrooted into the root otherwise (PROTOCOL §6);
+/// `None` when the image has none.
+fn sshd_command(sys: &System, root: &Dir, opts: &SshdOptions) -> Result<Option<Cmd>> {
+    if sys.is_live() {
+        return Ok(Some(Cmd::new(&opts.binary)));
+    }
+    let (dir, name) = split_path(&opts.binary)?;
+    let present = match root.try_open_dir(&dir) {
+        Ok(Some(d)) => d.stat_at(&name)?.is_some_and(|st| {
+            nix::sys::stat::SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT)
+                == nix::sys::stat::SFlag::S_IFREG
+        }),
+        Ok(None) | Err(_) => false,
+    };
+    Ok(present.then(|| Cmd::new("chroot").arg(&sys.root).arg(&opts.binary)))
+}
+
+/// sshd refuses to start (even for -t) without its privilege separation
+/// directory, which systemd creates only while ssh.service runs.
+fn prepare_runtime(root: &Dir) -> Result<()> {
+    if let Some(run) = root.try_open_dir("run")? {
+        if run.stat_at("sshd")?.is_none() {
+            run.create_dir("sshd", &Meta::new(0, 0, 0o755))?;
+        }
+    }
+    Ok(())
+}
+
+fn explain_sshd_failure(stderr: &str) -> String {
+    let s = stderr.trim();
+    if s.contains("no hostkeys available") || s.contains("Unable to load host key") {
+        format!("sshd has no usable host keys (create them with `ssh-keygen -A`): {s}")
+    } else if s.contains("privilege separation directory") {
+        format!("sshd's /run/sshd is missing or unsafe: {s}")
+    } else {
+        s.to_owned()
+    }
+}
+
+fn run_sshd(sys: &System, base: &Cmd, opts: &SshdOptions, flag: &str) -> Result<Vec<u8>> {
+    let cmd = base.clone().arg(flag).arg("-f").arg(&opts.config);
+    let out = sys
+        .runner
+        .run(&cmd)
+        .ctx(|| format!("running {}", cmd.display()))?;
+    if !out.status.success() {
+        return Err(Error::SshdInvalid(format!(
+            "{} failed: {}",
+            cmd.display(),
+            explain_sshd_failure(&String::from_utf8_lossy(&out.stderr))
+        )));
+    }
+    Ok(out.stdout)
+}
+
+/// `sshd -T` as keyword → first value.
+fn sshd_dump(sys: &System, base: &Cmd, opts: &SshdOptions) -> Result<BTreeMap<String, String>> {
+    let out = run_sshd(sys, base, opts, "-T")?;
+    Ok(String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
+        .collect())
+}
+
+/// `sshd -t`, then `sshd -T` must report every wanted value.
+fn validate(
+    sys: &System,
+    root: &Dir,
+    opts: &SshdOptions,
+    wanted: &[(&'static str, String)],
+) -> Result<Validation> {
+    let Some(base) = sshd_command(sys, root, opts)? else {
+        return Ok(Validation::Skipped(format!(
+            "{} has no {}, so sshd -t could not run",
+            sys.root.display(),
+            opts.binary.display()
+        )));
+    };
+    prepare_runtime(root)?;
+    run_sshd(sys, &base, opts, "-t")?;
+    let values = sshd_dump(sys, &base, opts)?;
+    for (kw, want) in wanted {
+        let got = values.get(&kw.to_ascii_lowercase());
+        if !got.is_some_and(|g| same_value(g, want)) {
+            return Err(Error::SshdInvalid(format!(
+                "after the change sshd -T reports {} {}, not {want}",
+                kw.to_ascii_lowercase(),
+                got.map_or("(nothing)", String::as_str)
+            )));
+        }
+    }
+    Ok(Validation::Checked)
+}

@@ -1,0 +1,108 @@
+//! Passwords staged for the next boot (`set_password` with
+//! `apply_at: "next_boot"`). The password is hashed when the command
+//! arrives and only the hash is kept, in `<state_dir>/staged/`, one file
+//! per command (mode 0600, in a 0700 directory). `accessd apply-staged`
+//! applies each once, before sshd starts, and removes it.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::accounts::CryptHash;
+use crate::error::{Error, Result};
+use crate::fsx::{Dir, Meta};
+use crate::identity::sub_dir;
+use crate::names::UserName;
+
+pub const STAGED_DIR: &str = "staged";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    id: String,
+    user: String,
+    hash: String,
+    /// Seconds since the epoch.
+    staged_at: u64,
+}
+
+/// One staged password change.
+#[derive(Debug)]
+pub struct Staged {
+    /// The file it is stored in (to remove once applied).
+    pub file: String,
+    pub id: String,
+    pub user: UserName,
+    pub hash: CryptHash,
+}
+
+pub struct Staging {
+    dir: Dir,
+}
+
+impl Staging {
+    pub fn open(state: &Dir) -> Result<Staging> {
+        Ok(Staging {
+            dir: sub_dir(state, STAGED_DIR)?,
+        })
+    }
+
+    /// Store the hash for `user`. Files sort by staging time, so a later
+    /// command for the same user is applied last and wins.
+    pub fn stage(&self, id: &str, user: &UserName, hash: &CryptHash, now_secs: u64) -> Result<()> {
+        let rec = Record {
+            id: id.to_owned(),
+            user: user.as_str().to_owned(),
+            hash: hash.as_str().to_owned(),
+            staged_at: now_secs,
+        };
+        let digest: String = Sha256::digest(id.as_bytes())[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let name = format!("{now_secs:020}-{digest}.json");
+        let data = zeroize::Zeroizing::new(serde_json::to_vec(&rec).expect("a record serializes"));
+        let euid = nix::unistd::geteuid().as_raw();
+        let egid = nix::unistd::getegid().as_raw();
+        self.dir
+            .write_atomic(&name, &data, &Meta::new(euid, egid, 0o600))
+    }
+
+    /// Every staged change, oldest first. A file that does not parse is
+    /// returned as an error with its name, so it is reported and removed
+    /// rather than retried at every boot.
+    pub fn list(&self) -> Result<Vec<std::result::Result<Staged, (String, Error)>>> {
+        let mut out = Vec::new();
+        for name in self.dir.list()? {
+            if name.starts_with('.') || !name.ends_with(".json") {
+                continue;
+            }
+            let Some(data) = self.dir.read(&name)? else {
+                continue;
+            };
+            let bytes = zeroize::Zeroizing::new(data.bytes);
+            let parsed = serde_json::from_slice::<Record>(&bytes)
+                .map_err(|e| Error::invalid(format!("staged file {name}: {e}")))
+                .and_then(|r| {
+                    Ok(Staged {
+                        file: name.clone(),
+                        user: UserName::parse(&r.user)?,
+                        hash: CryptHash::parse(&r.hash).map_err(|_| {
+                            Error::invalid(format!("staged file {name}: not a crypt hash"))
+                        })?,
+                        id: r.id,
+                    })
+                });
+            out.push(parsed.map_err(|e| (name, e)));
+        }
+        Ok(out)
+    }
+
+    pub fn remove(&self, file: &str) -> Result<()> {
+        self.dir.remove_file(file)?;
+        self.dir.sync()
+    }
+
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+}

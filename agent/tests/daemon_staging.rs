@@ -1,0 +1,98 @@
+//! Next-boot staging end to end: the daemon stages, `accessd apply-staged`
+//! applies once and never again; plus the `apply` and `identity` commands.
+
+mod daemon_support;
+
+use daemon_support::*;
+use serde_json::json;
+
+const HASH: &str = "$6$saltsaltsaltsalt$Tc1kLQw8wqqjL2e8p4wXtqf9Z2d3m5Pj6s0W2gq9o2t0Wm3cU2aHn2o3S6Q6u1O1n9wK0v2b8x7y4z5c6d7e8";
+
+#[test]
+fn next_boot_password_is_applied_once_by_apply_staged_and_never_again() {
+    if !require_root() {
+        return;
+    }
+    let m = Machine::new();
+    let before = m.shadow_line(USER);
+    let d = m.start();
+    m.drop_cmd(
+        "stage.json",
+        &m.sign(
+            "stage-1",
+            "set_password",
+            json!({"user": USER, "password": {"crypt": HASH}, "apply_at": "next_boot"}),
+        ),
+    );
+    let r = m.result("stage.json");
+    assert_eq!(r.code.as_str(), "ok", "{}", r.message);
+    assert!(d.stop().success());
+    assert_eq!(m.shadow_line(USER), before, "staged, not applied yet");
+
+    let bin = Machine::bin();
+    let st = std::process::Command::new(bin)
+        .args(["apply-staged", "--config"])
+        .arg(&m.config)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        m.shadow_line(USER).split(':').nth(1),
+        Some(HASH),
+        "applied at boot"
+    );
+    let r = m.result("staged-stage-1.json");
+    assert_eq!(
+        (r.code.as_str(), r.id.as_deref()),
+        ("ok", Some("stage-1")),
+        "{}",
+        r.message
+    );
+
+    // Someone changes the password afterwards; a second boot must not undo it.
+    let after_first = m.shadow_line(USER);
+    let outbox_before = Machine::names(&m.outbox());
+    let st = std::process::Command::new(bin)
+        .args(["apply-staged", "--config"])
+        .arg(&m.config)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(m.shadow_line(USER), after_first);
+    assert_eq!(
+        Machine::names(&m.outbox()),
+        outbox_before,
+        "nothing applied the second time"
+    );
+}
+
+#[test]
+fn apply_prints_one_signed_result_per_envelope_and_fails_if_any_is_not_ok() {
+    if !require_root() {
+        return;
+    }
+    let m = Machine::new();
+    let good = m.sign(
+        "apply-1",
+        "add_keys",
+        json!({"user": USER, "keys": [key_line(1)]}),
+    );
+    let (out, st) = m.apply_status(&[good.clone()]);
+    assert!(st.success());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].code.as_str(), "ok");
+
+    let (out, st) = m.apply_status(&[
+        m.sign(
+            "apply-2",
+            "add_keys",
+            json!({"user": USER, "keys": [key_line(2)]}),
+        ),
+        good,
+    ]);
+    assert_eq!(
+        out.iter().map(|r| r.code.as_str()).collect::<Vec<_>>(),
+        ["ok", "replayed"]
+    );
+    assert_eq!(st.code(), Some(3), "non-zero when one was not ok");
+}

@@ -1,0 +1,358 @@
+//! A machine for the daemon's end-to-end tests: a temp root with its own
+//! /etc and homes, a temp state dir, a config pointing there, a trusted
+//! control-plane key, and the real `accessd` binary started on it.
+//! Nothing outside the temp directory is touched.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use accessd::protocol::client::{verify_result, CommandSpec};
+use accessd::protocol::result::ResultPayload;
+use base64::Engine as _;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde_json::{json, Value};
+
+pub const INSTANCE: &str = "i-daemon-test";
+pub const USER: &str = "alice";
+/// Not a timing assertion: how long to wait before declaring the daemon stuck.
+pub const PATIENCE: Duration = Duration::from_secs(180);
+
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("the daemon end-to-end tests need root (they chown files in a temp root)");
+    }
+    eprintln!("skipping: needs root (creates users in a temp root)");
+    false
+}
+
+pub fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+pub fn b64(k: &SigningKey) -> String {
+    base64::engine::general_purpose::STANDARD.encode(k.verifying_key().as_bytes())
+}
+
+pub struct Machine {
+    pub tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub cp: SigningKey,
+    /// The agent's public key, read once (a later config may be broken on purpose).
+    agent: std::cell::OnceCell<VerifyingKey>,
+}
+
+impl Machine {
+    /// A sandbox whose config trusts `cp` as key id `cp`, with user alice.
+    pub fn new() -> Machine {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let state = tmp.path().join("state");
+        accessd::demo::build_root(&root).unwrap();
+        let m = Machine {
+            root,
+            state,
+            config: tmp.path().join("accessd.toml"),
+            log: tmp.path().join("accessd.log"),
+            cp: key(1),
+            agent: std::cell::OnceCell::new(),
+            tmp,
+        };
+        m.write_config(&[("cp", &b64(&m.cp))]);
+        let out = m.apply(&[m.sign("setup-user", "create_user", json!({"user": USER}))]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].code.as_str(), "ok", "{}", out[0].message);
+        m
+    }
+
+    pub fn config_text(&self, trust: &[(&str, &str)]) -> String {
+        let mut t = format!(
+            "instance_id = \"{INSTANCE}\"\nstate_dir = \"{}\"\nroot = \"{}\"\n\n[trust]\n",
+            self.state.display(),
+            self.root.display()
+        );
+        for (id, k) in trust {
+            t.push_str(&format!("{id} = \"{k}\"\n"));
+        }
+        t
+    }
+
+    /// Replace the config atomically (a reader never sees half a file).
+    pub fn write_raw_config(&self, text: &str) {
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    pub fn write_config(&self, trust: &[(&str, &str)]) {
+        self.write_raw_config(&self.config_text(trust));
+    }
+
+    pub fn sign_with(
+        &self,
+        k: &SigningKey,
+        keyid: &str,
+        id: &str,
+        op: &str,
+        args: Value,
+    ) -> Vec<u8> {
+        CommandSpec {
+            id: id.into(),
+            ..CommandSpec::new(INSTANCE, op, args, Duration::from_secs(900))
+        }
+        .sign(k, keyid)
+        .into_bytes()
+    }
+
+    pub fn sign(&self, id: &str, op: &str, args: Value) -> Vec<u8> {
+        self.sign_with(&self.cp, "cp", id, op, args)
+    }
+
+    pub fn bin() -> &'static str {
+        env!("CARGO_BIN_EXE_accessd")
+    }
+
+    pub fn agent_key(&self) -> VerifyingKey {
+        *self.agent.get_or_init(|| self.read_agent_key())
+    }
+
+    fn read_agent_key(&self) -> VerifyingKey {
+        let out = Command::new(Self::bin())
+            .arg("identity")
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .unwrap();
+        VerifyingKey::from_bytes(&bytes.try_into().unwrap()).unwrap()
+    }
+
+    /// `accessd apply` on envelope files; returns the verified results.
+    pub fn apply(&self, envs: &[Vec<u8>]) -> Vec<ResultPayload> {
+        let (out, _) = self.apply_status(envs);
+        out
+    }
+
+    pub fn apply_status(&self, envs: &[Vec<u8>]) -> (Vec<ResultPayload>, ExitStatus) {
+        let dir = tempfile::tempdir_in(self.tmp.path()).unwrap();
+        let mut files = Vec::new();
+        for (i, e) in envs.iter().enumerate() {
+            let p = dir.path().join(format!("{i}.json"));
+            std::fs::write(&p, e).unwrap();
+            files.push(p);
+        }
+        let out = Command::new(Self::bin())
+            .arg("apply")
+            .arg("--config")
+            .arg(&self.config)
+            .args(&files)
+            .output()
+            .unwrap();
+        let agent = self.agent_key();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let results = text
+            .lines()
+            .map(|l| verify_result(&agent, l.as_bytes()).unwrap())
+            .collect();
+        (results, out.status)
+    }
+
+    pub fn inbox(&self) -> PathBuf {
+        self.state.join("inbox")
+    }
+
+    pub fn outbox(&self) -> PathBuf {
+        self.state.join("outbox")
+    }
+
+    /// Drop a command the way the protocol asks: hidden name, then rename.
+    pub fn drop_cmd(&self, name: &str, env: &[u8]) {
+        let tmp = self.inbox().join(format!(".{name}.part"));
+        std::fs::write(&tmp, env).unwrap();
+        std::fs::rename(&tmp, self.inbox().join(name)).unwrap();
+    }
+
+    /// Start `accessd --config` and wait for READY=1 on a notify socket of
+    /// our own, exactly as systemd would.
+    pub fn start(&self) -> Daemon {
+        let sock_path = self
+            .tmp
+            .path()
+            .join(format!("notify-{}.sock", rand_suffix()));
+        let sock = UnixDatagram::bind(&sock_path).unwrap();
+        sock.set_read_timeout(Some(PATIENCE)).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(Self::bin())
+            .arg("--config")
+            .arg(&self.config)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("RUST_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut buf = [0u8; 512];
+        loop {
+            let n = sock.recv(&mut buf).unwrap_or_else(|e| {
+                panic!("no READY=1 from accessd: {e}; log:\n{}", self.log_text())
+            });
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                break;
+            }
+        }
+        Daemon {
+            child,
+            log: self.log.clone(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            f.read_to_string(&mut s).unwrap();
+        }
+        s
+    }
+
+    /// Wait until the log contains `needle` `count` times.
+    pub fn wait_log(&self, needle: &str, count: usize) {
+        wait_until(
+            || self.log_text().matches(needle).count() >= count,
+            &format!("{needle:?} x{count} in the log"),
+        );
+    }
+
+    pub fn result(&self, name: &str) -> ResultPayload {
+        let agent = self.agent_key();
+        let bytes = wait_file(&self.outbox().join(name));
+        verify_result(&agent, &bytes).unwrap()
+    }
+
+    pub fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.retain(|n| !n.starts_with('.'));
+        v.sort();
+        v
+    }
+
+    pub fn authorized_keys(&self) -> String {
+        std::fs::read_to_string(
+            self.root
+                .join("home")
+                .join(USER)
+                .join(".ssh/authorized_keys"),
+        )
+        .unwrap_or_default()
+    }
+
+    pub fn shadow_line(&self, user: &str) -> String {
+        std::fs::read_to_string(self.root.join("etc/shadow"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with(&format!("{user}:")))
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// `add_keys` for alice with a key derived from `n` (distinct per n).
+pub fn key_line(n: u32) -> String {
+    let mut seed = [7u8; 32];
+    seed[..4].copy_from_slice(&n.to_be_bytes());
+    format!(
+        "{} k{n}",
+        accessd::demo::ssh_ed25519_line(&SigningKey::from_bytes(&seed).verifying_key())
+    )
+}
+
+pub struct Daemon {
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    pub fn wait(mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(start.elapsed() < PATIENCE, "accessd did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn stop(self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn wait_file(p: &Path) -> Vec<u8> {
+    let mut out = None;
+    wait_until(
+        || {
+            out = std::fs::read(p).ok();
+            out.is_some()
+        },
+        &p.display().to_string(),
+    );
+    out.unwrap()
+}
+
+fn rand_suffix() -> String {
+    let mut b = [0u8; 4];
+    getrandom::getrandom(&mut b).unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
