@@ -25,6 +25,7 @@
 //! marker without relying on rumqttc's internal packet-id bookkeeping.
 
 pub mod backoff;
+pub mod client;
 pub mod options;
 pub mod pending;
 
@@ -39,7 +40,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::config::MqttConfig;
+use crate::daemon::{Handler, Spool};
 use crate::error::Result;
+use crate::logging;
 use backoff::Backoff;
 use options::{Connection, Topics};
 use pending::Pending;
@@ -107,6 +110,43 @@ struct Answer {
     publish: rumqttc::Publish,
     /// `None`: the apply loop dropped the command without a result.
     result: Option<Vec<u8>>,
+}
+
+/// The daemon's half of the hand-over, on its single serial apply path:
+/// handle the envelope, make the result durable as `outbox/NAME.json` (the
+/// same routine as for inbox files), then let the transport acknowledge the
+/// command and publish the result. An error (the outbox cannot be written)
+/// leaves the command unacknowledged, so the broker delivers it again.
+pub fn apply(cmd: MqttCommand, handler: &mut dyn Handler, spool: &mut Spool) -> Result<()> {
+    let name = format!("{}.json", cmd.name);
+    logging::received(
+        &name,
+        logging::peek_command_id(&cmd.envelope).as_deref(),
+        cmd.envelope.len(),
+    );
+    let handled = handler.handle(&cmd.envelope);
+    logging::outcome(&name, &handled);
+    spool.answer(&name, &handled)?;
+    cmd.answered(handled.envelope);
+    Ok(())
+}
+
+/// Start the transport for the daemon when `[mqtt]` is configured. Must be
+/// called inside the runtime.
+pub fn start_for(
+    cfg: &crate::config::Config,
+) -> Result<Option<(mpsc::UnboundedReceiver<MqttCommand>, Handle)>> {
+    let Some(mqtt) = &cfg.mqtt else {
+        return Ok(None);
+    };
+    let (rx, handle) = spawn(
+        mqtt,
+        &cfg.instance_id,
+        &cfg.state_dir,
+        cfg.max_envelope_bytes,
+        TransportOptions::default(),
+    )?;
+    Ok(Some((rx, handle)))
 }
 
 /// Connection state, for logs, readiness and tests.
@@ -356,6 +396,7 @@ impl Task {
                     .iter()
                     .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
                 if granted {
+                    info!(broker = %self.broker, topic = %self.topics.commands, "subscribed to the command topic");
                     self.status.send_modify(|s| s.subscribed = true);
                 } else {
                     let msg = format!(

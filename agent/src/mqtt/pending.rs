@@ -55,7 +55,15 @@ impl Pending {
         let Some(outbox) = self.state.try_open_dir(OUTBOX_DIR)? else {
             return Ok(None);
         };
-        Ok(outbox.read(&format!("{name}.json"))?.map(|f| f.bytes))
+        // The outbox file is the envelope plus a newline; the MQTT message
+        // is the envelope alone, as when it was first published.
+        Ok(outbox.read(&format!("{name}.json"))?.map(|f| {
+            let mut b = f.bytes;
+            if b.last() == Some(&b'\n') {
+                b.pop();
+            }
+            b
+        }))
     }
 }
 
@@ -82,7 +90,7 @@ mod tests {
         assert_eq!(p.list().unwrap(), ["mqtt-1", "mqtt-2"]);
         assert!(p.outbox_result("mqtt-1").unwrap().is_none());
         std::fs::create_dir(t.path().join("outbox")).unwrap();
-        std::fs::write(t.path().join("outbox/mqtt-1.json"), b"{}").unwrap();
+        std::fs::write(t.path().join("outbox/mqtt-1.json"), b"{}\n").unwrap();
         assert_eq!(p.outbox_result("mqtt-1").unwrap().unwrap(), b"{}");
         p.clear("mqtt-1").unwrap();
         assert_eq!(p.list().unwrap(), ["mqtt-2"]);

@@ -85,6 +85,7 @@ pub fn make_ca(dir: &Path, name: &str) -> TlsFiles {
     ];
     let ca_key = format!("{name}-ca.key");
     let ca = format!("{name}-ca.pem");
+    let subject = format!("/CN=accessd test CA {name}");
     let mut a = vec!["req", "-x509"];
     a.extend(ec);
     a.extend([
@@ -95,7 +96,7 @@ pub fn make_ca(dir: &Path, name: &str) -> TlsFiles {
         "-days",
         "2",
         "-subj",
-        &format!("/CN=accessd test CA {name}"),
+        &subject,
         "-addext",
         "basicConstraints=critical,CA:TRUE",
         "-addext",
@@ -169,6 +170,7 @@ impl Broker {
             (CONTROL_USER, CONTROL_PASSWORD),
             ("i-test", AGENT_PASSWORD),
             ("i-other", AGENT_PASSWORD),
+            ("i-daemon-test", AGENT_PASSWORD),
         ] {
             let mut c = Command::new("mosquitto_passwd");
             c.arg("-b");
