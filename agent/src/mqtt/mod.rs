@@ -233,8 +233,13 @@ pub fn spawn(
     for name in pending.list()? {
         match pending.outbox_result(&name)? {
             Some(bytes) => queue.push_back(Queued { name, bytes }),
-            // Never answered: the broker still holds the command.
-            None => pending.clear(&name)?,
+            // Never answered: the broker still holds the command (it was
+            // never acknowledged) and delivers it again. Or, after a very
+            // long broker outage, the outbox pruned the result first.
+            None => {
+                info!(name = %name, "no result in the outbox for a pending MQTT command: it was never answered and the broker will deliver it again (or its result was pruned)");
+                pending.clear(&name)?
+            }
         }
     }
     if !queue.is_empty() {
