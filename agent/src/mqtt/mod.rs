@@ -375,8 +375,11 @@ impl Task {
                         bytes: inf.bytes,
                     });
                 }
-                let first = self.status.borrow().connections == 0;
-                if !ack.session_present && !first {
+                // A session is expected after any earlier connection, in
+                // this process or (the pending directory exists) before a
+                // restart; a broker without persistence loses it on restart.
+                let had_session = self.status.borrow().connections > 0 || self.pending.existed;
+                if !ack.session_present && had_session {
                     warn!(broker = %self.broker,
                         "the broker had no session for this client: commands published while it was away may be lost (is broker persistence on?)");
                 }

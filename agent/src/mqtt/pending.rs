@@ -18,17 +18,23 @@ pub const OUTBOX_DIR: &str = "outbox";
 pub struct Pending {
     state: Dir,
     dir: Dir,
+    /// The directory was already there: this agent has had a broker session.
+    pub existed: bool,
 }
 
 impl Pending {
     /// Open (creating, mode 0700) `<state_dir>/mqtt-pending`.
     pub fn open(state_dir: &std::path::Path) -> Result<Pending> {
         let state = Dir::open(state_dir)?;
-        let dir = match state.try_open_dir(PENDING_DIR)? {
-            Some(d) => d,
-            None => state.create_dir(PENDING_DIR, &private_meta(0o700))?,
+        let (dir, existed) = match state.try_open_dir(PENDING_DIR)? {
+            Some(d) => (d, true),
+            None => (state.create_dir(PENDING_DIR, &private_meta(0o700))?, false),
         };
-        Ok(Pending { state, dir })
+        Ok(Pending {
+            state,
+            dir,
+            existed,
+        })
     }
 
     /// Names of unacknowledged results, in arrival order (names sort so).
