@@ -221,7 +221,10 @@ impl Broker {
             conf = conf
                 .replace("autosave_interval 1\n", "")
                 .replace("autosave_on_changes true\n", "")
-                .replace("log_type all\n", "log_type error\nlog_type warning\n");
+                .replace(
+                    "log_type all\n",
+                    "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
+                );
         }
         if let Some(t) = tls {
             conf.push_str(&format!(
@@ -240,8 +243,25 @@ impl Broker {
             child: None,
             program,
         };
-        b.restart();
-        Some(b)
+        // The free port may be taken by another test's broker before ours
+        // binds it: then take another one.
+        for _ in 0..5 {
+            if b.try_start() {
+                return Some(b);
+            }
+            let old = format!("listener {} ", b.port);
+            b.port = free_port();
+            let text = std::fs::read_to_string(&b.conf).unwrap();
+            std::fs::write(
+                &b.conf,
+                text.replace(&old, &format!("listener {} ", b.port)),
+            )
+            .unwrap();
+        }
+        panic!(
+            "mosquitto could not listen; see {}",
+            b.dir.join("mosquitto.log").display()
+        );
     }
 
     pub fn url(&self, tls: bool) -> String {
@@ -254,7 +274,21 @@ impl Broker {
 
     /// (Re)start on the same port, with the same persistence file.
     pub fn restart(&mut self) {
+        assert!(
+            self.try_start(),
+            "mosquitto did not come back on port {}; see {}",
+            self.port,
+            self.dir.join("mosquitto.log").display()
+        );
+    }
+
+    /// Start mosquitto and wait until it says it runs. A connect alone
+    /// would not do: another broker may hold the port. False if it exited
+    /// (the port was taken).
+    fn try_start(&mut self) -> bool {
         assert!(self.child.is_none());
+        let running = |b: &Broker| b.log().matches(" running").count();
+        let before = running(self);
         let child = Command::new(&self.program)
             .arg("-c")
             .arg(&self.conf)
@@ -264,14 +298,15 @@ impl Broker {
             .expect("starting mosquitto");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "mosquitto exited ({st}); see {}",
-                    self.dir.join("mosquitto.log").display()
-                );
+        loop {
+            if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
+                self.child = None;
+                return false;
             }
-            assert!(Instant::now() < deadline, "mosquitto did not listen");
+            if running(self) > before && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            assert!(Instant::now() < deadline, "mosquitto did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
