@@ -91,7 +91,13 @@ impl Engine {
     /// Load (or create) the agent identity in `sys.state_dir`, open the replay
     /// store, and be ready to handle envelopes.
     pub fn new(cfg: Config, sys: System) -> Result<Engine> {
-        let trusted = cfg.trusted_keys().map_err(Error::invalid)?;
+        let trusted = cfg.trusted_keys().map_err(|msg| Error::Io {
+            context: "configuration".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
+        })?;
+        if trusted.is_empty() {
+            tracing::warn!("no [trust] key is configured: every command will be refused");
+        }
         let state = open_state_dir(&sys.state_dir)?;
         let identity = Identity::load_or_create(&state)?;
         let replay = ReplayStore::open(&state)?;
@@ -108,10 +114,10 @@ impl Engine {
     }
 
     /// Replace the configuration (SIGHUP): trusted keys, limits, sshd options.
-    /// A configuration whose keys do not decode is not taken (Config::load
+    /// A configuration that does not validate is not taken (Config::load
     /// has already refused it; this guards hand-built values).
     pub fn reconfigure(&mut self, cfg: Config) {
-        match cfg.trusted_keys() {
+        match cfg.validate().and_then(|()| cfg.trusted_keys()) {
             Ok(trusted) => {
                 self.trusted = trusted;
                 self.cfg = cfg;
@@ -208,6 +214,14 @@ impl Engine {
             Err(e) => (e.code(), e.to_string(), json!({})),
         };
         let status = status_of(code);
+        // The daemon writes the audit record from `Handled`; this is the
+        // step-by-step trace. Messages never carry a secret (see error.rs).
+        tracing::debug!(
+            id = out.id.as_deref().unwrap_or("-"),
+            op = out.op.as_deref().unwrap_or("-"),
+            code = code.as_str(),
+            "result: {message}"
+        );
         let payload = ResultPayload {
             v: 1,
             id: out.id.clone(),
@@ -246,8 +260,13 @@ impl Engine {
                 self.cfg.max_envelope_bytes
             )));
         }
-        let (_keyid, payload) = Envelope::parse(bytes)?.verify(COMMAND_TYPE, &self.trusted)?;
+        let (keyid, payload) = Envelope::parse(bytes)?.verify(COMMAND_TYPE, &self.trusted)?;
         (out.id, out.op) = command::peek(&payload);
+        tracing::debug!(
+            keyid,
+            id = out.id.as_deref().unwrap_or("-"),
+            "signature verified"
+        );
         let cmd = command::parse(&payload)?;
         out.user = cmd.op.target_user().map(|u| u.to_string());
         self.check_instance_and_times(&cmd)?;
@@ -275,17 +294,6 @@ impl Engine {
         }
         let now = self.sys.clock.now();
         let skew = Duration::from_secs(self.cfg.clock_skew_secs);
-        let ttl = cmd
-            .expires_at
-            .duration_since(cmd.issued_at)
-            .map_err(|_| Error::invalid("expires_at is before issued_at"))?;
-        if ttl > Duration::from_secs(self.cfg.max_ttl_secs) {
-            return Err(Error::invalid(format!(
-                "validity window of {}s is over the maximum of {}s",
-                ttl.as_secs(),
-                self.cfg.max_ttl_secs
-            )));
-        }
         if cmd.issued_at > now + skew {
             return Err(Error::NotYetValid(format!(
                 "issued_at {} is after now ({}) plus {}s of tolerated skew",
@@ -300,6 +308,19 @@ impl Engine {
                 format_time(cmd.expires_at),
                 format_time(now),
                 skew.as_secs()
+            )));
+        }
+        // A long window would make a leaked command useful for long, and
+        // would keep its id in the replay record as long.
+        let ttl = cmd
+            .expires_at
+            .duration_since(cmd.issued_at)
+            .map_err(|_| Error::invalid("expires_at is before issued_at"))?;
+        if ttl > Duration::from_secs(self.cfg.max_ttl_secs) {
+            return Err(Error::invalid(format!(
+                "validity window of {}s is over the maximum of {}s",
+                ttl.as_secs(),
+                self.cfg.max_ttl_secs
             )));
         }
         Ok(())

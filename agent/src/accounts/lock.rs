@@ -58,6 +58,7 @@ impl<'a> Locks<'a> {
             lock_file(etc, f, deadline)?;
             locks.files.push(format!("{f}.lock"));
         }
+        sweep_temps(etc, files)?;
         Ok(locks)
     }
 }
@@ -106,6 +107,22 @@ fn lock_pwd(etc: &Dir, deadline: Instant) -> Result<OwnedFd> {
         }
         sleep(POLL);
     }
+}
+
+/// Remove temp files of ours (`.FILE.accessd-*`, `.FILE-.accessd-*`) that a
+/// writer killed mid-write left behind. Safe only now: every accessd writer
+/// of these files holds the locks we hold, so none of them is in flight.
+fn sweep_temps(etc: &Dir, files: &[&str]) -> Result<()> {
+    let prefixes: Vec<String> = files
+        .iter()
+        .flat_map(|f| [format!(".{f}.accessd-"), format!(".{f}-.accessd-")])
+        .collect();
+    for name in etc.list()? {
+        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            etc.remove_file(&name)?;
+        }
+    }
+    Ok(())
 }
 
 /// commonio's protocol: write our pid to `FILE.<pid>`, `link()` it to

@@ -126,3 +126,43 @@ fn restore(c: &Change<'_>) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn a_failure_restores_the_files_already_replaced() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("a"), b"old a\n").unwrap();
+        fs::write(t.path().join("c"), b"old c\n").unwrap();
+        // "b" is a directory: replacing it fails after "a" was replaced.
+        fs::create_dir(t.path().join("b")).unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        let a = d.read("a").unwrap().unwrap();
+        let fake_b = d.read("c").unwrap().unwrap();
+        let mut txn = Txn::new();
+        txn.replace(&d, "a", a, b"new a\n".to_vec());
+        txn.replace(&d, "b", fake_b, b"new b\n".to_vec());
+        assert!(txn.commit().is_err());
+        assert_eq!(fs::read(t.path().join("a")).unwrap(), b"old a\n");
+        assert!(t.path().join("b").is_dir());
+    }
+
+    #[test]
+    fn the_previous_version_is_kept_as_file_dash() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("shadow"), b"one\n").unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        let old = d.read("shadow").unwrap().unwrap();
+        let mut txn = Txn::new();
+        txn.replace(&d, "shadow", old, b"two\n".to_vec());
+        txn.commit().unwrap();
+        assert_eq!(fs::read(t.path().join("shadow")).unwrap(), b"two\n");
+        assert_eq!(fs::read(t.path().join("shadow-")).unwrap(), b"one\n");
+        let mut names = d.list().unwrap();
+        names.sort();
+        assert_eq!(names, vec!["shadow".to_string(), "shadow-".to_string()]);
+    }
+}

@@ -43,9 +43,8 @@ pub fn create(
         "{}/{name}",
         dflt.get("HOME").unwrap_or("/home").trim_end_matches('/')
     ));
-    let usergroups = defs
-        .get("USERGROUPS_ENAB")
-        .is_none_or(|_| defs.yes("USERGROUPS_ENAB"));
+    // getdef_bool: unset is "no" (Debian's login.defs says yes).
+    let usergroups = defs.yes("USERGROUPS_ENAB");
     let today = lastchg(sys);
 
     // useradd's lock order: passwd, subuid, subgid, group, gshadow, shadow.
@@ -157,15 +156,19 @@ pub fn create(
             Grant::Dropin => {
                 let content = sudo::dropin_content(&spec.name, hash.is_some());
                 sudoers_d = sudo::open_dropin_dir(&etc)?;
-                sudo::validate(sys, &sudoers_d, &spec.name, &content)?;
                 let fname = sudo::dropin_name(&spec.name);
+                let existing = sudoers_d.read(&fname)?;
+                // A leftover of ours is replaced; someone else's file is not
+                // ours to overwrite.
+                if existing.is_some() && sudo::read_ours(&sudoers_d, &spec.name)?.is_none() {
+                    return Err(Error::invalid(format!(
+                        "{} exists and was not written by accessd; not replacing it",
+                        sudoers_d.display(&fname).display()
+                    )));
+                }
+                sudo::validate(sys, &sudoers_d, &spec.name, &content)?;
                 sudo_grant = Some(format!("dropin:/etc/sudoers.d/{fname}"));
-                dropin = Some((
-                    &sudoers_d,
-                    fname,
-                    sudoers_d.read(&sudo::dropin_name(&spec.name))?,
-                    content,
-                ));
+                dropin = Some((&sudoers_d, fname, existing, content));
             }
         }
     }

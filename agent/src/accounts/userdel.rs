@@ -59,9 +59,8 @@ pub fn delete(sys: &System, user: &UserName, remove_home: bool, timeout: Duratio
         }
         // The private group: same name, the user's primary gid, no other
         // members, and nobody else's primary group.
-        let usergroups = defs
-            .get("USERGROUPS_ENAB")
-            .is_none_or(|_| defs.yes("USERGROUPS_ENAB"));
+        // getdef_bool: unset is "no" (Debian's login.defs says yes).
+        let usergroups = defs.yes("USERGROUPS_ENAB");
         if usergroups {
             if let Some(gi) = group.find(name) {
                 let f = group.fields(gi);
@@ -137,6 +136,10 @@ fn after_commit(name: &str, e: Error) -> Error {
         Error::Io { context, source } => Error::Io {
             context: format!("user {name} was deleted, but removing the home failed: {context}"),
             source,
+        },
+        Error::UnsafePath { path, reason } => Error::UnsafePath {
+            path,
+            reason: format!("user {name} was deleted, but the home was not removed: {reason}"),
         },
         other => other,
     }

@@ -169,7 +169,14 @@ impl Envelope {
                 .signatures
                 .iter()
                 .filter_map(|s| s.keyid.as_deref())
-                .map(|k| if k.len() > 64 { "<long>" } else { k })
+                // Untrusted text going into a result and a log line.
+                .map(|k| {
+                    if crate::config::valid_key_id(k) {
+                        k
+                    } else {
+                        "<malformed>"
+                    }
+                })
                 .collect();
             Err(Error::UnknownKey(format!(
                 "no trusted key has the id {}",
@@ -215,6 +222,32 @@ mod tests {
             b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
         );
         assert_eq!(pae("", b""), b"DSSEv1 0  0 ");
+    }
+
+    /// docs/protocol.md's worked example verifies against the example
+    /// config/accessd.toml, so neither can drift from the other.
+    #[test]
+    fn the_documented_worked_example_verifies() {
+        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let doc = std::fs::read_to_string(base.join("docs/protocol.md")).unwrap();
+        let env = doc
+            .split("<!-- worked-example-envelope -->")
+            .nth(1)
+            .and_then(|rest| rest.lines().find(|l| l.starts_with("{\"payloadType\"")))
+            .expect("the worked example is in the doc");
+        let cfg = crate::config::Config::parse_str(
+            &std::fs::read_to_string(base.join("config/accessd.toml")).unwrap(),
+            std::path::Path::new("config/accessd.toml"),
+        )
+        .unwrap();
+        let (id, body) = Envelope::parse(env.as_bytes())
+            .unwrap()
+            .verify(super::super::COMMAND_TYPE, &cfg.trusted_keys().unwrap())
+            .unwrap();
+        assert_eq!(id, "console-2026");
+        assert_eq!(body.len(), 262);
+        assert!(pae(super::super::COMMAND_TYPE, &body)
+            .starts_with(b"DSSEv1 39 application/vnd.accessd.command.v1+json 262 {"));
     }
 
     #[test]

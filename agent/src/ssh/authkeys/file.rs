@@ -20,6 +20,8 @@ use crate::sys::System;
 
 pub const SSH_DIR: &str = ".ssh";
 pub const KEYS_FILE: &str = "authorized_keys";
+/// 8 MiB: a thousand 8 KiB lines, far beyond any real authorized_keys.
+const MAX_FILE_BYTES: i64 = 8 << 20;
 
 /// Who a home belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,32 +32,13 @@ pub struct Owner {
 }
 
 /// The user's uid, primary gid and home from passwd under the root.
-///
-/// MERGE: replace the body with `crate::accounts::lookup(sys, user)` once the
-/// accounts branch lands; this private reader exists only because
-/// `accounts::lookup` is still `todo!()` on this branch.
 pub fn owner_of(sys: &System, user: &UserName) -> Result<Owner> {
-    let etc = Dir::open(&sys.root)?.open_dir("etc")?;
-    let data = etc.read("passwd")?.ok_or_else(|| Error::Io {
-        context: format!("reading {}", sys.path("/etc/passwd").display()),
-        source: std::io::Error::from(std::io::ErrorKind::NotFound),
-    })?;
-    for line in data.bytes.split(|&b| b == b'\n') {
-        let f: Vec<&[u8]> = line.split(|&b| b == b':').collect();
-        if f.len() >= 7 && f[0] == user.as_str().as_bytes() {
-            let num = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u32>().ok();
-            let (Some(uid), Some(gid)) = (num(f[2]), num(f[3])) else {
-                break;
-            };
-            let home = std::str::from_utf8(f[5]).unwrap_or("");
-            return Ok(Owner {
-                uid,
-                gid,
-                home: PathBuf::from(home),
-            });
-        }
-    }
-    Err(Error::UserNotFound(user.to_string()))
+    let rec = crate::accounts::lookup(sys, user)?;
+    Ok(Owner {
+        uid: rec.uid,
+        gid: rec.gid,
+        home: rec.home,
+    })
 }
 
 fn is_type(mode: u32, t: SFlag) -> bool {
@@ -128,6 +111,18 @@ pub fn open_ssh_dir(sys: &System, owner: &Owner, create: bool) -> Result<Option<
 /// Read `authorized_keys` in an opened `.ssh`. Refuses symlinks, non-regular
 /// files, hard links and foreign owners; absent is `None`.
 pub fn read_keys_file(ssh: &Dir, owner: &Owner) -> Result<Option<FileData>> {
+    // The user controls the file's size; a root daemon should not read a
+    // multi-gigabyte file into memory because a user made one. (A file that
+    // grows between this check and the read is still read whole: the check
+    // stops the cheap case, a sparse file, not a determined racer.)
+    if let Some(st) = ssh.stat_at(KEYS_FILE)? {
+        if st.st_size > MAX_FILE_BYTES {
+            return Err(Error::unsafe_path(
+                ssh.display(KEYS_FILE),
+                format!("is larger than {MAX_FILE_BYTES} bytes"),
+            ));
+        }
+    }
     let Some(data) = ssh.read(KEYS_FILE)? else {
         return Ok(None);
     };

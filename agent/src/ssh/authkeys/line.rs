@@ -261,28 +261,19 @@ fn dequote(s: &str, start: usize) -> Result<(String, usize), String> {
 }
 
 fn check_value(name: &str, value: &str) -> Result<(), String> {
+    let env_ok = |v: &str| {
+        v.split_once('=').is_some_and(|(n, _)| {
+            !n.is_empty() && n.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+        })
+    };
     match name {
-        "environment" => {
-            let ok = value.split_once('=').is_some_and(|(n, _)| {
-                !n.is_empty() && n.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
-            });
-            if !ok {
-                return Err("environment= needs NAME=value".into());
-            }
+        "environment" if !env_ok(value) => Err("environment= needs NAME=value".into()),
+        "tunnel" if value != "any" && value.parse::<u32>().is_err() => {
+            Err("tunnel= needs a number".into())
         }
-        "tunnel" => {
-            if value != "any" && value.parse::<u32>().is_err() {
-                return Err("tunnel= needs a number".into());
-            }
-        }
-        "permitopen" | "permitlisten" => {
-            if !value.contains(':') && name == "permitopen" {
-                return Err("permitopen= needs host:port".into());
-            }
-        }
-        _ => {}
+        "permitopen" if !value.contains(':') => Err("permitopen= needs host:port".into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// A file as its raw lines; each keeps its `\n` (the last one may not).

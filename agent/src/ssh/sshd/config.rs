@@ -43,9 +43,7 @@ pub fn directive(line: &[u8]) -> Option<Directive> {
         return None;
     }
     let s = s.trim_end_matches([' ', '\t', '\r', '\n', '\x0c']);
-    let kw_end = s
-        .find(|c: char| c == ' ' || c == '\t' || c == '=')
-        .unwrap_or(s.len());
+    let kw_end = s.find([' ', '\t', '=']).unwrap_or(s.len());
     let keyword = s[..kw_end].to_ascii_lowercase();
     let mut rest = s[kw_end..].trim_start_matches([' ', '\t']);
     // strdelim allows one '=' between keyword and value.
@@ -424,7 +422,17 @@ impl Config {
             let mut trial = self.clone();
             let old = &trial.files[e.file].lines[e.line];
             let eol = if old.ends_with(b"\n") { "\n" } else { "" };
-            trial.files[e.file].lines[e.line] = format!("{keyword} {value}{eol}").into_bytes();
+            // Keep the keyword as written: before OpenSSH 8.7 an alias such
+            // as ChallengeResponseAuthentication was a separate option, so
+            // renaming the line could change what it means.
+            let text = String::from_utf8_lossy(old);
+            let written = text
+                .trim_start_matches([' ', '\t'])
+                .split([' ', '\t', '=', '\r', '\n'])
+                .next()
+                .unwrap_or(keyword)
+                .to_owned();
+            trial.files[e.file].lines[e.line] = format!("{written} {value}{eol}").into_bytes();
             if works(&trial) {
                 *self = trial;
                 return Ok(());
@@ -641,7 +649,7 @@ mod tests {
         c.set("PasswordAuthentication", &[], "no", None).unwrap();
         assert_eq!(
             c.files[0].render(),
-            b"PasswordAuthentication no\nPasswordAuthentication no\n"
+            b"passwordauthentication no\nPasswordAuthentication no\n"
         );
     }
 

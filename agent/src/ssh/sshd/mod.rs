@@ -431,6 +431,17 @@ fn validate(
     run_sshd(sys, &base, opts, "-t")?;
     let values = sshd_dump(sys, &base, opts)?;
     for (kw, want) in wanted {
+        // sshd before 8.7 reports ChallengeResponseAuthentication separately,
+        // and either one left on keeps keyboard-interactive (PAM) passwords.
+        if *kw == "KbdInteractiveAuthentication" {
+            if let Some(cr) = values.get("challengeresponseauthentication") {
+                if !same_value(cr, want) {
+                    return Err(Error::SshdInvalid(format!(
+                        "after the change sshd -T reports challengeresponseauthentication {cr}, not {want}"
+                    )));
+                }
+            }
+        }
         let got = values.get(&kw.to_ascii_lowercase());
         if !got.is_some_and(|g| same_value(g, want)) {
             return Err(Error::SshdInvalid(format!(

@@ -1,0 +1,786 @@
+//! sshd settings end to end: real layouts in temporary roots, checked with
+//! the real `sshd -t`/`sshd -T`.
+//!
+//! How sshd sees a temp root without touching this machine: the root is an
+//! "image that has an sshd" (PROTOCOL §6), so accessd runs
+//! `chroot ROOT /usr/sbin/sshd ...` through its Runner. The test Runner wraps
+//! that in `unshare -m --propagation private` (a child process: the test
+//! binary is multithreaded) and bind-mounts the host's /usr read-only and
+//! /dev/null into the root first. The mounts vanish with the namespace.
+//!
+//! Restart is tested with a recording Runner (systemctl is never run) and a
+//! restart_command pointing at a test script.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Output};
+use std::sync::{Arc, Mutex};
+
+use accessd::error::Code;
+use accessd::ssh::sshd::{
+    effective, restart_sshd, set_sshd, PermitRootLogin, SshdChange, SshdOptions,
+};
+use accessd::sys::{find_program, Cmd, ProcessRunner, Runner, System};
+
+fn ready() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let tools = ["sshd", "ssh-keygen", "unshare", "chroot"]
+        .iter()
+        .all(|t| find_program(t).is_some());
+    if root && tools {
+        return true;
+    }
+    let why = format!("needs root ({root}) and sshd, ssh-keygen, unshare, chroot ({tools})");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}");
+    }
+    eprintln!("skipping: {why}");
+    false
+}
+
+const NS_SCRIPT: &str = r#"set -e
+r=$1; shift
+mount --bind /usr "$r/usr"
+mount -o remount,bind,ro "$r/usr"
+mount --bind /dev/null "$r/dev/null"
+exec "$@""#;
+
+/// Runs `chroot ROOT ...` inside a private mount namespace where ROOT has the
+/// host's /usr. Anything else is refused: a test must never reach systemctl.
+struct NsRunner;
+
+impl Runner for NsRunner {
+    fn run(&self, cmd: &Cmd) -> std::io::Result<Output> {
+        if cmd.program != "chroot" {
+            return Err(std::io::Error::other(format!(
+                "test runner refuses {}",
+                cmd.display()
+            )));
+        }
+        let wrapped = Cmd::new("unshare")
+            .args([
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                NS_SCRIPT,
+                "sh",
+            ])
+            .arg(&cmd.args[0])
+            .arg("chroot")
+            .args(cmd.args.iter().cloned());
+        ProcessRunner.run(&wrapped)
+    }
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    sys: System,
+}
+
+fn debian_default() -> String {
+    fs::read_to_string("/usr/share/openssh/sshd_config")
+        .expect("openssh-server ships /usr/share/openssh/sshd_config")
+}
+
+impl Env {
+    /// A root that looks like an image with sshd installed, holding `files`
+    /// (paths under /etc/ssh; a trailing `/` makes a directory).
+    fn new(files: &[(&str, String)], host_keys: bool, with_sshd: bool) -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let state = tmp.path().join("state");
+        for d in ["usr/sbin", "etc/ssh", "run", "dev"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::create_dir_all(&state).unwrap();
+        for l in ["bin", "lib", "lib64", "sbin"] {
+            symlink(format!("usr/{l}"), root.join(l)).unwrap();
+        }
+        if with_sshd {
+            // Hidden by the bind mount of /usr; its presence is what makes
+            // accessd treat the root as an image with its own sshd.
+            fs::write(root.join("usr/sbin/sshd"), "").unwrap();
+        }
+        fs::write(root.join("dev/null"), "").unwrap();
+        fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nsshd:x:102:65534::/run/sshd:/usr/sbin/nologin\n",
+        )
+        .unwrap();
+        fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+        fs::write(
+            root.join("etc/nsswitch.conf"),
+            "passwd: files\ngroup: files\n",
+        )
+        .unwrap();
+        if host_keys {
+            let st = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(root.join("etc/ssh/ssh_host_ed25519_key"))
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        for (path, text) in files {
+            let p = root.join(path.trim_start_matches('/'));
+            if path.ends_with('/') {
+                fs::create_dir_all(&p).unwrap();
+            } else {
+                fs::create_dir_all(p.parent().unwrap()).unwrap();
+                fs::write(&p, text).unwrap();
+            }
+        }
+        let sys = System::new(&root, &state).with_runner(Arc::new(NsRunner));
+        Env {
+            _tmp: tmp,
+            root,
+            sys,
+        }
+    }
+
+    /// Every file under etc/ssh with its bytes.
+    fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+            for e in fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.insert(p.clone(), fs::read(&p).unwrap());
+                }
+            }
+        }
+        let mut m = BTreeMap::new();
+        walk(&self.root.join("etc/ssh"), &mut m);
+        m
+    }
+
+    /// The real `sshd -T` of this root, independent of accessd's code.
+    fn sshd_t(&self) -> BTreeMap<String, String> {
+        let out = NsRunner
+            .run(&Cmd::new("chroot").arg(&self.root).args([
+                "/usr/sbin/sshd",
+                "-T",
+                "-f",
+                "/etc/ssh/sshd_config",
+            ]))
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sshd -T: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn p(&self, sys_path: &str) -> PathBuf {
+        self.root.join(sys_path.trim_start_matches('/'))
+    }
+}
+
+fn all_three() -> SshdChange {
+    SshdChange {
+        pubkey_authentication: Some(true),
+        password_authentication: Some(false),
+        permit_root_login: Some(PermitRootLogin::No),
+    }
+}
+
+struct Layout {
+    name: &'static str,
+    files: Vec<(&'static str, String)>,
+    change: SshdChange,
+    /// Pre-existing files that must change (and be backed up).
+    changed: &'static [&'static str],
+    /// Files accessd must create.
+    created: &'static [&'static str],
+}
+
+fn layouts() -> Vec<Layout> {
+    const MAIN: &str = "/etc/ssh/sshd_config";
+    const DROPIN: &str = "/etc/ssh/sshd_config.d/00-accessd.conf";
+    let main = MAIN;
+    vec![
+        Layout {
+            name: "Debian 12 default",
+            files: vec![(main, debian_default()), ("/etc/ssh/sshd_config.d/", String::new())],
+            change: all_three(),
+            changed: &[],
+            created: &[DROPIN],
+        },
+        Layout {
+            name: "Ubuntu: Include first + 50-cloud-init.conf",
+            files: vec![
+                (main, debian_default()),
+                (
+                    "/etc/ssh/sshd_config.d/50-cloud-init.conf",
+                    "PasswordAuthentication yes\n".into(),
+                ),
+            ],
+            change: all_three(),
+            changed: &[],
+            created: &[DROPIN],
+        },
+        Layout {
+            name: "setting only inside a Match block",
+            files: vec![(
+                main,
+                "UsePAM yes\nSubsystem sftp /usr/lib/openssh/sftp-server\nMatch User alice\n\tPasswordAuthentication no\n\tPermitRootLogin no\n".into(),
+            )],
+            change: all_three(),
+            changed: &[MAIN],
+            created: &[],
+        },
+        Layout {
+            name: "setting after the last Match",
+            files: vec![(
+                main,
+                "PermitRootLogin yes\nUsePAM no\nMatch User bob\n\tX11Forwarding no\nPasswordAuthentication no\n".into(),
+            )],
+            change: all_three(),
+            changed: &[MAIN],
+            created: &[],
+        },
+        Layout {
+            name: "lower-case keywords",
+            files: vec![(
+                main,
+                "passwordauthentication yes\npermitrootlogin yes\npubkeyauthentication no\nkbdinteractiveauthentication no\n".into(),
+            )],
+            change: all_three(),
+            changed: &[MAIN],
+            created: &[],
+        },
+        Layout {
+            name: "Include inside an include",
+            files: vec![
+                (main, "Include /etc/ssh/first.conf\nInclude sshd_config.d/*.conf\n".into()),
+                ("/etc/ssh/first.conf", "Include /etc/ssh/inner/*.conf\n".into()),
+                (
+                    "/etc/ssh/inner/a.conf",
+                    "PasswordAuthentication yes\nMatch User x\n\tPermitRootLogin yes\n".into(),
+                ),
+                ("/etc/ssh/sshd_config.d/", String::new()),
+            ],
+            change: all_three(),
+            changed: &["/etc/ssh/inner/a.conf"],
+            created: &[DROPIN],
+        },
+        Layout {
+            name: "a drop-in that sorts before ours sets the value",
+            files: vec![
+                (main, debian_default()),
+                ("/etc/ssh/sshd_config.d/00-aaa.conf", "PasswordAuthentication yes\n".into()),
+                (
+                    "/etc/ssh/sshd_config.d/50-cloud-init.conf",
+                    "PasswordAuthentication yes\n".into(),
+                ),
+            ],
+            change: all_three(),
+            changed: &["/etc/ssh/sshd_config.d/00-aaa.conf"],
+            created: &[DROPIN],
+        },
+        Layout {
+            name: "old ChallengeResponseAuthentication alias with UsePAM",
+            files: vec![(
+                main,
+                "UsePAM yes\nChallengeResponseAuthentication yes\nPasswordAuthentication yes\n".into(),
+            )],
+            change: all_three(),
+            changed: &[MAIN],
+            created: &[],
+        },
+        Layout {
+            name: "no Include at all (RHEL 8 / Alibaba Cloud Linux 3, OpenSSH 8.0)",
+            files: vec![(
+                main,
+                "HostKey /etc/ssh/ssh_host_ed25519_key\nSyslogFacility AUTHPRIV\nPermitRootLogin yes\n\
+                 AuthorizedKeysFile\t.ssh/authorized_keys\nPasswordAuthentication yes\n\
+                 ChallengeResponseAuthentication no\nGSSAPIAuthentication yes\nGSSAPICleanupCredentials no\n\
+                 UsePAM yes\nX11Forwarding yes\nPrintMotd no\nAcceptEnv LANG LC_CTYPE\n\
+                 Subsystem\tsftp\t/usr/libexec/openssh/sftp-server\n"
+                    .into(),
+            )],
+            change: SshdChange {
+                permit_root_login: Some(PermitRootLogin::ProhibitPassword),
+                ..all_three()
+            },
+            changed: &[MAIN],
+            created: &[],
+        },
+    ]
+}
+
+fn expected_values(change: &SshdChange) -> Vec<(&'static str, &'static str)> {
+    let yn = |b: bool| if b { "yes" } else { "no" };
+    let mut v = Vec::new();
+    if let Some(b) = change.pubkey_authentication {
+        v.push(("pubkeyauthentication", yn(b)));
+    }
+    if let Some(b) = change.password_authentication {
+        v.push(("passwordauthentication", yn(b)));
+    }
+    if let Some(p) = change.permit_root_login {
+        v.push((
+            "permitrootlogin",
+            match p {
+                PermitRootLogin::Yes => "yes",
+                PermitRootLogin::No => "no",
+                // sshd 9.2 prints the old name of the same value.
+                PermitRootLogin::ProhibitPassword => "without-password",
+            },
+        ));
+    }
+    v
+}
+
+#[test]
+fn effective_value_equals_request_for_real_layouts() {
+    if !ready() {
+        return;
+    }
+    for layout in layouts() {
+        let env = Env::new(&layout.files, true, true);
+        let before = env.snapshot();
+        let out = set_sshd(&env.sys, &SshdOptions::default(), &layout.change, true)
+            .unwrap_or_else(|e| panic!("{}: {e}", layout.name));
+        assert!(out.validated, "{}: {}", layout.name, out.message);
+        assert!(!out.restarted, "{}: not live, never restarted", layout.name);
+
+        // The real sshd agrees, asked independently.
+        let t = env.sshd_t();
+        for (k, v) in expected_values(&layout.change) {
+            assert_eq!(
+                t.get(k).map(String::as_str),
+                Some(v),
+                "{}: {k}",
+                layout.name
+            );
+        }
+        // With UsePAM on, passwords off means keyboard-interactive off too.
+        if t["usepam"] == "yes" {
+            assert_eq!(t["kbdinteractiveauthentication"], "no", "{}", layout.name);
+        }
+
+        // Exactly the expected files changed; each changed one has a backup
+        // holding its old bytes; everything else is byte for byte the same.
+        let changed: Vec<PathBuf> = layout
+            .changed
+            .iter()
+            .chain(layout.created)
+            .map(PathBuf::from)
+            .collect();
+        let mut reported = out.changed_files.clone();
+        reported.sort();
+        let mut want = changed.clone();
+        want.sort();
+        assert_eq!(reported, want, "{}", layout.name);
+        let after = env.snapshot();
+        for (p, bytes) in &before {
+            let sys_path = Path::new("/").join(p.strip_prefix(&env.root).unwrap());
+            if layout.changed.iter().any(|c| Path::new(c) == sys_path) {
+                assert_ne!(&after[p], bytes, "{}: {}", layout.name, p.display());
+                let bak = PathBuf::from(format!("{}.bak", p.display()));
+                assert_eq!(
+                    &after[&bak],
+                    bytes,
+                    "{}: backup of {}",
+                    layout.name,
+                    p.display()
+                );
+            } else {
+                assert_eq!(&after[p], bytes, "{}: {} changed", layout.name, p.display());
+            }
+        }
+        for c in layout.created {
+            assert!(
+                after.contains_key(&env.p(c)),
+                "{}: {c} created",
+                layout.name
+            );
+        }
+        assert_eq!(
+            after.len(),
+            before.len() + layout.created.len() + layout.changed.len(),
+            "{}: no other files",
+            layout.name
+        );
+
+        // Applying the same request again changes nothing.
+        let again = set_sshd(&env.sys, &SshdOptions::default(), &layout.change, false).unwrap();
+        assert!(
+            again.changed_files.is_empty(),
+            "{}: {:?}",
+            layout.name,
+            again.changed_files
+        );
+        assert_eq!(env.snapshot(), after, "{}", layout.name);
+
+        let eff = effective(&env.sys, &SshdOptions::default()).unwrap();
+        assert_eq!(eff.source, "sshd -T");
+        assert_eq!(eff.password_authentication.as_deref(), Some("no"));
+    }
+}
+
+#[test]
+fn broken_dropin_rolls_back_every_file_byte_for_byte() {
+    if !ready() {
+        return;
+    }
+    let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
+        (
+            "new drop-in, a broken 60-bad.conf",
+            vec![
+                ("/etc/ssh/sshd_config", debian_default()),
+                (
+                    "/etc/ssh/sshd_config.d/50-cloud-init.conf",
+                    "PasswordAuthentication yes\n".into(),
+                ),
+                (
+                    "/etc/ssh/sshd_config.d/60-bad.conf",
+                    "PasswordAuthentication maybe\n".into(),
+                ),
+            ],
+        ),
+        (
+            "main file edited, a broken include after it",
+            vec![
+                (
+                    "/etc/ssh/sshd_config",
+                    "passwordauthentication yes\nInclude /etc/ssh/sshd_config.d/*.conf\n".into(),
+                ),
+                (
+                    "/etc/ssh/sshd_config.d/10-bad.conf",
+                    "NoSuchKeyword yes\n".into(),
+                ),
+            ],
+        ),
+    ];
+    for (name, files) in cases {
+        let env = Env::new(&files, true, true);
+        let before = env.snapshot();
+        let listing = |env: &Env| -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(env.p("/etc/ssh/sshd_config.d"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        let names = listing(&env);
+        let change = SshdChange {
+            password_authentication: Some(false),
+            ..Default::default()
+        };
+        let e = set_sshd(&env.sys, &SshdOptions::default(), &change, true).unwrap_err();
+        assert_eq!(e.code(), Code::SshdInvalid, "{name}: {e}");
+        assert!(e.to_string().contains("sshd"), "{name}: {e}");
+        assert_eq!(
+            env.snapshot(),
+            before,
+            "{name}: files restored byte for byte"
+        );
+        assert_eq!(listing(&env), names, "{name}: set of drop-ins unchanged");
+    }
+}
+
+#[test]
+fn missing_host_keys_are_reported_and_nothing_changes() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new(
+        &[
+            ("/etc/ssh/sshd_config", debian_default()),
+            ("/etc/ssh/sshd_config.d/", String::new()),
+        ],
+        false,
+        true,
+    );
+    let before = env.snapshot();
+    let e = set_sshd(&env.sys, &SshdOptions::default(), &all_three(), false).unwrap_err();
+    assert_eq!(e.code(), Code::SshdInvalid);
+    assert!(e.to_string().contains("ssh-keygen -A"), "{e}");
+    assert_eq!(env.snapshot(), before);
+    // /run/sshd was created for sshd, 0755 (sshd refuses a writable one).
+    let md = fs::metadata(env.p("/run/sshd")).unwrap();
+    assert_eq!(md.permissions().mode() & 0o777, 0o755);
+}
+
+#[test]
+fn image_without_sshd_is_changed_without_validation_and_says_so() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new(
+        &[
+            ("/etc/ssh/sshd_config", debian_default()),
+            (
+                "/etc/ssh/sshd_config.d/50-cloud-init.conf",
+                "PasswordAuthentication yes\n".into(),
+            ),
+        ],
+        true,
+        false,
+    );
+    let out = set_sshd(&env.sys, &SshdOptions::default(), &all_three(), true).unwrap();
+    assert!(!out.validated);
+    assert!(out.message.contains("not validated"), "{}", out.message);
+    let eff = effective(&env.sys, &SshdOptions::default()).unwrap();
+    assert_eq!(eff.source, "parsed");
+    assert_eq!(eff.password_authentication.as_deref(), Some("no"));
+    assert_eq!(eff.permit_root_login.as_deref(), Some("no"));
+    // The parse agrees with the real sshd on the same files.
+    let with_sshd = Env {
+        sys: System::new(&env.root, env.root.join("..").join("state"))
+            .with_runner(Arc::new(NsRunner)),
+        ..env
+    };
+    fs::write(with_sshd.root.join("usr/sbin/sshd"), "").unwrap();
+    fs::create_dir(with_sshd.root.join("run/sshd")).unwrap();
+    fs::set_permissions(
+        with_sshd.root.join("run/sshd"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let t = with_sshd.sshd_t();
+    assert_eq!(t["passwordauthentication"], "no");
+    assert_eq!(t["permitrootlogin"], "no");
+}
+
+/// Answers `systemctl show` from a table and records every command.
+struct Systemctl {
+    show: BTreeMap<String, String>,
+    fail_restart: bool,
+    log: Mutex<Vec<String>>,
+}
+
+fn output(code: i32, stdout: &str, stderr: &str) -> Output {
+    use std::os::unix::process::ExitStatusExt;
+    Output {
+        status: ExitStatus::from_raw(code << 8),
+        stdout: stdout.as_bytes().to_vec(),
+        stderr: stderr.as_bytes().to_vec(),
+    }
+}
+
+impl Runner for Systemctl {
+    fn run(&self, cmd: &Cmd) -> std::io::Result<Output> {
+        self.log.lock().unwrap().push(cmd.display());
+        assert_eq!(
+            cmd.program,
+            OsString::from("systemctl"),
+            "{}",
+            cmd.display()
+        );
+        let args: Vec<String> = cmd
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        match args[0].as_str() {
+            "show" => Ok(output(
+                0,
+                self.show.get(&args[3]).map_or(
+                    "LoadState=not-found\nActiveState=inactive\n",
+                    String::as_str,
+                ),
+                "",
+            )),
+            "try-reload-or-restart" if self.fail_restart => Ok(output(
+                1,
+                "",
+                "Job for ssh.service failed because the control process exited",
+            )),
+            "try-reload-or-restart" => Ok(output(0, "", "")),
+            other => panic!("unexpected systemctl {other}"),
+        }
+    }
+}
+
+fn live(runner: Arc<dyn Runner>) -> System {
+    // Root "/" makes the System live; only the runner is ever used here.
+    System::new("/", "/nonexistent-state").with_runner(runner)
+}
+
+/// (case, `systemctl show` answers, reload fails, commands run or error text)
+type RestartCase<'a> = (
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    bool,
+    Result<&'a [&'a str], &'a str>,
+);
+
+#[test]
+fn restart_detects_the_unit_and_never_reaches_the_real_systemctl() {
+    let cases: &[RestartCase] = &[
+        (
+            "Debian/Ubuntu: ssh.service",
+            &[(
+                "ssh.service",
+                "Id=ssh.service\nActiveState=active\nLoadState=loaded\n",
+            )],
+            false,
+            Ok(&[
+                "systemctl show -p Id,ActiveState,LoadState ssh.service",
+                "systemctl try-reload-or-restart ssh.service",
+            ]),
+        ),
+        (
+            "RHEL/SUSE/Alibaba: sshd.service",
+            &[(
+                "sshd.service",
+                "Id=sshd.service\nActiveState=active\nLoadState=loaded\n",
+            )],
+            false,
+            Ok(&[
+                "systemctl show -p Id,ActiveState,LoadState ssh.service",
+                "systemctl show -p Id,ActiveState,LoadState sshd.service",
+                "systemctl try-reload-or-restart sshd.service",
+            ]),
+        ),
+        (
+            "Ubuntu 22.10+: socket-activated, no sshd running yet",
+            &[
+                (
+                    "ssh.service",
+                    "Id=ssh.service\nActiveState=inactive\nLoadState=loaded\n",
+                ),
+                ("ssh.socket", "ActiveState=active\n"),
+            ],
+            false,
+            Ok(&[
+                "systemctl show -p Id,ActiveState,LoadState ssh.service",
+                "systemctl show -p ActiveState ssh.socket",
+            ]),
+        ),
+        (
+            "reload fails",
+            &[(
+                "ssh.service",
+                "Id=ssh.service\nActiveState=active\nLoadState=loaded\n",
+            )],
+            true,
+            Err("control process exited"),
+        ),
+        ("no unit", &[], false, Err("restart_command")),
+    ];
+    for (name, show, fail, want) in cases {
+        let runner = Arc::new(Systemctl {
+            show: show
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            fail_restart: *fail,
+            log: Mutex::new(Vec::new()),
+        });
+        let r = restart_sshd(&live(runner.clone()), &SshdOptions::default());
+        match want {
+            Ok(cmds) => {
+                r.unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(*runner.log.lock().unwrap(), *cmds, "{name}");
+            }
+            Err(text) => {
+                let e = r.unwrap_err();
+                assert_eq!(e.code(), Code::RestartFailed, "{name}");
+                assert!(e.to_string().contains(text), "{name}: {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn restart_command_wins_and_its_stderr_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("ran");
+    let ok = tmp.path().join("ok.sh");
+    fs::write(
+        &ok,
+        format!("#!/bin/sh\necho \"$1\" > {}\n", marker.display()),
+    )
+    .unwrap();
+    let bad = tmp.path().join("bad.sh");
+    fs::write(&bad, "#!/bin/sh\necho 'sshd: cannot bind' >&2\nexit 3\n").unwrap();
+    for p in [&ok, &bad] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let sys = live(Arc::new(ProcessRunner));
+    let opts = |script: &Path| SshdOptions {
+        restart_command: Some(vec![script.display().to_string(), "arg1".into()]),
+        ..Default::default()
+    };
+    let what = restart_sshd(&sys, &opts(&ok)).unwrap();
+    assert!(what.contains("ok.sh arg1"), "{what}");
+    assert_eq!(fs::read_to_string(&marker).unwrap(), "arg1\n");
+    let e = restart_sshd(&sys, &opts(&bad)).unwrap_err();
+    assert_eq!(e.code(), Code::RestartFailed);
+    assert!(e.to_string().contains("sshd: cannot bind"), "{e}");
+}
+
+#[test]
+fn not_live_never_restarts() {
+    let runner = Arc::new(Systemctl {
+        show: BTreeMap::new(),
+        fail_restart: false,
+        log: Mutex::new(Vec::new()),
+    });
+    let sys = System::new("/tmp/not-root", "/tmp/s").with_runner(runner.clone());
+    let msg = restart_sshd(&sys, &SshdOptions::default()).unwrap();
+    assert!(msg.contains("no service restarted"), "{msg}");
+    assert!(runner.log.lock().unwrap().is_empty());
+}
+
+#[test]
+fn second_backup_is_timestamped_and_first_is_kept() {
+    if !ready() {
+        return;
+    }
+    let mut env = Env::new(
+        &[(
+            "/etc/ssh/sshd_config",
+            "PasswordAuthentication yes\nUsePAM no\n".into(),
+        )],
+        true,
+        true,
+    );
+    // 2026-11-29T20:00:00Z
+    env.sys = env
+        .sys
+        .clone()
+        .with_clock(Arc::new(accessd::sys::FixedClock::at_unix(1_795_982_400)));
+    let main = env.p("/etc/ssh/sshd_config");
+    let original = fs::read(&main).unwrap();
+    let off = SshdChange {
+        password_authentication: Some(false),
+        ..Default::default()
+    };
+    set_sshd(&env.sys, &SshdOptions::default(), &off, false).unwrap();
+    let after_first = fs::read(&main).unwrap();
+    let on = SshdChange {
+        password_authentication: Some(true),
+        ..Default::default()
+    };
+    let out = set_sshd(&env.sys, &SshdOptions::default(), &on, false).unwrap();
+    let stamped = env.p("/etc/ssh/sshd_config.bak.20261129T200000Z");
+    assert_eq!(
+        out.backups,
+        vec![PathBuf::from("/etc/ssh/sshd_config.bak.20261129T200000Z")]
+    );
+    assert_eq!(
+        fs::read(env.p("/etc/ssh/sshd_config.bak")).unwrap(),
+        original
+    );
+    assert_eq!(fs::read(stamped).unwrap(), after_first);
+    assert_eq!(env.sshd_t()["passwordauthentication"], "yes");
+}
