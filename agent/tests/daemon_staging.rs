@@ -6,7 +6,8 @@ mod daemon_support;
 use daemon_support::*;
 use serde_json::json;
 
-const HASH: &str = "$6$saltsaltsaltsalt$Tc1kLQw8wqqjL2e8p4wXtqf9Z2d3m5Pj6s0W2gq9o2t0Wm3cU2aHn2o3S6Q6u1O1n9wK0v2b8x7y4z5c6d7e8";
+/// `openssl passwd -6 -salt saltsaltsaltsalt Next-Boot-pw1`
+const HASH: &str = "$6$saltsaltsaltsalt$O2HS/QLzw2LXNAuEEjzBCvpTtT4/qqIzkH/QWm9fEK8jpOPPP.cUucXonsJZdFdRiwQcmf6l9V6QcO14VJNDj1";
 
 #[test]
 fn next_boot_password_is_applied_once_by_apply_staged_and_never_again() {

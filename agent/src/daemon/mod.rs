@@ -15,7 +15,7 @@
 pub mod spool;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
@@ -315,6 +315,8 @@ impl Loop<'_> {
                 if !self.ready(&name)? {
                     continue;
                 }
+                // An error here is about our own directories (the outbox cannot
+                // be written): stop with it, and let systemd restart us.
                 self.spool.process(&name, &mut *self.handler)?;
             }
             self.spool.prune(SystemTime::now(), false)?;
@@ -373,11 +375,6 @@ pub fn staged_result_name(h: &Handled, index: usize) -> String {
             format!("staged-{t}-{index}.json")
         }
     }
-}
-
-/// The state directory a test or the demo runs the daemon on.
-pub fn state_paths(state_dir: &Path) -> (PathBuf, PathBuf) {
-    (state_dir.join("inbox"), state_dir.join("outbox"))
 }
 
 #[cfg(test)]
