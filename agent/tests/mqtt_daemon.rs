@@ -25,19 +25,25 @@ fn private_file(path: &Path, text: &str) {
 /// started and subscribed.
 fn machine_with_mqtt(broker: &Broker) -> (Machine, daemon_support::Daemon) {
     let m = Machine::new();
-    let pw = m.tmp.path().join("mqtt.password");
-    private_file(&pw, &format!("{AGENT_PASSWORD}\n"));
-    let cp = daemon_support::b64(&m.cp);
-    let text = format!(
-        "{}\n[mqtt]\nurl = {:?}\nusername = {INSTANCE:?}\npassword_file = {:?}\nkeep_alive_secs = 5\n",
-        m.config_text(&[("cp", &cp)]),
-        broker.url(false),
-        pw.display().to_string()
-    );
-    m.write_raw_config(&text);
+    write_mqtt_config(&m, &broker.url(false), 0o600);
     let d = m.start();
     m.wait_log("subscribed to the command topic", 1);
     (m, d)
+}
+
+/// accessd.toml with `[mqtt]` for `url`; the password file gets `mode`.
+fn write_mqtt_config(m: &Machine, url: &str, mode: u32) -> PathBuf {
+    let pw = m.tmp.path().join("mqtt.password");
+    private_file(&pw, &format!("{AGENT_PASSWORD}\n"));
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(mode)).unwrap();
+    let cp = daemon_support::b64(&m.cp);
+    let text = format!(
+        "{}\n[mqtt]\nurl = {url:?}\nusername = {INSTANCE:?}\npassword_file = {:?}\nkeep_alive_secs = 5\n",
+        m.config_text(&[("cp", &cp)]),
+        pw.display().to_string()
+    );
+    m.write_raw_config(&text);
+    pw
 }
 
 fn control_options(dir: &Path) -> PathBuf {
@@ -341,4 +347,68 @@ fn python_paho_pynacl_control_plane_sends_and_verifies() {
     assert_ne!(shadow_before, shadow_after);
     assert!(shadow_after.split(':').nth(1).unwrap().starts_with("$6$"));
     assert_eq!(d.stop().code(), Some(0));
+}
+
+#[test]
+fn a_broker_that_is_down_never_blocks_the_inbox_and_is_joined_when_it_returns() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let Some(mut broker) = Broker::start(&t.path().join("broker"), None) else {
+        return;
+    };
+    // Its port, with nothing listening there.
+    broker.kill();
+    let m = Machine::new();
+    write_mqtt_config(&m, &broker.url(false), 0o600);
+    let d = m.start();
+    m.wait_log("MQTT connection failed: cannot reach broker", 1);
+    std::fs::create_dir_all(m.inbox()).unwrap();
+    m.drop_cmd(
+        "while-broker-down.json",
+        &m.sign(
+            "inbox-1",
+            "add_keys",
+            json!({"user": USER, "keys": [key_line(7)]}),
+        ),
+    );
+    let r = m.result("while-broker-down.json");
+    assert_eq!(r.code.as_str(), "ok", "{}", r.message);
+    assert!(m.authorized_keys().contains(&key_line(7)));
+
+    // The broker comes back on its port: the agent, retrying with backoff,
+    // joins it, and MQTT commands flow.
+    broker.restart();
+    m.wait_log("subscribed to the command topic", 1);
+    let opts = control_options(m.tmp.path());
+    let env = m.sign("after-return", "inventory", json!({}));
+    let (code, r) = accessctl_send(&m, &broker, &opts, &env);
+    assert_eq!((code, r["code"].as_str()), (0, Some("ok")), "{r}");
+    assert_eq!(d.stop().code(), Some(0));
+}
+
+#[test]
+fn a_password_file_others_can_read_stops_the_daemon_with_a_clear_error() {
+    if !require_root() {
+        return;
+    }
+    let m = Machine::new();
+    let pw = write_mqtt_config(&m, "mqtt://127.0.0.1:1", 0o644);
+    let out = Command::new(Machine::bin())
+        .arg("--config")
+        .arg(&m.config)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "accessd started with a 0644 password file"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&pw.display().to_string()) && err.contains("0644"),
+        "the error names the file and its mode: {err}"
+    );
 }
