@@ -38,6 +38,18 @@ async fn tls_round_trip_with_client_certificate() {
     let state = t.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     let applied = Arc::new(Mutex::new(Applied::default()));
+    // A client key others can read is refused before any connection.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pki.client_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loose = tls_agent_config(
+        t.path(),
+        &broker.url(true),
+        &pki.ca,
+        Some((&pki.client_cert, &pki.client_key)),
+    );
+    let e = accessd::mqtt::options::tls_config(&loose).unwrap_err();
+    assert!(e.to_string().contains("0644"), "{e}");
+    std::fs::set_permissions(&pki.client_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let cfg = tls_agent_config(
         t.path(),
         &broker.url(true),

@@ -395,3 +395,27 @@ async fn acl_keeps_instances_to_their_own_topics() {
         "the spy read another instance's command"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_too_large_to_read_is_reported_naming_the_broker() {
+    let Some((t, broker)) = setup() else { return };
+    let state = t.path().join("state");
+    let applied = Arc::new(Mutex::new(Applied::default()));
+    let cfg = agent_config(t.path(), &broker.url(false), I);
+    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
+    agent.wait_subscribed().await;
+    let cp = ControlPlane::connect(broker.port, "cp-huge").await;
+    // Over the client's packet limit (1 MiB): MQTT 3.1.1 cannot skip it,
+    // so the journal must say what is wrong and what to do on the broker.
+    cp.send(I, vec![b'x'; 2 << 20]).await;
+    let h = agent.handle.as_mut().unwrap();
+    let s = tokio::time::timeout(PATIENCE, h.wait_for(|s| s.last_error.is_some()))
+        .await
+        .unwrap();
+    let err = s.last_error.unwrap();
+    assert!(
+        err.contains(&broker.url(false)) && err.contains("message_size_limit"),
+        "{err}"
+    );
+    assert_eq!(applied.lock().unwrap().deliveries, 0);
+}

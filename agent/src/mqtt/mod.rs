@@ -249,6 +249,9 @@ pub fn spawn(
         );
     }
     let (client, eventloop) = AsyncClient::new(conn.options.clone(), 256);
+    // Unbounded, yet bounded in practice: a command is acknowledged only
+    // once answered, and the broker stops sending after its inflight window
+    // (mosquitto: max_inflight_messages, 20) of unacknowledged messages.
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
     let (answers_tx, answers_rx) = mpsc::unbounded_channel();
     let (status_tx, status_rx) = watch::channel(Status::default());
@@ -583,6 +586,15 @@ fn describe(e: &ConnectionError, broker: &str, ca_file: Option<&str>) -> String 
         return format!("TLS connection to broker {broker} failed: {t}");
     }
     match e {
+        // MQTT 3.1.1 cannot skip a packet: the broker delivers it again on
+        // every connection, so only the broker's operator can end this.
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(size),
+        )) => format!(
+            "broker {broker} delivers a {size}-byte message, larger than this agent reads; \
+             it is redelivered on every connection and holds back the commands queued after it: \
+             remove it (or this client's session) on the broker and set message_size_limit there"
+        ),
         ConnectionError::ConnectionRefused(code) => format!(
             "broker {broker} refused the connection ({code:?}): check username, password_file and the broker's ACL"
         ),

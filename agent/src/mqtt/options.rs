@@ -253,6 +253,7 @@ pub fn tls_config(cfg: &MqttConfig) -> Result<rustls::ClientConfig> {
         .with_root_certificates(roots);
     match (&cfg.client_cert, &cfg.client_key) {
         (Some(cert), Some(key)) => {
+            check_private(key, "client_key")?;
             let chain = read_certs(cert, "client_cert")?;
             let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
                 invalid_setting(
@@ -273,6 +274,21 @@ pub fn tls_config(cfg: &MqttConfig) -> Result<rustls::ClientConfig> {
             "set both or neither",
         )),
     }
+}
+
+/// A private key that group or others can read is refused, as sshd does.
+fn check_private(path: &Path, what: &str) -> Result<()> {
+    let md = std::fs::metadata(path).ctx(|| format!("stat mqtt {what} {}", show(path)))?;
+    if md.mode() & 0o077 != 0 {
+        return Err(Error::unsafe_path(
+            path,
+            format!(
+                "mqtt {what} has mode {:04o}; it must not be readable by group or others (chmod 0600)",
+                md.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
