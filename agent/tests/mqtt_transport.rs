@@ -272,7 +272,7 @@ async fn broker_killed_and_restarted_every_command_applied_exactly_once() {
     // A control plane retries what it has no answer for (at-least-once on
     // its side too); duplicates must come back `replayed`, never re-applied.
     let mut ok: std::collections::BTreeMap<String, String> = Default::default();
-    let mut retried = false;
+    let mut retries = 0;
     while ok.len() < total {
         let next = tokio::time::timeout(Duration::from_secs(5), cp.results.recv()).await;
         match next {
@@ -282,15 +282,17 @@ async fn broker_killed_and_restarted_every_command_applied_exactly_once() {
             }
             Ok(None) => panic!("control plane stopped"),
             Err(_) => {
-                // Quiet for a while: resend everything unanswered, once.
+                // Quiet for a while: resend what is unanswered. A slow
+                // machine may need this more than once; a lost command
+                // would need it forever.
                 assert!(
-                    !retried,
-                    "still unanswered after a retry: {:?}",
+                    retries < 3,
+                    "still unanswered after {retries} resends: {:?}",
                     ids.iter()
                         .filter(|i| !ok.contains_key(*i))
                         .collect::<Vec<_>>()
                 );
-                retried = true;
+                retries += 1;
                 for id in ids.iter().filter(|i| !ok.contains_key(*i)) {
                     cp.send(I, command(id)).await;
                 }
@@ -305,7 +307,7 @@ async fn broker_killed_and_restarted_every_command_applied_exactly_once() {
     );
     assert_eq!(a.order.len(), total);
     eprintln!(
-        "broker restart: {} deliveries for {total} commands, control plane retry needed: {retried}",
+        "broker restart: {} deliveries for {total} commands, control plane resends: {retries}",
         a.deliveries
     );
 }
