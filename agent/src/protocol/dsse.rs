@@ -235,11 +235,21 @@ mod tests {
             .nth(1)
             .and_then(|rest| rest.lines().find(|l| l.starts_with("{\"payloadType\"")))
             .expect("the worked example is in the doc");
-        let cfg = crate::config::Config::parse_str(
-            &std::fs::read_to_string(base.join("config/accessd.toml")).unwrap(),
-            std::path::Path::new("config/accessd.toml"),
-        )
-        .unwrap();
+        // The example trusts nothing; trust the doc's key the way the
+        // example's comment tells an operator to.
+        let example = std::fs::read_to_string(base.join("config/accessd.toml")).unwrap();
+        let placeholder = "# console-2026 = \"<base64 public key printed by accessctl keygen>\"";
+        assert!(
+            example.contains(placeholder),
+            "the example config shows how to trust a key"
+        );
+        let text = example.replace(
+            placeholder,
+            "console-2026 = \"A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\"",
+        );
+        let cfg =
+            crate::config::Config::parse_str(&text, std::path::Path::new("config/accessd.toml"))
+                .unwrap();
         let (id, body) = Envelope::parse(env.as_bytes())
             .unwrap()
             .verify(super::super::COMMAND_TYPE, &cfg.trusted_keys().unwrap())
