@@ -16,6 +16,7 @@
 //! - [`protocol`]: DSSE envelopes, typed commands, results, and the client half.
 //! - [`identity`], [`replay`], [`staging`]: the agent's state directory.
 //! - [`inventory`]: the `inventory` op's report.
+//! - [`mqtt`]: fleet delivery through an MQTT broker (transport and client).
 
 pub mod accounts;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod fsx;
 pub mod identity;
 pub mod inventory;
 pub mod logging;
+pub mod mqtt;
 pub mod names;
 pub mod protocol;
 pub mod replay;

@@ -74,8 +74,18 @@ enum Cmd {
         accessctl send --inbox /var/lib/accessd/inbox --agent-key \"$(accessd identity)\" cmd.json")]
     Send {
         /// The agent's inbox directory (results appear in ../outbox).
+        #[arg(long, required_unless_present = "mqtt", conflicts_with = "mqtt")]
+        inbox: Option<PathBuf>,
+        /// Send through an MQTT broker instead (mqtt:// or mqtts://).
+        #[arg(long, requires = "instance")]
+        mqtt: Option<String>,
+        /// The instance to send to over MQTT.
         #[arg(long)]
-        inbox: PathBuf,
+        instance: Option<String>,
+        /// TLS files and credentials for --mqtt, as in accessd.toml's [mqtt]
+        /// (ca_file, client_cert, client_key, username, password_file).
+        #[arg(long, requires = "mqtt")]
+        mqtt_config: Option<PathBuf>,
         /// The agent's public key: base64, or a file holding it.
         #[arg(long)]
         agent_key: String,
@@ -222,10 +232,24 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
         Cmd::Sign(args) => sign(&args).map(|()| ExitCode::SUCCESS),
         Cmd::Send {
             inbox,
+            mqtt,
+            instance,
+            mqtt_config,
             agent_key,
             timeout,
             envelope,
-        } => send(&inbox, &agent_key, timeout, &envelope),
+        } => match (mqtt, instance, inbox) {
+            (Some(url), Some(instance), _) => send_mqtt(
+                &url,
+                &instance,
+                mqtt_config.as_deref(),
+                &agent_key,
+                timeout,
+                &envelope,
+            ),
+            (_, _, Some(inbox)) => send(&inbox, &agent_key, timeout, &envelope),
+            _ => Err("send needs --inbox, or --mqtt and --instance".into()),
+        },
         Cmd::VerifyResult { agent_key, file } => {
             let key = client::public_key_arg(&agent_key).map_err(|e| e.to_string())?;
             let bytes = read_input(&file)?;
@@ -526,6 +550,37 @@ fn send(inbox: &Path, agent_key: &str, timeout: Duration, input: &str) -> CliRes
             payload.id
         ));
     }
+    println!("{}", serde_json::to_string(&payload).expect("serializes"));
+    Ok(match payload.status {
+        Status::Ok => ExitCode::SUCCESS,
+        Status::Rejected => ExitCode::from(2),
+        Status::Failed => ExitCode::from(3),
+    })
+}
+
+/// `send --mqtt`: the same verified result, through the broker.
+fn send_mqtt(
+    url: &str,
+    instance: &str,
+    options_file: Option<&Path>,
+    agent_key: &str,
+    timeout: Duration,
+    input: &str,
+) -> CliResult<ExitCode> {
+    let agent = client::public_key_arg(agent_key).map_err(|e| e.to_string())?;
+    let envelope = read_input(input)?;
+    let mut table = match options_file {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| format!("reading {}: {e}", p.display()))?
+            .parse::<toml::Table>()
+            .map_err(|e| format!("{}: {e}", p.display()))?,
+        None => toml::Table::new(),
+    };
+    table.insert("url".into(), toml::Value::String(url.into()));
+    let cfg: accessd::config::MqttConfig =
+        table.try_into().map_err(|e| format!("MQTT options: {e}"))?;
+    let payload = accessd::mqtt::client::send(&cfg, instance, &envelope, &agent, timeout)
+        .map_err(|e| e.to_string())?;
     println!("{}", serde_json::to_string(&payload).expect("serializes"));
     Ok(match payload.status {
         Status::Ok => ExitCode::SUCCESS,

@@ -99,7 +99,14 @@ pub fn serve(config_path: &Path) -> Result<()> {
         let mut engine = Engine::new(cfg.clone(), sys)?;
         let path = config_path.to_path_buf();
         let mut reload = move || Config::load(&path);
-        run(&mut engine, &mut spool, cfg, &mut reload, control).await
+        // MQTT (issue 7): its commands join the same serial apply path.
+        let mqtt = crate::mqtt::start_for(&cfg)?;
+        let (mqtt_rx, mqtt_handle) = mqtt.map_or((None, None), |(rx, h)| (Some(rx), Some(h)));
+        let r = run_with(&mut engine, &mut spool, cfg, &mut reload, control, mqtt_rx).await;
+        if let Some(h) = mqtt_handle {
+            h.shutdown().await;
+        }
+        r
     })
 }
 
@@ -111,6 +118,18 @@ pub async fn run(
     cfg: Config,
     reload: Reload<'_>,
     control: UnboundedReceiver<Control>,
+) -> Result<()> {
+    run_with(handler, spool, cfg, reload, control, None).await
+}
+
+/// [`run`], also applying the commands the MQTT transport hands over.
+pub async fn run_with(
+    handler: &mut dyn Handler,
+    spool: &mut Spool,
+    cfg: Config,
+    reload: Reload<'_>,
+    control: UnboundedReceiver<Control>,
+    mut mqtt: Option<UnboundedReceiver<crate::mqtt::MqttCommand>>,
 ) -> Result<()> {
     let (ev_tx, events) = mpsc::unbounded_channel();
     // The watch is in place before the first listing, so a file that arrives
@@ -156,10 +175,23 @@ pub async fn run(
             _ = tick(&mut watchdog) => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
+            cmd = next_mqtt(&mut mqtt) => match cmd {
+                Some(cmd) => crate::mqtt::apply(cmd, &mut *lp.handler, &mut *lp.spool)?,
+                None => mqtt = None,
+            },
         }
         if lp.dirty && lp.drain().await? == Flow::Stop {
             return lp.stop();
         }
+    }
+}
+
+async fn next_mqtt(
+    rx: &mut Option<UnboundedReceiver<crate::mqtt::MqttCommand>>,
+) -> Option<crate::mqtt::MqttCommand> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

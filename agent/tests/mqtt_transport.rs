@@ -1,0 +1,423 @@
+//! The MQTT transport against a real mosquitto (issue 7), with a stand-in
+//! apply loop in place of the engine: delivery guarantees, not command
+//! semantics, are under test here. Every broker runs with the repository's
+//! ACL example (`config/mosquitto-acl.example`) and a password file.
+
+mod mqtt_support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mqtt_support::*;
+
+const I: &str = "i-test";
+
+/// Note an `ok` result; a second `ok` for the same id must be the same
+/// result published again (same outbox name), not a second application.
+fn record_ok(ok: &mut std::collections::BTreeMap<String, String>, r: &serde_json::Value) {
+    let id = r["id"].as_str().expect("result has an id").to_owned();
+    let name = r["name"].as_str().unwrap().to_owned();
+    match r["status"].as_str().unwrap() {
+        "ok" => {
+            if let Some(prev) = ok.insert(id.clone(), name.clone()) {
+                assert_eq!(prev, name, "{id} was applied twice");
+            }
+        }
+        "replayed" => {}
+        other => panic!("unexpected status {other}: {r}"),
+    }
+}
+
+async fn collect_ok_results(
+    cp: &mut ControlPlane,
+    total: usize,
+) -> std::collections::BTreeMap<String, String> {
+    let mut ok = std::collections::BTreeMap::new();
+    while ok.len() < total {
+        let (_, r) = cp.next_result().await;
+        record_ok(&mut ok, &r);
+    }
+    ok
+}
+
+fn setup() -> Option<(tempfile::TempDir, Broker)> {
+    let t = tempfile::tempdir().unwrap();
+    let b = Broker::start(&t.path().join("broker"), None)?;
+    std::fs::create_dir_all(t.path().join("state")).unwrap();
+    Some((t, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_results_in_order_and_markers_cleared() {
+    let Some((t, broker)) = setup() else { return };
+    let state = t.path().join("state");
+    let applied = Arc::new(Mutex::new(Applied::default()));
+    let cfg = agent_config(t.path(), &broker.url(false), I);
+    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
+    agent.wait_subscribed().await;
+    let mut cp = ControlPlane::connect(broker.port, "cp-roundtrip").await;
+
+    for n in 0..10 {
+        cp.send(I, command(&format!("c-{n}"))).await;
+    }
+    let mut names = Vec::new();
+    for n in 0..10 {
+        let (topic, r) = cp.next_result().await;
+        assert_eq!(topic, format!("accessd/{I}/results"));
+        assert_eq!(
+            r["id"],
+            format!("c-{n}"),
+            "results come back in command order"
+        );
+        assert_eq!(r["status"], "ok");
+        let name = r["name"].as_str().unwrap().to_owned();
+        // The result went out only after it was in the outbox.
+        assert!(state.join(format!("outbox/{name}.json")).is_file());
+        names.push(name);
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "outbox names sort in arrival order");
+    // Every result was acknowledged by the broker: no marker is left.
+    let h = agent.handle.as_mut().unwrap();
+    tokio::time::timeout(PATIENCE, h.wait_for(|s| s.results_acked == 10))
+        .await
+        .unwrap();
+    assert_eq!(pending_markers(&state), Vec::<String>::new());
+    assert_eq!(applied.lock().unwrap().order.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_answered_and_the_connection_stays_up() {
+    let Some((t, broker)) = setup() else { return };
+    let state = t.path().join("state");
+    let applied = Arc::new(Mutex::new(Applied::default()));
+    let cfg = agent_config(t.path(), &broker.url(false), I);
+    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
+    agent.wait_subscribed().await;
+    let mut cp = ControlPlane::connect(broker.port, "cp-bad").await;
+
+    // Not JSON; empty; binary; 200 KiB (over the 64 KiB envelope limit,
+    // which is the engine's to enforce: the transport must pass it on).
+    cp.send(I, b"this is not json".to_vec()).await;
+    cp.send(I, Vec::new()).await;
+    cp.send(I, vec![0xff, 0x00, 0xfe]).await;
+    cp.send(I, vec![b'x'; 200 * 1024]).await;
+    cp.send(I, command("after-bad-input")).await;
+    for expected_bytes in [16, 0, 3, 200 * 1024] {
+        let (_, r) = cp.next_result().await;
+        assert_eq!(r["status"], "rejected");
+        assert!(r["id"].is_null());
+        assert_eq!(r["bytes"], expected_bytes);
+    }
+    let (_, r) = cp.next_result().await;
+    assert_eq!(r["id"], "after-bad-input");
+    assert_eq!(r["status"], "ok");
+    let s = agent.handle.as_ref().unwrap().status();
+    assert_eq!(
+        s.connections, 1,
+        "bad input must not cost the connection: {s:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_commands_queue_on_the_broker_and_are_all_applied_in_order() {
+    let Some((t, broker)) = setup() else { return };
+    let state = t.path().join("state");
+    let applied = Arc::new(Mutex::new(Applied::default()));
+    let cfg = agent_config(t.path(), &broker.url(false), I);
+    // First start creates the persistent session (subscription) on the broker.
+    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
+    agent.wait_subscribed().await;
+    agent.kill().await;
+
+    let mut cp = ControlPlane::connect(broker.port, "cp-offline").await;
+    for n in 0..30 {
+        cp.send(I, command(&format!("off-{n:02}"))).await;
+    }
+    // Before the agent returns, nothing was applied (the agent is dead).
+    assert_eq!(applied.lock().unwrap().deliveries, 0);
+
+    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
+    agent.wait_subscribed().await;
+    let mut got = Vec::new();
+    while got.len() < 30 {
+        let (_, r) = cp.next_result().await;
+        assert_eq!(r["status"], "ok", "{r}");
+        got.push(r["id"].as_str().unwrap().to_owned());
+    }
+    let want: Vec<String> = (0..30).map(|n| format!("off-{n:02}")).collect();
+    assert_eq!(got, want);
+    let a = applied.lock().unwrap();
+    assert_eq!(a.order, want, "applied in the order they were published");
+    assert!(a.count.values().all(|&c| c == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_mid_stream_applies_everything_once_and_loses_no_result() {
+    let Some((t, broker)) = setup() else { return };
+    let state = t.path().join("state");
+    let applied = Arc::new(Mutex::new(Applied::default()));
+    let cfg = agent_config(t.path(), &broker.url(false), I);
+    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
+    agent.wait_subscribed().await;
+    let mut cp = ControlPlane::connect(broker.port, "cp-crash").await;
+
+    let total = 40;
+    for n in 0..total {
+        cp.send(I, command(&format!("k-{n:02}"))).await;
+    }
+    // Kill the agent as soon as it has applied some of them: some commands
+    // are then applied but unacknowledged, some results unpublished.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while applied.lock().unwrap().order.len() < 5 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    agent.kill().await;
+    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
+    agent.wait_subscribed().await;
+
+    // Every command is applied once and its `ok` result reaches the control
+    // plane. A result whose PUBACK the crash swallowed is published again
+    // (the same result, same outbox name: at-least-once for results), and
+    // redelivered commands are answered `replayed`, never re-applied.
+    let ok = collect_ok_results(&mut cp, total).await;
+    assert_eq!(ok.len(), total);
+    let a = applied.lock().unwrap();
+    assert_eq!(a.order.len(), total);
+    assert!(a.count.values().all(|&c| c == 1));
+    let want: Vec<String> = (0..total).map(|n| format!("k-{n:02}")).collect();
+    assert_eq!(a.order, want, "applied in order across the crash");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_left_pending_by_a_crash_are_published_at_start() {
+    let Some((t, broker)) = setup() else { return };
+    let state = t.path().join("state");
+    // The state a crash leaves between "result durable in the outbox" and
+    // "broker acknowledged the result".
+    std::fs::create_dir_all(state.join("mqtt-pending")).unwrap();
+    std::fs::create_dir_all(state.join("outbox")).unwrap();
+    for (name, id) in [
+        ("mqtt-0000000000000001-000000", "left-1"),
+        ("mqtt-0000000000000002-000000", "left-2"),
+    ] {
+        std::fs::write(state.join("mqtt-pending").join(name), b"").unwrap();
+        std::fs::write(
+            state.join("outbox").join(format!("{name}.json")),
+            serde_json::to_vec(&serde_json::json!({"id": id, "status": "ok"})).unwrap(),
+        )
+        .unwrap();
+    }
+    // A marker without a result: the command was never answered (the broker
+    // still has it), so there is nothing to publish and the marker goes.
+    std::fs::write(state.join("mqtt-pending/mqtt-0000000000000003-000000"), b"").unwrap();
+
+    let mut cp = ControlPlane::connect(broker.port, "cp-pending").await;
+    let applied = Arc::new(Mutex::new(Applied::default()));
+    let cfg = agent_config(t.path(), &broker.url(false), I);
+    let mut agent = Agent::start(&cfg, I, &state, applied);
+    agent.wait_subscribed().await;
+    let (_, r1) = cp.next_result().await;
+    let (_, r2) = cp.next_result().await;
+    assert_eq!(
+        (r1["id"].as_str(), r2["id"].as_str()),
+        (Some("left-1"), Some("left-2"))
+    );
+    let h = agent.handle.as_mut().unwrap();
+    tokio::time::timeout(PATIENCE, h.wait_for(|s| s.results_acked == 2))
+        .await
+        .unwrap();
+    assert_eq!(pending_markers(&state), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_killed_and_restarted_every_command_applied_exactly_once() {
+    let Some((t, mut broker)) = setup() else {
+        return;
+    };
+    let state = t.path().join("state");
+    let applied = Arc::new(Mutex::new(Applied::default()));
+    let cfg = agent_config(t.path(), &broker.url(false), I);
+    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
+    agent.wait_subscribed().await;
+    let mut cp = ControlPlane::connect(broker.port, "cp-brokerkill").await;
+
+    let total = 40usize;
+    let ids: Vec<String> = (0..total).map(|n| format!("b-{n:02}")).collect();
+    for id in &ids[..20] {
+        cp.send(I, command(id)).await;
+    }
+    // Kill the broker while those are in flight (some applied, some not).
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while applied.lock().unwrap().order.len() < 3 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    broker.kill();
+    for id in &ids[20..] {
+        // Queued in the control plane's client until the broker is back.
+        cp.send(I, command(id)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.restart();
+    {
+        let h = agent.handle.as_mut().unwrap();
+        tokio::time::timeout(PATIENCE, h.wait_for(|s| s.connections >= 2 && s.subscribed))
+            .await
+            .expect("agent reconnected");
+    }
+
+    // A control plane retries what it has no answer for (at-least-once on
+    // its side too); duplicates must come back `replayed`, never re-applied.
+    let mut ok: std::collections::BTreeMap<String, String> = Default::default();
+    let mut retries = 0;
+    while ok.len() < total {
+        let next = tokio::time::timeout(Duration::from_secs(5), cp.results.recv()).await;
+        match next {
+            Ok(Some((_, bytes))) => {
+                let r: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                record_ok(&mut ok, &r);
+            }
+            Ok(None) => panic!("control plane stopped"),
+            Err(_) => {
+                // Quiet for a while: resend what is unanswered. A slow
+                // machine may need this more than once; a lost command
+                // would need it forever.
+                assert!(
+                    retries < 3,
+                    "still unanswered after {retries} resends: {:?}",
+                    ids.iter()
+                        .filter(|i| !ok.contains_key(*i))
+                        .collect::<Vec<_>>()
+                );
+                retries += 1;
+                for id in ids.iter().filter(|i| !ok.contains_key(*i)) {
+                    cp.send(I, command(id)).await;
+                }
+            }
+        }
+    }
+    let a = applied.lock().unwrap();
+    assert!(
+        a.count.values().all(|&c| c == 1),
+        "applied twice: {:?}",
+        a.count
+    );
+    assert_eq!(a.order.len(), total);
+    eprintln!(
+        "broker restart: {} deliveries for {total} commands, control plane resends: {retries}",
+        a.deliveries
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_keeps_instances_to_their_own_topics() {
+    let Some((t, broker)) = setup() else { return };
+    let state = t.path().join("state");
+    let applied = Arc::new(Mutex::new(Applied::default()));
+    let cfg = agent_config(t.path(), &broker.url(false), I);
+    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
+    agent.wait_subscribed().await;
+    let mut cp = ControlPlane::connect(broker.port, "cp-acl").await;
+
+    // Another instance, with valid broker credentials, tries to command us,
+    // then publishes on its own result topic (allowed). mosquitto handles one
+    // connection's packets in order, so once the control plane sees the
+    // second message, the first has been judged.
+    let mut o = rumqttc::MqttOptions::new("i-other", "127.0.0.1", broker.port);
+    o.set_credentials("i-other", AGENT_PASSWORD);
+    let (other, mut ev) = rumqttc::AsyncClient::new(o, 10);
+    let driver = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+    other
+        .publish(
+            format!("accessd/{I}/commands"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            command("forged"),
+        )
+        .await
+        .unwrap();
+    other
+        .publish(
+            "accessd/i-other/results",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            b"{\"id\":\"marker\"}".to_vec(),
+        )
+        .await
+        .unwrap();
+    let (topic, r) = cp.next_result().await;
+    assert_eq!(
+        (topic.as_str(), r["id"].as_str()),
+        ("accessd/i-other/results", Some("marker"))
+    );
+    cp.send(I, command("legit")).await;
+    let (_, r) = cp.next_result().await;
+    assert_eq!(r["id"], "legit");
+    assert_eq!(
+        applied.lock().unwrap().order,
+        ["legit"],
+        "the forged command reached the agent"
+    );
+    driver.abort();
+
+    // And an instance cannot read another's commands: its subscription
+    // matches nothing it may read. mosquitto delivers to one client in order,
+    // so once the spy holds the message sent to it after the command, the
+    // command would have been there first if the ACL let it through.
+    let mut o = rumqttc::MqttOptions::new("spy", "127.0.0.1", broker.port);
+    o.set_credentials("i-other", AGENT_PASSWORD);
+    let (spy, mut ev) = rumqttc::AsyncClient::new(o, 10);
+    spy.subscribe(format!("accessd/{I}/commands"), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    spy.subscribe("accessd/i-other/commands", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut subacks = Vec::new();
+    while subacks.len() < 2 {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(a)) = ev.poll().await.unwrap() {
+            subacks.push(a.return_codes);
+        }
+    }
+    eprintln!("mosquitto SUBACKs for the spy: {subacks:?}");
+    cp.send(I, command("secret")).await;
+    let (_, r) = cp.next_result().await;
+    assert_eq!(r["id"], "secret");
+    cp.send("i-other", command("for-the-spy")).await;
+    let first = loop {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev.poll().await.unwrap() {
+            break p;
+        }
+    };
+    assert_eq!(
+        first.topic, "accessd/i-other/commands",
+        "the spy read another instance's command"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_too_large_to_read_is_reported_naming_the_broker() {
+    let Some((t, broker)) = setup() else { return };
+    let state = t.path().join("state");
+    let applied = Arc::new(Mutex::new(Applied::default()));
+    let cfg = agent_config(t.path(), &broker.url(false), I);
+    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
+    agent.wait_subscribed().await;
+    let cp = ControlPlane::connect(broker.port, "cp-huge").await;
+    // Over the client's packet limit (1 MiB): MQTT 3.1.1 cannot skip it,
+    // so the journal must say what is wrong and what to do on the broker.
+    cp.send(I, vec![b'x'; 2 << 20]).await;
+    let h = agent.handle.as_mut().unwrap();
+    let s = tokio::time::timeout(PATIENCE, h.wait_for(|s| s.last_error.is_some()))
+        .await
+        .unwrap();
+    let err = s.last_error.unwrap();
+    assert!(
+        err.contains(&broker.url(false)) && err.contains("message_size_limit"),
+        "{err}"
+    );
+    assert_eq!(applied.lock().unwrap().deliveries, 0);
+}
