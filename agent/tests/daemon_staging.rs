@@ -78,7 +78,7 @@ fn apply_prints_one_signed_result_per_envelope_and_fails_if_any_is_not_ok() {
         "add_keys",
         json!({"user": USER, "keys": [key_line(1)]}),
     );
-    let (out, st) = m.apply_status(&[good.clone()]);
+    let (out, st) = m.apply_status(std::slice::from_ref(&good));
     assert!(st.success());
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].code.as_str(), "ok");
