@@ -319,10 +319,18 @@ impl Dir {
                     .ctx(|| format!("linking {} as a backup", self.display(name).display()))
             }
         }
-        renameat(self.fd.as_fd(), tmp.as_str(), self.fd.as_fd(), backup).or_else(|e| {
-            let _ = unlinkat(self.fd.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-            Err(e).ctx(|| format!("renaming the backup to {}", self.display(backup).display()))
-        })
+        let renamed = renameat(self.fd.as_fd(), tmp.as_str(), self.fd.as_fd(), backup);
+        // rename(2) does nothing, successfully, when both names are links to
+        // the same inode — as when a writer was killed after its backup and
+        // before its rename, leaving `backup` a link to the current file. The
+        // temp name then still exists; it must not be left behind.
+        match unlinkat(self.fd.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => {
+                return Err(e).ctx(|| format!("removing {}", self.display(&tmp).display()));
+            }
+        }
+        renamed.ctx(|| format!("renaming the backup to {}", self.display(backup).display()))
     }
 
     /// Create the symbolic link `name` → `target` here, owned by uid:gid
@@ -506,6 +514,17 @@ mod tests {
         let e = root.open_dir("home/alice/../evil").unwrap_err();
         assert_eq!(e.code(), crate::error::Code::UnsafePath);
         assert!(root.try_open_dir("home/nobody").unwrap().is_none());
+    }
+
+    #[test]
+    fn backup_over_a_link_to_the_same_file_leaves_no_temp() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), b"x").unwrap();
+        // What a writer killed between its backup and its rename leaves.
+        std::fs::hard_link(t.path().join("f"), t.path().join("f-")).unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        d.backup("f", "f-").unwrap();
+        assert_eq!(d.list().unwrap(), vec!["f".to_string(), "f-".to_string()]);
     }
 
     #[test]
