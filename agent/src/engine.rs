@@ -91,7 +91,10 @@ impl Engine {
     /// Load (or create) the agent identity in `sys.state_dir`, open the replay
     /// store, and be ready to handle envelopes.
     pub fn new(cfg: Config, sys: System) -> Result<Engine> {
-        let trusted = cfg.trusted_keys().map_err(Error::invalid)?;
+        let trusted = cfg.trusted_keys().map_err(|msg| Error::Io {
+            context: "configuration".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
+        })?;
         if trusted.is_empty() {
             tracing::warn!("no [trust] key is configured: every command will be refused");
         }
@@ -111,10 +114,10 @@ impl Engine {
     }
 
     /// Replace the configuration (SIGHUP): trusted keys, limits, sshd options.
-    /// A configuration whose keys do not decode is not taken (Config::load
+    /// A configuration that does not validate is not taken (Config::load
     /// has already refused it; this guards hand-built values).
     pub fn reconfigure(&mut self, cfg: Config) {
-        match cfg.trusted_keys() {
+        match cfg.validate().and_then(|()| cfg.trusted_keys()) {
             Ok(trusted) => {
                 self.trusted = trusted;
                 self.cfg = cfg;

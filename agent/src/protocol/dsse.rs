@@ -169,7 +169,14 @@ impl Envelope {
                 .signatures
                 .iter()
                 .filter_map(|s| s.keyid.as_deref())
-                .map(|k| if k.len() > 64 { "<long>" } else { k })
+                // Untrusted text going into a result and a log line.
+                .map(|k| {
+                    if crate::config::valid_key_id(k) {
+                        k
+                    } else {
+                        "<malformed>"
+                    }
+                })
                 .collect();
             Err(Error::UnknownKey(format!(
                 "no trusted key has the id {}",
