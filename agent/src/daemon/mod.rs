@@ -141,6 +141,13 @@ pub async fn run_with(
     watcher
         .watch(spool.inbox_path(), RecursiveMode::NonRecursive)
         .map_err(|e| watch_error(spool.inbox_path(), e))?;
+    // The state directory too: while we hold the inbox open, its removal
+    // shows only there (IN_DELETE "inbox"), never as IN_DELETE_SELF.
+    if let Some(state_dir) = spool.inbox_path().parent() {
+        watcher
+            .watch(state_dir, RecursiveMode::NonRecursive)
+            .map_err(|e| watch_error(state_dir, e))?;
+    }
 
     let mut lp = Loop {
         handler,
@@ -151,6 +158,7 @@ pub async fn run_with(
         events,
         writing: HashMap::new(),
         dirty: true,
+        inbox_gone: false,
     };
     lp.spool.prune(SystemTime::now(), true)?;
     if lp.drain().await? == Flow::Stop {
@@ -179,6 +187,14 @@ pub async fn run_with(
                 Some(cmd) => crate::mqtt::apply(cmd, &mut *lp.handler, &mut *lp.spool)?,
                 None => mqtt = None,
             },
+        }
+        if lp.inbox_gone {
+            // Exit with an error: systemd restarts us, and the restart
+            // creates and watches the inbox afresh.
+            return Err(watch_error(
+                lp.spool.inbox_path(),
+                "the inbox directory was removed or moved",
+            ));
         }
         if lp.dirty && lp.drain().await? == Flow::Stop {
             return lp.stop();
@@ -231,6 +247,9 @@ struct Loop<'a> {
     writing: HashMap<String, bool>,
     /// Something may have arrived since the inbox was last listed.
     dirty: bool,
+    /// The inbox directory itself was removed or renamed: our watch (and
+    /// descriptor) point at a directory nobody writes to any more.
+    inbox_gone: bool,
 }
 
 impl Loop<'_> {
@@ -246,6 +265,13 @@ impl Loop<'_> {
         };
         if ev.need_rescan() {
             self.dirty = true;
+        }
+        if matches!(
+            ev.kind,
+            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From))
+        ) && ev.paths.iter().any(|p| p == self.spool.inbox_path())
+        {
+            self.inbox_gone = true;
         }
         for name in ev.paths.iter().filter_map(|p| p.file_name()?.to_str()) {
             if !spool::is_command_name(name) {

@@ -463,3 +463,17 @@ fn pruning_does_not_list_the_outbox_when_no_limit_can_be_crossed() {
     assert_eq!(spool.prune(later, false).unwrap(), 0);
     assert_eq!(spool.prune(later, true).unwrap(), 1);
 }
+
+#[test]
+fn removing_the_inbox_stops_the_loop_with_an_error() {
+    let (_t, state) = new_state();
+    let run = start(&state, Recorder::default(), true);
+    drop_file(&state, "probe.json", b"probe");
+    wait_for(&state.join("outbox/probe.json"));
+    std::fs::remove_dir_all(state.join("inbox")).unwrap();
+    let err = run.thread.join().unwrap().unwrap_err();
+    assert!(
+        err.to_string().contains("inbox directory was removed"),
+        "{err}"
+    );
+}
