@@ -120,28 +120,9 @@ pub fn outcome(source: &str, h: &Handled) {
 /// the command's story. Only an id of the protocol's shape is returned (it is
 /// attacker-controlled until verified; the shape keeps it a harmless token).
 pub fn peek_command_id(envelope: &[u8]) -> Option<String> {
-    use base64::Engine as _;
-    #[derive(serde::Deserialize)]
-    struct Env {
-        payload: String,
-    }
-    #[derive(serde::Deserialize)]
-    struct Payload {
-        id: String,
-    }
-    let env: Env = serde_json::from_slice(envelope).ok()?;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let url = base64::engine::general_purpose::URL_SAFE;
-    let body = b64
-        .decode(&env.payload)
-        .or_else(|_| url.decode(&env.payload))
-        .ok()?;
-    let p: Payload = serde_json::from_slice(&body).ok()?;
-    let ok = (1..=128).contains(&p.id.len())
-        && p.id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(&c));
-    ok.then_some(p.id)
+    crate::protocol::dsse::Envelope::parse(envelope)
+        .ok()?
+        .unverified_id()
 }
 
 #[cfg(test)]
@@ -151,7 +132,7 @@ mod tests {
 
     fn env_with(payload: &str) -> Vec<u8> {
         let p = base64::engine::general_purpose::STANDARD.encode(payload);
-        format!(r#"{{"payloadType":"x","payload":"{p}","signatures":[]}}"#).into_bytes()
+        format!(r#"{{"payloadType":"x","payload":"{p}","signatures":[{{"sig":""}}]}}"#).into_bytes()
     }
 
     #[test]

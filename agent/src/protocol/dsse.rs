@@ -126,6 +126,14 @@ impl Envelope {
         })
     }
 
+    /// The command id the payload claims, for log correlation only: read
+    /// before any signature is checked, so it proves nothing. Only an id of
+    /// the protocol's shape is returned, so an attacker's bytes cannot forge
+    /// log fields through it.
+    pub fn unverified_id(&self) -> Option<String> {
+        super::command::peek(&self.payload).0
+    }
+
     /// Check that the payloadType is `expected_type` and that at least one
     /// signature verifies under a trusted key (its keyid selects the key; no
     /// keyid tries every key). Returns the key id that verified and the
