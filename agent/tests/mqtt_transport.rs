@@ -5,9 +5,11 @@
 
 mod mqtt_support;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use accessd::config::MqttConfig;
 use mqtt_support::*;
 
 const I: &str = "i-test";
@@ -40,22 +42,68 @@ async fn collect_ok_results(
     ok
 }
 
-fn setup() -> Option<(tempfile::TempDir, Broker)> {
-    let t = tempfile::tempdir().unwrap();
-    let b = Broker::start(&t.path().join("broker"), None)?;
-    std::fs::create_dir_all(t.path().join("state")).unwrap();
-    Some((t, b))
+/// One test's world: a broker, the agent's state directory and config, and
+/// the record the stand-in apply loop keeps across agent restarts.
+struct Rig {
+    broker: Broker,
+    state: PathBuf,
+    cfg: MqttConfig,
+    applied: Arc<Mutex<Applied>>,
+    /// Last, so that the broker is gone before its directory is.
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    /// `None` where no mosquitto can be started (the test then skips).
+    fn new() -> Option<Rig> {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start(&dir.path().join("broker"), None)?;
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let cfg = agent_config(dir.path(), &broker.url(false), I);
+        Some(Rig {
+            broker,
+            state,
+            cfg,
+            applied: Arc::new(Mutex::new(Applied::default())),
+            _dir: dir,
+        })
+    }
+
+    /// An agent for instance `I`, started and subscribed.
+    async fn start_agent(&self) -> Agent {
+        let mut agent = Agent::start(&self.cfg, I, &self.state, self.applied.clone());
+        agent.wait_subscribed().await;
+        agent
+    }
+
+    async fn control_plane(&self, client_id: &str) -> ControlPlane {
+        ControlPlane::connect(self.broker.port, client_id).await
+    }
+
+    /// Waits until the apply loop has applied at least `n` commands.
+    async fn wait_applied(&self, n: usize) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while self.applied.lock().unwrap().order.len() < n {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// A client of another instance (`i-other`'s valid broker credentials),
+/// with `client_id` and its event loop.
+fn other_instance_client(port: u16, client_id: &str) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
+    let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    o.set_credentials("i-other", AGENT_PASSWORD);
+    rumqttc::AsyncClient::new(o, 10)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_results_in_order_and_markers_cleared() {
-    let Some((t, broker)) = setup() else { return };
-    let state = t.path().join("state");
-    let applied = Arc::new(Mutex::new(Applied::default()));
-    let cfg = agent_config(t.path(), &broker.url(false), I);
-    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
-    agent.wait_subscribed().await;
-    let mut cp = ControlPlane::connect(broker.port, "cp-roundtrip").await;
+    let Some(rig) = Rig::new() else { return };
+    let mut agent = rig.start_agent().await;
+    let mut cp = rig.control_plane("cp-roundtrip").await;
 
     for n in 0..10 {
         cp.send(I, command(&format!("c-{n}"))).await;
@@ -72,30 +120,25 @@ async fn round_trip_results_in_order_and_markers_cleared() {
         assert_eq!(r["status"], "ok");
         let name = r["name"].as_str().unwrap().to_owned();
         // The result went out only after it was in the outbox.
-        assert!(state.join(format!("outbox/{name}.json")).is_file());
+        assert!(rig.state.join(format!("outbox/{name}.json")).is_file());
         names.push(name);
     }
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted, "outbox names sort in arrival order");
     // Every result was acknowledged by the broker: no marker is left.
-    let h = agent.handle.as_mut().unwrap();
-    tokio::time::timeout(PATIENCE, h.wait_for(|s| s.results_acked == 10))
-        .await
-        .unwrap();
-    assert_eq!(pending_markers(&state), Vec::<String>::new());
-    assert_eq!(applied.lock().unwrap().order.len(), 10);
+    agent
+        .wait_for("all results acknowledged", |s| s.results_acked == 10)
+        .await;
+    assert_eq!(pending_markers(&rig.state), Vec::<String>::new());
+    assert_eq!(rig.applied.lock().unwrap().order.len(), 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_answered_and_the_connection_stays_up() {
-    let Some((t, broker)) = setup() else { return };
-    let state = t.path().join("state");
-    let applied = Arc::new(Mutex::new(Applied::default()));
-    let cfg = agent_config(t.path(), &broker.url(false), I);
-    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
-    agent.wait_subscribed().await;
-    let mut cp = ControlPlane::connect(broker.port, "cp-bad").await;
+    let Some(rig) = Rig::new() else { return };
+    let agent = rig.start_agent().await;
+    let mut cp = rig.control_plane("cp-bad").await;
 
     // Not JSON; empty; binary; 200 KiB (over the 64 KiB envelope limit,
     // which is the engine's to enforce: the transport must pass it on).
@@ -122,24 +165,18 @@ async fn bad_input_is_answered_and_the_connection_stays_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_commands_queue_on_the_broker_and_are_all_applied_in_order() {
-    let Some((t, broker)) = setup() else { return };
-    let state = t.path().join("state");
-    let applied = Arc::new(Mutex::new(Applied::default()));
-    let cfg = agent_config(t.path(), &broker.url(false), I);
+    let Some(rig) = Rig::new() else { return };
     // First start creates the persistent session (subscription) on the broker.
-    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
-    agent.wait_subscribed().await;
-    agent.kill().await;
+    rig.start_agent().await.kill().await;
 
-    let mut cp = ControlPlane::connect(broker.port, "cp-offline").await;
+    let mut cp = rig.control_plane("cp-offline").await;
     for n in 0..30 {
         cp.send(I, command(&format!("off-{n:02}"))).await;
     }
     // Before the agent returns, nothing was applied (the agent is dead).
-    assert_eq!(applied.lock().unwrap().deliveries, 0);
+    assert_eq!(rig.applied.lock().unwrap().deliveries, 0);
 
-    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
-    agent.wait_subscribed().await;
+    let _agent = rig.start_agent().await;
     let mut got = Vec::new();
     while got.len() < 30 {
         let (_, r) = cp.next_result().await;
@@ -148,20 +185,16 @@ async fn offline_commands_queue_on_the_broker_and_are_all_applied_in_order() {
     }
     let want: Vec<String> = (0..30).map(|n| format!("off-{n:02}")).collect();
     assert_eq!(got, want);
-    let a = applied.lock().unwrap();
+    let a = rig.applied.lock().unwrap();
     assert_eq!(a.order, want, "applied in the order they were published");
     assert!(a.count.values().all(|&c| c == 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_mid_stream_applies_everything_once_and_loses_no_result() {
-    let Some((t, broker)) = setup() else { return };
-    let state = t.path().join("state");
-    let applied = Arc::new(Mutex::new(Applied::default()));
-    let cfg = agent_config(t.path(), &broker.url(false), I);
-    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
-    agent.wait_subscribed().await;
-    let mut cp = ControlPlane::connect(broker.port, "cp-crash").await;
+    let Some(rig) = Rig::new() else { return };
+    let agent = rig.start_agent().await;
+    let mut cp = rig.control_plane("cp-crash").await;
 
     let total = 40;
     for n in 0..total {
@@ -169,14 +202,9 @@ async fn agent_killed_mid_stream_applies_everything_once_and_loses_no_result() {
     }
     // Kill the agent as soon as it has applied some of them: some commands
     // are then applied but unacknowledged, some results unpublished.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while applied.lock().unwrap().order.len() < 5 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    rig.wait_applied(5).await;
     agent.kill().await;
-    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
-    agent.wait_subscribed().await;
+    let _agent = rig.start_agent().await;
 
     // Every command is applied once and its `ok` result reaches the control
     // plane. A result whose PUBACK the crash swallowed is published again
@@ -184,7 +212,7 @@ async fn agent_killed_mid_stream_applies_everything_once_and_loses_no_result() {
     // redelivered commands are answered `replayed`, never re-applied.
     let ok = collect_ok_results(&mut cp, total).await;
     assert_eq!(ok.len(), total);
-    let a = applied.lock().unwrap();
+    let a = rig.applied.lock().unwrap();
     assert_eq!(a.order.len(), total);
     assert!(a.count.values().all(|&c| c == 1));
     let want: Vec<String> = (0..total).map(|n| format!("k-{n:02}")).collect();
@@ -193,8 +221,8 @@ async fn agent_killed_mid_stream_applies_everything_once_and_loses_no_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_left_pending_by_a_crash_are_published_at_start() {
-    let Some((t, broker)) = setup() else { return };
-    let state = t.path().join("state");
+    let Some(rig) = Rig::new() else { return };
+    let state = &rig.state;
     // The state a crash leaves between "result durable in the outbox" and
     // "broker acknowledged the result".
     std::fs::create_dir_all(state.join("mqtt-pending")).unwrap();
@@ -214,35 +242,25 @@ async fn results_left_pending_by_a_crash_are_published_at_start() {
     // still has it), so there is nothing to publish and the marker goes.
     std::fs::write(state.join("mqtt-pending/mqtt-0000000000000003-000000"), b"").unwrap();
 
-    let mut cp = ControlPlane::connect(broker.port, "cp-pending").await;
-    let applied = Arc::new(Mutex::new(Applied::default()));
-    let cfg = agent_config(t.path(), &broker.url(false), I);
-    let mut agent = Agent::start(&cfg, I, &state, applied);
-    agent.wait_subscribed().await;
+    let mut cp = rig.control_plane("cp-pending").await;
+    let mut agent = rig.start_agent().await;
     let (_, r1) = cp.next_result().await;
     let (_, r2) = cp.next_result().await;
     assert_eq!(
         (r1["id"].as_str(), r2["id"].as_str()),
         (Some("left-1"), Some("left-2"))
     );
-    let h = agent.handle.as_mut().unwrap();
-    tokio::time::timeout(PATIENCE, h.wait_for(|s| s.results_acked == 2))
-        .await
-        .unwrap();
-    assert_eq!(pending_markers(&state), Vec::<String>::new());
+    agent
+        .wait_for("pending results acknowledged", |s| s.results_acked == 2)
+        .await;
+    assert_eq!(pending_markers(state), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_and_restarted_every_command_applied_exactly_once() {
-    let Some((t, mut broker)) = setup() else {
-        return;
-    };
-    let state = t.path().join("state");
-    let applied = Arc::new(Mutex::new(Applied::default()));
-    let cfg = agent_config(t.path(), &broker.url(false), I);
-    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
-    agent.wait_subscribed().await;
-    let mut cp = ControlPlane::connect(broker.port, "cp-brokerkill").await;
+    let Some(mut rig) = Rig::new() else { return };
+    let mut agent = rig.start_agent().await;
+    let mut cp = rig.control_plane("cp-brokerkill").await;
 
     let total = 40usize;
     let ids: Vec<String> = (0..total).map(|n| format!("b-{n:02}")).collect();
@@ -250,24 +268,17 @@ async fn broker_killed_and_restarted_every_command_applied_exactly_once() {
         cp.send(I, command(id)).await;
     }
     // Kill the broker while those are in flight (some applied, some not).
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while applied.lock().unwrap().order.len() < 3 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    broker.kill();
+    rig.wait_applied(3).await;
+    rig.broker.kill();
     for id in &ids[20..] {
         // Queued in the control plane's client until the broker is back.
         cp.send(I, command(id)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    broker.restart();
-    {
-        let h = agent.handle.as_mut().unwrap();
-        tokio::time::timeout(PATIENCE, h.wait_for(|s| s.connections >= 2 && s.subscribed))
-            .await
-            .expect("agent reconnected");
-    }
+    rig.broker.restart();
+    agent
+        .wait_for("agent reconnected", |s| s.connections >= 2 && s.subscribed)
+        .await;
 
     // A control plane retries what it has no answer for (at-least-once on
     // its side too); duplicates must come back `replayed`, never re-applied.
@@ -299,7 +310,7 @@ async fn broker_killed_and_restarted_every_command_applied_exactly_once() {
             }
         }
     }
-    let a = applied.lock().unwrap();
+    let a = rig.applied.lock().unwrap();
     assert!(
         a.count.values().all(|&c| c == 1),
         "applied twice: {:?}",
@@ -314,21 +325,15 @@ async fn broker_killed_and_restarted_every_command_applied_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_keeps_instances_to_their_own_topics() {
-    let Some((t, broker)) = setup() else { return };
-    let state = t.path().join("state");
-    let applied = Arc::new(Mutex::new(Applied::default()));
-    let cfg = agent_config(t.path(), &broker.url(false), I);
-    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
-    agent.wait_subscribed().await;
-    let mut cp = ControlPlane::connect(broker.port, "cp-acl").await;
+    let Some(rig) = Rig::new() else { return };
+    let _agent = rig.start_agent().await;
+    let mut cp = rig.control_plane("cp-acl").await;
 
     // Another instance, with valid broker credentials, tries to command us,
     // then publishes on its own result topic (allowed). mosquitto handles one
     // connection's packets in order, so once the control plane sees the
     // second message, the first has been judged.
-    let mut o = rumqttc::MqttOptions::new("i-other", "127.0.0.1", broker.port);
-    o.set_credentials("i-other", AGENT_PASSWORD);
-    let (other, mut ev) = rumqttc::AsyncClient::new(o, 10);
+    let (other, mut ev) = other_instance_client(rig.broker.port, "i-other");
     let driver = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
     other
         .publish(
@@ -357,7 +362,7 @@ async fn acl_keeps_instances_to_their_own_topics() {
     let (_, r) = cp.next_result().await;
     assert_eq!(r["id"], "legit");
     assert_eq!(
-        applied.lock().unwrap().order,
+        rig.applied.lock().unwrap().order,
         ["legit"],
         "the forged command reached the agent"
     );
@@ -367,9 +372,7 @@ async fn acl_keeps_instances_to_their_own_topics() {
     // matches nothing it may read. mosquitto delivers to one client in order,
     // so once the spy holds the message sent to it after the command, the
     // command would have been there first if the ACL let it through.
-    let mut o = rumqttc::MqttOptions::new("spy", "127.0.0.1", broker.port);
-    o.set_credentials("i-other", AGENT_PASSWORD);
-    let (spy, mut ev) = rumqttc::AsyncClient::new(o, 10);
+    let (spy, mut ev) = other_instance_client(rig.broker.port, "spy");
     spy.subscribe(format!("accessd/{I}/commands"), rumqttc::QoS::AtLeastOnce)
         .await
         .unwrap();
@@ -400,24 +403,19 @@ async fn acl_keeps_instances_to_their_own_topics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_too_large_to_read_is_reported_naming_the_broker() {
-    let Some((t, broker)) = setup() else { return };
-    let state = t.path().join("state");
-    let applied = Arc::new(Mutex::new(Applied::default()));
-    let cfg = agent_config(t.path(), &broker.url(false), I);
-    let mut agent = Agent::start(&cfg, I, &state, applied.clone());
-    agent.wait_subscribed().await;
-    let cp = ControlPlane::connect(broker.port, "cp-huge").await;
+    let Some(rig) = Rig::new() else { return };
+    let mut agent = rig.start_agent().await;
+    let cp = rig.control_plane("cp-huge").await;
     // Over the client's packet limit (1 MiB): MQTT 3.1.1 cannot skip it,
     // so the journal must say what is wrong and what to do on the broker.
     cp.send(I, vec![b'x'; 2 << 20]).await;
-    let h = agent.handle.as_mut().unwrap();
-    let s = tokio::time::timeout(PATIENCE, h.wait_for(|s| s.last_error.is_some()))
-        .await
-        .unwrap();
+    let s = agent
+        .wait_for("an error reported", |s| s.last_error.is_some())
+        .await;
     let err = s.last_error.unwrap();
     assert!(
-        err.contains(&broker.url(false)) && err.contains("message_size_limit"),
+        err.contains(&rig.broker.url(false)) && err.contains("message_size_limit"),
         "{err}"
     );
-    assert_eq!(applied.lock().unwrap().deliveries, 0);
+    assert_eq!(rig.applied.lock().unwrap().deliveries, 0);
 }

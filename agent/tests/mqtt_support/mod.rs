@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use accessd::config::MqttConfig;
-use accessd::mqtt::{self, Handle, MqttCommand, TransportOptions};
+use accessd::mqtt::{self, Handle, MqttCommand, Status, TransportOptions};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
@@ -436,6 +436,15 @@ impl Agent {
             rt: Some(rt),
             handle: Some(handle),
         }
+    }
+
+    /// The agent's status once `pred` holds; panics with `what` after
+    /// [`PATIENCE`].
+    pub async fn wait_for(&mut self, what: &str, pred: impl FnMut(&Status) -> bool) -> Status {
+        let h = self.handle.as_mut().unwrap();
+        tokio::time::timeout(PATIENCE, h.wait_for(pred))
+            .await
+            .expect(what)
     }
 
     pub async fn wait_subscribed(&mut self) {
