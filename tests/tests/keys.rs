@@ -3,7 +3,31 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use accessd_e2e::{sandbox, HostSnapshot, KeyKind, Sandbox};
+use accessd_e2e::{sandbox, ClientKey, HostSnapshot, KeyKind, Out, Sandbox};
+
+/// A sandbox whose agent is running and has created `exampleuser`.
+fn sandbox_with_exampleuser() -> Option<Sandbox> {
+    let mut sb = sandbox()?;
+    sb.start_agent();
+    sb.cmd("create_user").user("exampleuser").send().assert_ok();
+    Some(sb)
+}
+
+/// Binds `keys` to `user` through the agent, which must answer `ok`.
+fn add_keys(sb: &Sandbox, user: &str, keys: &[&ClientKey]) {
+    sb.cmd("add_keys").user(user).keys(keys).send().assert_ok();
+}
+
+/// Runs `script` as `user` (through `su`): what the user can do in their
+/// own home without any privilege.
+fn as_user(sb: &Sandbox, user: &str, script: &str) -> Out {
+    sb.run(&["su", "-s", "/bin/sh", "-c", script, user])
+}
+
+/// The sandbox's /etc, file by file.
+fn etc_tree(sb: &Sandbox) -> HostSnapshot {
+    HostSnapshot::tree_under(&sb.path("/"), "/etc")
+}
 
 fn assert_ssh_files_owned_by(sb: &Sandbox, user: &str, home: &str) {
     let uid: u32 = sb.passwd_entry(user).unwrap()[2].parse().unwrap();
@@ -22,28 +46,20 @@ fn assert_ssh_files_owned_by(sb: &Sandbox, user: &str, home: &str) {
 
 #[test]
 fn user_logs_in_with_each_bound_key_type() {
-    let Some(mut sb) = sandbox() else { return };
-    sb.start_agent();
-    sb.cmd("create_user").user("exampleuser").send().assert_ok();
+    let Some(sb) = sandbox_with_exampleuser() else {
+        return;
+    };
     let ed = sb.client_key("laptop-ed25519", KeyKind::Ed25519);
     let rsa = sb.client_key("laptop-rsa", KeyKind::Rsa2048);
     let ecdsa = sb.client_key("laptop-ecdsa", KeyKind::Ecdsa256);
     let never = sb.client_key("never-bound", KeyKind::Ed25519);
     sb.assert_no_key_login("exampleuser", &ed);
 
-    sb.cmd("add_keys")
-        .user("exampleuser")
-        .keys(&[&ed])
-        .send()
-        .assert_ok();
+    add_keys(&sb, "exampleuser", &[&ed]);
     sb.assert_key_login("exampleuser", &ed);
     assert_ssh_files_owned_by(&sb, "exampleuser", "/home/exampleuser");
 
-    sb.cmd("add_keys")
-        .user("exampleuser")
-        .keys(&[&rsa, &ecdsa])
-        .send()
-        .assert_ok();
+    add_keys(&sb, "exampleuser", &[&rsa, &ecdsa]);
     for k in [&ed, &rsa, &ecdsa] {
         sb.assert_key_login("exampleuser", k);
     }
@@ -52,38 +68,27 @@ fn user_logs_in_with_each_bound_key_type() {
 
     // Binding a key again does not duplicate it.
     let before = sb.read("/home/exampleuser/.ssh/authorized_keys");
-    sb.cmd("add_keys")
-        .user("exampleuser")
-        .keys(&[&ed])
-        .send()
-        .assert_ok();
+    add_keys(&sb, "exampleuser", &[&ed]);
     assert_eq!(sb.read("/home/exampleuser/.ssh/authorized_keys"), before);
 }
 
 #[test]
 fn replacing_keys_keeps_only_the_new_and_hand_added_keys() {
-    let Some(mut sb) = sandbox() else { return };
-    sb.start_agent();
-    sb.cmd("create_user").user("exampleuser").send().assert_ok();
+    let Some(sb) = sandbox_with_exampleuser() else {
+        return;
+    };
     let old1 = sb.client_key("old-1", KeyKind::Ed25519);
     let old2 = sb.client_key("old-2", KeyKind::Ecdsa256);
     let by_hand = sb.client_key("by-hand", KeyKind::Ed25519);
     let new = sb.client_key("new", KeyKind::Rsa2048);
 
-    sb.cmd("add_keys")
-        .user("exampleuser")
-        .keys(&[&old1, &old2])
-        .send()
-        .assert_ok();
+    add_keys(&sb, "exampleuser", &[&old1, &old2]);
     // The user adds a key of their own, the way people do.
-    let out = sb.run(&[
-        "su",
-        "-s",
-        "/bin/sh",
-        "-c",
-        &format!("echo '{}' >> ~/.ssh/authorized_keys", by_hand.public),
+    let out = as_user(
+        &sb,
         "exampleuser",
-    ]);
+        &format!("echo '{}' >> ~/.ssh/authorized_keys", by_hand.public),
+    );
     assert!(out.ok(), "hand-adding a key: {}", out.stderr);
     sb.assert_key_login("exampleuser", &by_hand);
 
@@ -102,16 +107,12 @@ fn replacing_keys_keeps_only_the_new_and_hand_added_keys() {
 
 #[test]
 fn unbinding_a_key_by_fingerprint_locks_that_key_out() {
-    let Some(mut sb) = sandbox() else { return };
-    sb.start_agent();
-    sb.cmd("create_user").user("exampleuser").send().assert_ok();
+    let Some(sb) = sandbox_with_exampleuser() else {
+        return;
+    };
     let gone = sb.client_key("gone", KeyKind::Ed25519);
     let stays = sb.client_key("stays", KeyKind::Rsa2048);
-    sb.cmd("add_keys")
-        .user("exampleuser")
-        .keys(&[&gone, &stays])
-        .send()
-        .assert_ok();
+    add_keys(&sb, "exampleuser", &[&gone, &stays]);
     sb.assert_key_login("exampleuser", &gone);
 
     sb.cmd("remove_keys")
@@ -138,11 +139,7 @@ fn root_logs_in_with_a_bound_key_under_prohibit_password() {
     let key = sb.client_key("root-admin", KeyKind::Ed25519);
     sb.assert_no_key_login("root", &key);
 
-    sb.cmd("add_keys")
-        .user("root")
-        .keys(&[&key])
-        .send()
-        .assert_ok();
+    add_keys(&sb, "root", &[&key]);
 
     sb.assert_key_login("root", &key);
     assert_ssh_files_owned_by(&sb, "root", "/root");
@@ -153,21 +150,14 @@ fn root_logs_in_with_a_bound_key_under_prohibit_password() {
 
 #[test]
 fn keys_for_a_user_whose_ssh_dir_links_to_etc_are_refused() {
-    let Some(mut sb) = sandbox() else { return };
-    sb.start_agent();
-    sb.cmd("create_user").user("exampleuser").send().assert_ok();
+    let Some(sb) = sandbox_with_exampleuser() else {
+        return;
+    };
     let key = sb.client_key("attacker", KeyKind::Ed25519);
     // What the user can do in their own home without any privilege.
-    let out = sb.run(&[
-        "su",
-        "-s",
-        "/bin/sh",
-        "-c",
-        "rm -rf ~/.ssh && ln -s /etc ~/.ssh",
-        "exampleuser",
-    ]);
+    let out = as_user(&sb, "exampleuser", "rm -rf ~/.ssh && ln -s /etc ~/.ssh");
     assert!(out.ok(), "{}", out.stderr);
-    let etc_before = HostSnapshot::tree_under(&sb.path("/"), "/etc");
+    let etc_before = etc_tree(&sb);
 
     for op in ["add_keys", "replace_keys"] {
         let r = sb.cmd(op).user("exampleuser").keys(&[&key]).send();
@@ -181,7 +171,7 @@ fn keys_for_a_user_whose_ssh_dir_links_to_etc_are_refused() {
         .send();
     assert_eq!(r.code(), "unsafe_path", "remove_keys: {}", r.payload);
 
-    let diff = etc_before.diff(&HostSnapshot::tree_under(&sb.path("/"), "/etc"));
+    let diff = etc_before.diff(&etc_tree(&sb));
     assert!(diff.is_empty(), "/etc changed: {diff:?}");
     assert!(sb.lstat("/etc/authorized_keys").is_none());
     sb.assert_no_key_login("exampleuser", &key);
@@ -189,20 +179,17 @@ fn keys_for_a_user_whose_ssh_dir_links_to_etc_are_refused() {
 
 #[test]
 fn keys_for_a_user_whose_authorized_keys_links_to_shadow_are_refused() {
-    let Some(mut sb) = sandbox() else { return };
-    sb.start_agent();
-    sb.cmd("create_user").user("exampleuser").send().assert_ok();
+    let Some(sb) = sandbox_with_exampleuser() else {
+        return;
+    };
     let key = sb.client_key("attacker", KeyKind::Ed25519);
-    let out = sb.run(&[
-        "su",
-        "-s",
-        "/bin/sh",
-        "-c",
-        "mkdir -p -m 700 ~/.ssh && ln -sf /etc/shadow ~/.ssh/authorized_keys",
+    let out = as_user(
+        &sb,
         "exampleuser",
-    ]);
+        "mkdir -p -m 700 ~/.ssh && ln -sf /etc/shadow ~/.ssh/authorized_keys",
+    );
     assert!(out.ok(), "{}", out.stderr);
-    let etc_before = HostSnapshot::tree_under(&sb.path("/"), "/etc");
+    let etc_before = etc_tree(&sb);
 
     for op in ["add_keys", "replace_keys", "remove_keys"] {
         let r = sb.cmd(op).user("exampleuser").keys(&[&key]).send();
@@ -210,7 +197,7 @@ fn keys_for_a_user_whose_authorized_keys_links_to_shadow_are_refused() {
         assert_ne!(r.status(), "ok");
     }
 
-    let diff = etc_before.diff(&HostSnapshot::tree_under(&sb.path("/"), "/etc"));
+    let diff = etc_before.diff(&etc_tree(&sb));
     assert!(diff.is_empty(), "/etc changed: {diff:?}");
     let link = sb.lstat("/home/exampleuser/.ssh/authorized_keys").unwrap();
     assert!(
