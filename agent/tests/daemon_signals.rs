@@ -4,8 +4,10 @@
 mod daemon_support;
 
 use std::collections::HashSet;
+use std::process::ExitStatus;
 
 use daemon_support::*;
+use ed25519_dalek::SigningKey;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
@@ -28,6 +30,33 @@ fn burst(m: &Machine) -> Vec<String> {
     names
 }
 
+/// Starts the daemon on a burst and sends it `sig` once 20 results are out;
+/// returns the burst's file names and how the daemon ended.
+fn interrupt_burst(m: &Machine, sig: Signal) -> (Vec<String>, ExitStatus) {
+    let d = m.start();
+    let names = burst(m);
+    wait_until(|| Machine::names(&m.outbox()).len() >= 20, "20 results");
+    d.signal(sig);
+    (names, d.wait())
+}
+
+/// Drops `{n}.json`, adding key `n` for `USER`, signed by `other` under the
+/// key id `other`; returns the daemon's result code for it.
+fn add_key_signed_by_other(m: &Machine, other: &SigningKey, n: u32) -> &'static str {
+    let name = format!("{n}.json");
+    m.drop_cmd(
+        &name,
+        &m.sign_with(
+            other,
+            "other",
+            &format!("by-other-{n}"),
+            "add_keys",
+            json!({"user": USER, "keys": [key_line(n)]}),
+        ),
+    );
+    m.result(&name).code.as_str()
+}
+
 fn assert_every_key_once(m: &Machine) {
     let ak = m.authorized_keys();
     for n in 0..N {
@@ -42,11 +71,7 @@ fn sigterm_mid_burst_loses_nothing_and_the_rest_is_applied_after_restart() {
         return;
     }
     let m = Machine::new();
-    let d = m.start();
-    let names = burst(&m);
-    wait_until(|| Machine::names(&m.outbox()).len() >= 20, "20 results");
-    d.signal(Signal::SIGTERM);
-    let st = d.wait();
+    let (names, st) = interrupt_burst(&m, Signal::SIGTERM);
     assert_eq!(st.code(), Some(0), "SIGTERM is a clean exit");
 
     let answered: HashSet<String> = Machine::names(&m.outbox()).into_iter().collect();
@@ -81,11 +106,7 @@ fn sigkill_mid_burst_every_file_gets_exactly_one_result_and_nothing_runs_twice()
         return;
     }
     let m = Machine::new();
-    let d = m.start();
-    let names = burst(&m);
-    wait_until(|| Machine::names(&m.outbox()).len() >= 20, "20 results");
-    d.signal(Signal::SIGKILL);
-    let _ = d.wait();
+    let (names, _) = interrupt_burst(&m, Signal::SIGKILL);
 
     let d = m.start();
     wait_until(|| Machine::names(&m.inbox()).is_empty(), "an empty inbox");
@@ -127,33 +148,13 @@ fn sighup_takes_a_new_trusted_key_and_keeps_the_old_config_when_the_new_one_is_b
     let other = key(2);
     let d = m.start();
 
-    m.drop_cmd(
-        "1.json",
-        &m.sign_with(
-            &other,
-            "other",
-            "by-other-1",
-            "add_keys",
-            json!({"user": USER, "keys": [key_line(1)]}),
-        ),
-    );
-    assert_eq!(m.result("1.json").code.as_str(), "unknown_key");
+    assert_eq!(add_key_signed_by_other(&m, &other, 1), "unknown_key");
 
     m.write_config(&[("cp", &b64(&m.cp)), ("other", &b64(&other))]);
     d.signal(Signal::SIGHUP);
     m.wait_log("configuration reloaded", 1);
-    m.drop_cmd(
-        "2.json",
-        &m.sign_with(
-            &other,
-            "other",
-            "by-other-2",
-            "add_keys",
-            json!({"user": USER, "keys": [key_line(2)]}),
-        ),
-    );
     assert_eq!(
-        m.result("2.json").code.as_str(),
+        add_key_signed_by_other(&m, &other, 2),
         "ok",
         "the new key is trusted after SIGHUP"
     );
@@ -165,18 +166,8 @@ fn sighup_takes_a_new_trusted_key_and_keeps_the_old_config_when_the_new_one_is_b
     m.write_raw_config(&broken);
     d.signal(Signal::SIGHUP);
     m.wait_log("configuration not reloaded", 1);
-    m.drop_cmd(
-        "3.json",
-        &m.sign_with(
-            &other,
-            "other",
-            "by-other-3",
-            "add_keys",
-            json!({"user": USER, "keys": [key_line(3)]}),
-        ),
-    );
     assert_eq!(
-        m.result("3.json").code.as_str(),
+        add_key_signed_by_other(&m, &other, 3),
         "ok",
         "the old config (trusting `other`) is kept"
     );
