@@ -2,7 +2,32 @@
 //! valid, replayed (also across a daemon restart), for another instance —
 //! and proof that the key each one carried opens nothing.
 
-use accessd_e2e::{rfc3339_from_now, sandbox, KeyKind, CONTROL_KEY_ID};
+use accessd_e2e::{rfc3339_from_now, sandbox, ClientKey, Cmd, KeyKind, Sandbox, CONTROL_KEY_ID};
+
+/// The command every scenario here tries to smuggle in: bind `key` to root.
+fn add_root_key<'a>(sb: &'a Sandbox, key: &ClientKey) -> Cmd<'a> {
+    sb.cmd("add_keys").user("root").keys(&[key])
+}
+
+/// A validity window as `accessctl sign` flags, in seconds from now.
+fn valid_between(issued: i64, expires: i64) -> [String; 4] {
+    [
+        "--issued-at".to_owned(),
+        rfc3339_from_now(issued),
+        "--expires-at".to_owned(),
+        rfc3339_from_now(expires),
+    ]
+}
+
+/// The key a refused command carried opens nothing: root has no
+/// authorized_keys file and the key does not log in.
+fn assert_root_key_opens_nothing(sb: &Sandbox, key: &ClientKey) {
+    assert!(
+        sb.lstat("/root/.ssh/authorized_keys").is_none(),
+        "root got an authorized_keys file"
+    );
+    sb.assert_no_key_login("root", key);
+}
 
 #[test]
 fn a_forged_command_is_rejected_and_its_key_opens_nothing() {
@@ -25,27 +50,18 @@ fn a_forged_command_is_rejected_and_its_key_opens_nothing() {
     let rogue_key = rogue.with_extension("key");
 
     // Claiming the trusted key's id: the signature does not verify.
-    let r = sb
-        .cmd("add_keys")
-        .user("root")
-        .keys(&[&key])
+    let r = add_root_key(&sb, &key)
         .signed_by(&rogue_key, CONTROL_KEY_ID)
         .send();
     r.assert_rejected("bad_signature");
     // Under an id the agent does not trust.
-    let r = sb
-        .cmd("add_keys")
-        .user("root")
-        .keys(&[&key])
+    let r = add_root_key(&sb, &key)
         .signed_by(&rogue_key, "rogue")
         .send();
     r.assert_rejected("unknown_key");
     // A genuine envelope whose payload was swapped afterwards.
     let genuine = sb.cmd("inventory").sign();
-    let forged = sb
-        .cmd("add_keys")
-        .user("root")
-        .keys(&[&key])
+    let forged = add_root_key(&sb, &key)
         .signed_by(&rogue_key, CONTROL_KEY_ID)
         .sign();
     let mut env: serde_json::Value =
@@ -56,11 +72,7 @@ fn a_forged_command_is_rejected_and_its_key_opens_nothing() {
     std::fs::write(&genuine, env.to_string()).unwrap();
     sb.deliver(&genuine).assert_rejected("bad_signature");
 
-    assert!(
-        sb.lstat("/root/.ssh/authorized_keys").is_none(),
-        "root got an authorized_keys file"
-    );
-    sb.assert_no_key_login("root", &key);
+    assert_root_key_opens_nothing(&sb, &key);
 }
 
 #[test]
@@ -68,33 +80,16 @@ fn expired_and_not_yet_valid_commands_are_rejected() {
     let Some(mut sb) = sandbox() else { return };
     sb.start_agent();
     let key = sb.client_key("late", KeyKind::Ed25519);
-    let r = sb
-        .cmd("add_keys")
-        .user("root")
-        .keys(&[&key])
-        .args([
-            "--issued-at",
-            &rfc3339_from_now(-7200),
-            "--expires-at",
-            &rfc3339_from_now(-3600),
-        ])
+    let r = add_root_key(&sb, &key)
+        .args(valid_between(-7200, -3600))
         .send();
     r.assert_rejected("expired");
-    let r = sb
-        .cmd("add_keys")
-        .user("root")
-        .keys(&[&key])
-        .args([
-            "--issued-at",
-            &rfc3339_from_now(3600),
-            "--expires-at",
-            &rfc3339_from_now(3900),
-        ])
+    let r = add_root_key(&sb, &key)
+        .args(valid_between(3600, 3900))
         .send();
     r.assert_rejected("not_yet_valid");
 
-    assert!(sb.lstat("/root/.ssh/authorized_keys").is_none());
-    sb.assert_no_key_login("root", &key);
+    assert_root_key_opens_nothing(&sb, &key);
 }
 
 #[test]
@@ -129,15 +124,9 @@ fn a_command_for_another_instance_is_rejected() {
     sb.start_agent();
     let key = sb.client_key("elsewhere", KeyKind::Ed25519);
     let other = format!("{}-other", sb.instance_id());
-    let r = sb
-        .cmd("add_keys")
-        .user("root")
-        .keys(&[&key])
-        .instance(&other)
-        .send();
+    let r = add_root_key(&sb, &key).instance(&other).send();
     r.assert_rejected("wrong_instance");
-    assert!(sb.lstat("/root/.ssh/authorized_keys").is_none());
-    sb.assert_no_key_login("root", &key);
+    assert_root_key_opens_nothing(&sb, &key);
 }
 
 /// The result envelopes in the outbox verify under the key `accessd
