@@ -5,6 +5,7 @@ mod accounts_common;
 use std::ffi::{CStr, CString};
 use std::fs;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::time::Duration;
 
 use accessd::accounts::{self, AccountsConfig, CryptHash, Password};
@@ -26,6 +27,16 @@ fn system_crypt(pw: &str, setting: &str) -> String {
     unsafe { CStr::from_ptr(crypt(k.as_ptr(), s.as_ptr())) }
         .to_string_lossy()
         .into_owned()
+}
+
+/// `chpasswd -e` under `root`: the oracle, setting `user`'s hash the way
+/// shadow-utils does.
+fn chpasswd_e(root: &Path, user: &str, hash: &str) {
+    run(
+        "chpasswd",
+        &["-e", "-R", &root_arg(root)],
+        Some(format!("{user}:{hash}\n").as_bytes()),
+    );
 }
 
 #[test]
@@ -70,11 +81,7 @@ fn same_result_as_chpasswd_e() {
     let baseline = check_report(a.path());
     let hash = known_hash();
 
-    run(
-        "chpasswd",
-        &["-e", "-R", &root_arg(a.path())],
-        Some(format!("alice:{hash}\n").as_bytes()),
-    );
+    chpasswd_e(a.path(), "alice", &hash);
     accounts::set_password(
         &sys(b.path()),
         &AccountsConfig::default(),
@@ -116,11 +123,7 @@ fn chpasswd_accepts_our_plaintext_hash() {
     let ours = entry(b.path(), "shadow", "carol").unwrap();
     let hash = ours.split(':').nth(1).unwrap().to_owned();
     assert_eq!(system_crypt("Very-Secret-42", &hash), hash);
-    run(
-        "chpasswd",
-        &["-e", "-R", &root_arg(a.path())],
-        Some(format!("carol:{hash}\n").as_bytes()),
-    );
+    chpasswd_e(a.path(), "carol", &hash);
     assert_eq!(entry(a.path(), "shadow", "carol").unwrap(), ours);
 }
 
@@ -179,16 +182,12 @@ fn lock_timeout_when_pwd_lock_or_a_live_file_lock_is_held() {
     let before = whole_tree(a.path());
     let pw = Password::Crypt(CryptHash::parse(&known_hash()).unwrap());
     let cfg = AccountsConfig::default();
+    let set_erin_password = |timeout| {
+        accounts::set_password_with_timeout(&sys(a.path()), &cfg, &user("erin"), &pw, timeout)
+    };
 
     let held = hold_ofd(&a.path().join("etc/.pwd.lock"));
-    let e = accounts::set_password_with_timeout(
-        &sys(a.path()),
-        &cfg,
-        &user("erin"),
-        &pw,
-        Duration::from_millis(300),
-    )
-    .unwrap_err();
+    let e = set_erin_password(Duration::from_millis(300)).unwrap_err();
     assert_eq!(e.code(), Code::LockTimeout, "{e}");
     assert!(e.to_string().contains(".pwd.lock"));
     drop(held);
@@ -199,14 +198,7 @@ fn lock_timeout_when_pwd_lock_or_a_live_file_lock_is_held() {
         .spawn()
         .unwrap();
     fs::write(a.path().join("etc/shadow.lock"), format!("{}\0", live.id())).unwrap();
-    let e = accounts::set_password_with_timeout(
-        &sys(a.path()),
-        &cfg,
-        &user("erin"),
-        &pw,
-        Duration::from_millis(300),
-    )
-    .unwrap_err();
+    let e = set_erin_password(Duration::from_millis(300)).unwrap_err();
     assert_eq!(e.code(), Code::LockTimeout, "{e}");
     fs::remove_file(a.path().join("etc/shadow.lock")).unwrap();
     let mut after = whole_tree(a.path());
@@ -223,14 +215,7 @@ fn lock_timeout_when_pwd_lock_or_a_live_file_lock_is_held() {
     let dead = live.id();
     live.wait().unwrap();
     fs::write(a.path().join("etc/shadow.lock"), format!("{dead}\0")).unwrap();
-    accounts::set_password_with_timeout(
-        &sys(a.path()),
-        &cfg,
-        &user("erin"),
-        &pw,
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    set_erin_password(Duration::from_secs(5)).unwrap();
     assert!(!a.path().join("etc/shadow.lock").exists());
     assert!(!a.path().join("etc/passwd.lock").exists());
 }
