@@ -134,6 +134,23 @@ fn keygen_sign_send_round_trip_with_exit_codes() {
         );
         text(&o)
     };
+    // The same command under a fixed id, signed afresh each time: the second
+    // is a replay of the first.
+    let add_key_as_c_fixed = || {
+        sign(
+            &[
+                "--op",
+                "add_keys",
+                "--user",
+                "root",
+                "--key-line",
+                KEY1,
+                "--id",
+                "c-fixed",
+            ],
+            None,
+        )
+    };
     let pw = "Accessctl-Pa55word";
     let envs = [
         sign(
@@ -148,32 +165,8 @@ fn keygen_sign_send_round_trip_with_exit_codes() {
             ],
             Some(&format!("{pw}\n")),
         ),
-        sign(
-            &[
-                "--op",
-                "add_keys",
-                "--user",
-                "root",
-                "--key-line",
-                KEY1,
-                "--id",
-                "c-fixed",
-            ],
-            None,
-        ),
-        sign(
-            &[
-                "--op",
-                "add_keys",
-                "--user",
-                "root",
-                "--key-line",
-                KEY1,
-                "--id",
-                "c-fixed",
-            ],
-            None,
-        ),
+        add_key_as_c_fixed(),
+        add_key_as_c_fixed(),
         sign(&["--op", "delete_user", "--user", "no-such-user"], None),
     ];
     assert!(!envs[0].contains(pw));
