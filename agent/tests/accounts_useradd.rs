@@ -18,6 +18,14 @@ fn spec(name: &str) -> NewUser {
     }
 }
 
+/// `spec(name)` asking for sudo.
+fn sudo_spec(name: &str) -> NewUser {
+    NewUser {
+        sudo: true,
+        ..spec(name)
+    }
+}
+
 #[test]
 fn same_result_as_useradd_m() {
     if !prerequisites(&["useradd", "pwck", "grpck"]) {
@@ -93,9 +101,8 @@ fn with_password_and_sudo_same_as_useradd_then_usermod_a_g_sudo() {
         &sys(b.path()),
         &AccountsConfig::default(),
         &NewUser {
-            sudo: true,
             password: Some(Password::Crypt(CryptHash::parse(&hash).unwrap())),
-            ..spec("carol")
+            ..sudo_spec("carol")
         },
     )
     .unwrap();
@@ -118,10 +125,7 @@ fn key_only_user_gets_a_validated_nopasswd_dropin() {
     let created = accounts::create_user(
         &sys(a.path()),
         &AccountsConfig::default(),
-        &NewUser {
-            sudo: true,
-            ..spec("ecs-user")
-        },
+        &sudo_spec("ecs-user"),
     )
     .unwrap();
     assert_eq!(
@@ -208,11 +212,7 @@ fn existing_user_is_user_exists_and_nothing_changes() {
     let e = accounts::create_user(&sys(a.path()), &AccountsConfig::default(), &spec("root"))
         .unwrap_err();
     assert_eq!(e.code(), Code::UserExists);
-    let mut after = whole_tree(a.path());
-    after.remove(std::path::Path::new("etc/.pwd.lock"));
-    let mut before = before;
-    before.remove(std::path::Path::new("etc/.pwd.lock"));
-    assert_eq!(before, after);
+    assert_tree_unchanged(a.path(), &before, "files changed");
 }
 
 #[test]
@@ -230,18 +230,11 @@ fn a_foreign_sudoers_file_of_the_same_name_is_not_overwritten() {
     let e = accounts::create_user(
         &sys(a.path()),
         &AccountsConfig::default(),
-        &NewUser {
-            sudo: true,
-            ..spec("frank")
-        },
+        &sudo_spec("frank"),
     )
     .unwrap_err();
     assert_eq!(e.code(), Code::InvalidCommand, "{e}");
-    let mut after = whole_tree(a.path());
-    after.remove(std::path::Path::new("etc/.pwd.lock"));
-    let mut before = before;
-    before.remove(std::path::Path::new("etc/.pwd.lock"));
-    assert_eq!(before, after);
+    assert_tree_unchanged(a.path(), &before, "files changed");
 }
 
 #[test]

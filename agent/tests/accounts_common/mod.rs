@@ -207,6 +207,17 @@ pub fn whole_tree(root: &Path) -> BTreeMap<PathBuf, String> {
     m
 }
 
+/// Every file under `root` is as [`whole_tree`] found it in `before`, byte
+/// for byte. `etc/.pwd.lock` is left out of both: its existence is not
+/// content, and glibc leaves it too.
+pub fn assert_tree_unchanged(root: &Path, before: &BTreeMap<PathBuf, String>, msg: &str) {
+    let mut after = whole_tree(root);
+    let mut before = before.clone();
+    after.remove(Path::new("etc/.pwd.lock"));
+    before.remove(Path::new("etc/.pwd.lock"));
+    assert_eq!(before, after, "{msg}");
+}
+
 fn walk(base: &Path, dir: &Path, m: &mut BTreeMap<PathBuf, String>) {
     let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
     entries.sort_by_key(|e| e.file_name());
