@@ -21,6 +21,14 @@ fn private_file(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// A mosquitto in a temp dir of its own (dropped after the broker); `None`
+/// where none can be started, and the test skips.
+fn start_broker() -> Option<(tempfile::TempDir, Broker)> {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker"), None)?;
+    Some((dir, broker))
+}
+
 /// A machine whose accessd.toml has `[mqtt]` for `broker`, and the daemon
 /// started and subscribed.
 fn machine_with_mqtt(broker: &Broker) -> (Machine, daemon_support::Daemon) {
@@ -98,8 +106,7 @@ fn every_op_round_trips_through_the_broker_with_accessctl() {
     if !require_root() {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let Some(broker) = Broker::start(&t.path().join("broker"), None) else {
+    let Some((_dir, broker)) = start_broker() else {
         return;
     };
     let (m, d) = machine_with_mqtt(&broker);
@@ -194,8 +201,7 @@ fn daemon_killed_while_offline_commands_queue_applies_all_in_order() {
     if !require_root() {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let Some(broker) = Broker::start(&t.path().join("broker"), None) else {
+    let Some((_dir, broker)) = start_broker() else {
         return;
     };
     let (m, d) = machine_with_mqtt(&broker);
@@ -265,8 +271,7 @@ fn python_paho_pynacl_control_plane_sends_and_verifies() {
         eprintln!("SKIP: /usr/bin/python3 with paho-mqtt and PyNaCl is not installed");
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let Some(broker) = Broker::start(&t.path().join("broker"), None) else {
+    let Some((_dir, broker)) = start_broker() else {
         return;
     };
     let (m, d) = machine_with_mqtt(&broker);
@@ -354,8 +359,7 @@ fn a_broker_that_is_down_never_blocks_the_inbox_and_is_joined_when_it_returns() 
     if !require_root() {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let Some(mut broker) = Broker::start(&t.path().join("broker"), None) else {
+    let Some((_dir, mut broker)) = start_broker() else {
         return;
     };
     // Its port, with nothing listening there.
