@@ -9,6 +9,16 @@ use serde_json::json;
 /// `openssl passwd -6 -salt saltsaltsaltsalt Next-Boot-pw1`
 const HASH: &str = "$6$saltsaltsaltsalt$O2HS/QLzw2LXNAuEEjzBCvpTtT4/qqIzkH/QWm9fEK8jpOPPP.cUucXonsJZdFdRiwQcmf6l9V6QcO14VJNDj1";
 
+/// What a boot runs: `accessd apply-staged`, which must succeed.
+fn boot_apply_staged(m: &Machine) {
+    let st = std::process::Command::new(Machine::bin())
+        .args(["apply-staged", "--config"])
+        .arg(&m.config)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 #[test]
 fn next_boot_password_is_applied_once_by_apply_staged_and_never_again() {
     if !require_root() {
@@ -30,13 +40,7 @@ fn next_boot_password_is_applied_once_by_apply_staged_and_never_again() {
     assert!(d.stop().success());
     assert_eq!(m.shadow_line(USER), before, "staged, not applied yet");
 
-    let bin = Machine::bin();
-    let st = std::process::Command::new(bin)
-        .args(["apply-staged", "--config"])
-        .arg(&m.config)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    boot_apply_staged(&m);
     assert_eq!(
         m.shadow_line(USER).split(':').nth(1),
         Some(HASH),
@@ -53,12 +57,7 @@ fn next_boot_password_is_applied_once_by_apply_staged_and_never_again() {
     // Someone changes the password afterwards; a second boot must not undo it.
     let after_first = m.shadow_line(USER);
     let outbox_before = Machine::names(&m.outbox());
-    let st = std::process::Command::new(bin)
-        .args(["apply-staged", "--config"])
-        .arg(&m.config)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    boot_apply_staged(&m);
     assert_eq!(m.shadow_line(USER), after_first);
     assert_eq!(
         Machine::names(&m.outbox()),
