@@ -170,6 +170,17 @@ pub async fn run_with(
     // The only timer the daemon can have; absent unless systemd asks for it.
     let mut watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
     loop {
+        // Checked before waiting, not only after an event: `drain` also
+        // reads events, and the inbox's removal may be among them — waiting
+        // first would then wait forever on a directory nobody writes to.
+        if lp.inbox_gone {
+            // Exit with an error: systemd restarts us, and the restart
+            // creates and watches the inbox afresh.
+            return Err(watch_error(
+                lp.spool.inbox_path(),
+                "the inbox directory was removed or moved",
+            ));
+        }
         tokio::select! {
             biased;
             c = lp.control.recv() => match c {
@@ -188,15 +199,7 @@ pub async fn run_with(
                 None => mqtt = None,
             },
         }
-        if lp.inbox_gone {
-            // Exit with an error: systemd restarts us, and the restart
-            // creates and watches the inbox afresh.
-            return Err(watch_error(
-                lp.spool.inbox_path(),
-                "the inbox directory was removed or moved",
-            ));
-        }
-        if lp.dirty && lp.drain().await? == Flow::Stop {
+        if !lp.inbox_gone && lp.dirty && lp.drain().await? == Flow::Stop {
             return lp.stop();
         }
     }
