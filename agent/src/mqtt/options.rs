@@ -205,15 +205,7 @@ pub fn read_password_file(path: &Path) -> Result<String> {
             "mqtt password_file is not a regular file",
         ));
     }
-    if md.mode() & 0o077 != 0 {
-        return Err(Error::unsafe_path(
-            path,
-            format!(
-                "mqtt password_file has mode {:04o}; it must not be readable by group or others (chmod 0600)",
-                md.mode() & 0o7777
-            ),
-        ));
-    }
+    crate::config::check_owner_only(path, &md, "mqtt password_file")?;
     if md.uid() != nix::unistd::geteuid().as_raw() {
         return Err(Error::unsafe_path(
             path,
@@ -279,16 +271,7 @@ pub fn tls_config(cfg: &MqttConfig) -> Result<rustls::ClientConfig> {
 /// A private key that group or others can read is refused, as sshd does.
 fn check_private(path: &Path, what: &str) -> Result<()> {
     let md = std::fs::metadata(path).ctx(|| format!("stat mqtt {what} {}", show(path)))?;
-    if md.mode() & 0o077 != 0 {
-        return Err(Error::unsafe_path(
-            path,
-            format!(
-                "mqtt {what} has mode {:04o}; it must not be readable by group or others (chmod 0600)",
-                md.mode() & 0o7777
-            ),
-        ));
-    }
-    Ok(())
+    crate::config::check_owner_only(path, &md, &format!("mqtt {what}"))
 }
 
 fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {

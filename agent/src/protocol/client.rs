@@ -96,22 +96,13 @@ pub fn verify_result(agent: &VerifyingKey, envelope: &[u8]) -> Result<ResultPayl
 /// Read a private key file (base64 of the 32-byte seed). It must not be
 /// readable or writable by group or others.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(path).ctx(|| format!("stat key file {}", path.display()))?;
-    if md.mode() & 0o077 != 0 {
-        return Err(Error::Io {
-            context: format!("key file {}", path.display()),
-            source: std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!(
-                    "mode {:04o} lets group or others read it; chmod 600 it",
-                    md.mode() & 0o7777
-                ),
-            ),
-        });
-    }
-    let text =
-        std::fs::read_to_string(path).ctx(|| format!("reading key file {}", path.display()))?;
+    use std::io::Read;
+    let ctx = || format!("reading key file {}", path.display());
+    let mut f = std::fs::File::open(path).ctx(ctx)?;
+    let md = f.metadata().ctx(ctx)?;
+    crate::config::check_owner_only(path, &md, "key file")?;
+    let mut text = zeroize::Zeroizing::new(String::new());
+    f.read_to_string(&mut text).ctx(ctx)?;
     signing_key_from_b64(&text).map_err(|msg| Error::Io {
         context: format!("key file {}", path.display()),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
