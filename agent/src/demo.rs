@@ -111,8 +111,8 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
         format!("4. daemon started, watching {}/inbox\n\n", state.display()),
     )?;
 
-    let agent_key = VerifyingKey::from_bytes(&decode32(&agent_pub)?)
-        .map_err(|e| Error::invalid(e.to_string()))?;
+    let agent_key = crate::config::parse_public_key(&agent_pub)
+        .map_err(|e| Error::invalid(format!("the agent key {e}")))?;
     let user_key = SigningKey::from_bytes(&random32());
     let key_line = format!(
         "{} alice@laptop",
@@ -317,13 +317,6 @@ pub fn ssh_ed25519_line(k: &VerifyingKey) -> String {
         blob.extend_from_slice(part);
     }
     format!("ssh-ed25519 {}", B64.encode(blob))
-}
-
-fn decode32(b64: &str) -> Result<[u8; 32]> {
-    B64.decode(b64)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| Error::invalid("the agent key is not 32 bytes of base64"))
 }
 
 fn random32() -> [u8; 32] {
