@@ -351,6 +351,14 @@ impl Engine {
     }
 
     fn prepare(&self, op: Op) -> Result<Ready> {
+        if let Op::AddKeys { keys, .. }
+        | Op::ReplaceKeys { keys, .. }
+        | Op::CreateUser { keys, .. } = &op
+        {
+            // Before anything is touched: sshd refuses a key whose own
+            // expiry-time has passed, so adding one cannot be `ok`.
+            authkeys::check_unexpired(keys, self.sys.clock.unix_secs())?;
+        }
         Ok(match op {
             Op::SetPassword {
                 user,
