@@ -217,3 +217,72 @@ fn lock_of_an_unknown_user_is_user_not_found_and_changes_nothing() {
     assert_eq!(e.code(), accessd::error::Code::UserNotFound, "{e}");
     assert_tree_unchanged(b.path(), &before, "nothing written");
 }
+
+#[test]
+fn lock_and_unlock_lose_no_update_against_concurrent_usermod_and_chage() {
+    if !prerequisites(&["useradd", "usermod", "chage"]) {
+        return;
+    }
+    const USERS: usize = 4;
+    const ROUNDS: usize = 24;
+    let a = fixture();
+    for i in 0..USERS {
+        for prefix in ["u", "w", "l"] {
+            useradd(a.path(), &[&format!("{prefix}{i}")]);
+        }
+    }
+    let root = a.path().to_path_buf();
+    let tool_loop = |tool: &'static str, flag: &'static str, prefix: &'static str| {
+        let r = root.clone();
+        std::thread::spawn(move || {
+            for i in 0..ROUNDS {
+                let value = match tool {
+                    "usermod" => format!("c{i}"),
+                    _ => (10 + i).to_string(),
+                };
+                let name = format!("{prefix}{}", i % USERS);
+                run(
+                    tool,
+                    &["-R", r.to_str().unwrap(), flag, &value, &name],
+                    None,
+                );
+            }
+        })
+    };
+    let usermod = tool_loop("usermod", "-c", "u");
+    let chage = tool_loop("chage", "-W", "w");
+    let s = sys(&root);
+    // Round r locks l{r % USERS} when r / USERS is even, unlocks it otherwise.
+    for r in 0..ROUNDS {
+        let name = user(&format!("l{}", r % USERS));
+        if (r / USERS) % 2 == 0 {
+            lifecycle::lock(&s, &name, TIMEOUT).unwrap();
+        } else {
+            lifecycle::unlock(&s, &name, None, TIMEOUT).unwrap();
+        }
+    }
+    usermod.join().unwrap();
+    chage.join().unwrap();
+    for i in 0..USERS {
+        let last = (0..ROUNDS).filter(|r| r % USERS == i).max().unwrap();
+        let u = entry(&root, "passwd", &format!("u{i}")).unwrap();
+        assert_eq!(
+            u.split(':').nth(4),
+            Some(format!("c{last}").as_str()),
+            "usermod lost: {u}"
+        );
+        let w = entry(&root, "shadow", &format!("w{i}")).unwrap();
+        assert_eq!(
+            w.split(':').nth(5),
+            Some((10 + last).to_string().as_str()),
+            "chage lost: {w}"
+        );
+        let l = entry(&root, "shadow", &format!("l{i}")).unwrap();
+        let want_locked = (last / USERS) % 2 == 0;
+        assert_eq!(
+            l.split(':').nth(7) == Some("1"),
+            want_locked,
+            "accessd lost: {l}"
+        );
+    }
+}
