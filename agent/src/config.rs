@@ -219,10 +219,12 @@ impl Config {
         if self.clock_skew_secs > 86_400 {
             return Err("clock_skew_secs must be at most 86400 (one day)".into());
         }
-        // libxcrypt's limits for SHA-512 crypt.
-        if !(1000..=999_999_999).contains(&self.passwords.rounds) {
+        // libxcrypt's minimum, and the bound every accepted hash keeps to
+        // (a login attempt pays the rounds; docs/running.md "Limits").
+        let max = crate::accounts::hash::MAX_SHA_CRYPT_ROUNDS;
+        if !(1000..=max).contains(&self.passwords.rounds) {
             return Err(format!(
-                "passwords.rounds = {} must be between 1000 and 999999999",
+                "passwords.rounds = {} must be between 1000 and {max}",
                 self.passwords.rounds
             ));
         }
