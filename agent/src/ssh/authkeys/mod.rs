@@ -419,17 +419,32 @@ pub fn replace_keys(sys: &System, user: &UserName, keys: &[KeyLine]) -> Result<K
 }
 
 pub fn list_keys(sys: &System, user: &UserName) -> Result<Vec<KeyInfo>> {
-    let edit = Edit::open(sys, user, false)?;
-    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let mut out = Vec::new();
-    for raw in &edit.text.lines {
+    for_each_key(sys, user, |k| out.push(k))?;
+    Ok(out)
+}
+
+/// Call `visit` with each key line of `user`'s authorized_keys, in file
+/// order, without holding more than the file's bytes and one key at a time:
+/// a legal file of 100,000 short lines must not cost the agent 100,000
+/// parsed keys at once (inventory keeps only what it reports).
+pub fn for_each_key(sys: &System, user: &UserName, mut visit: impl FnMut(KeyInfo)) -> Result<()> {
+    let owner = file::owner_of(sys, user)?;
+    let Some(ssh) = file::open_ssh_dir(sys, &owner, false)? else {
+        return Ok(());
+    };
+    let Some(data) = file::read_keys_file(&ssh, &owner)? else {
+        return Ok(());
+    };
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    for raw in data.bytes.split_inclusive(|&b| b == b'\n') {
         let Entry::Key(f) = line::split(AuthKeysText::body(raw)) else {
             continue;
         };
         let Ok(key) = PublicKey::decode(&lossy(f.key_type), f.blob) else {
             continue;
         };
-        out.push(KeyInfo {
+        visit(KeyInfo {
             key_type: key.key_type.clone(),
             bits: key.bits,
             fingerprint: key.fingerprint(),
@@ -437,5 +452,5 @@ pub fn list_keys(sys: &System, user: &UserName) -> Result<Vec<KeyInfo>> {
             options: f.options.map(lossy),
         });
     }
-    Ok(out)
+    Ok(())
 }
