@@ -54,7 +54,12 @@ pub enum Status {
 pub struct Handled {
     /// The signed result envelope, serialized JSON (one line, no newline).
     pub envelope: Vec<u8>,
+    /// The command's id, once its signature has verified (`COMMAND_ID`).
     pub id: Option<String>,
+    /// The id an envelope claims when it was not verified (bad signature,
+    /// unknown key, malformed): for `CLAIMED_COMMAND_ID` only, never in the
+    /// result.
+    pub claimed_id: Option<String>,
     pub op: Option<String>,
     pub target_user: Option<String>,
     pub status: Status,
@@ -77,6 +82,8 @@ pub struct Engine {
 #[derive(Default)]
 struct Outcome {
     id: Option<String>,
+    /// What the envelope claims, before verification (logs only).
+    claimed_id: Option<String>,
     op: Option<String>,
     user: Option<String>,
 }
@@ -162,6 +169,7 @@ impl Engine {
                         id: Some(s.id.clone()),
                         op: Some("set_password".into()),
                         user: Some(s.user.to_string()),
+                        claimed_id: None,
                     };
                     let r = accounts::set_password(
                         &self.sys,
@@ -246,9 +254,17 @@ impl Engine {
             AGENT_KEY_ID,
         )
         .into_bytes();
+        // A verified id supersedes the claim; the claim is kept only to
+        // correlate what was refused.
+        let claimed_id = if out.id.is_some() {
+            None
+        } else {
+            out.claimed_id
+        };
         Handled {
             envelope,
             id: out.id,
+            claimed_id,
             op: out.op,
             target_user: out.user,
             status,
@@ -265,7 +281,9 @@ impl Engine {
                 self.cfg.max_envelope_bytes
             )));
         }
-        let (keyid, payload) = Envelope::parse(bytes)?.verify(COMMAND_TYPE, &self.trusted)?;
+        let envelope = Envelope::parse(bytes)?;
+        out.claimed_id = envelope.claimed_id();
+        let (keyid, payload) = envelope.verify(COMMAND_TYPE, &self.trusted)?;
         (out.id, out.op) = command::peek(&payload);
         tracing::debug!(
             keyid,

@@ -522,7 +522,7 @@ fn sign(a: &SignArgs) -> CliResult<()> {
 fn envelope_id(envelope: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(envelope).ok()?;
     let body = dsse::decode_b64(v.get("payload")?.as_str()?)?;
-    accessd::protocol::command::peek(&body).0
+    accessd::protocol::command::claimed_id(&body)
 }
 
 fn send(inbox: &Path, agent_key: &str, timeout: Duration, input: &str) -> CliResult<ExitCode> {

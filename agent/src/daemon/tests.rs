@@ -40,6 +40,7 @@ impl Handler for Recorder {
         Handled {
             envelope: env,
             id: None,
+            claimed_id: None,
             op: None,
             target_user: None,
             status: Status::Ok,

@@ -247,9 +247,23 @@ pub fn valid_id(id: &str) -> bool {
 
 /// The `id` and `op` of a payload, when they can be read, for the result of
 /// a command that is rejected later (PROTOCOL §4: otherwise `id` is null).
-/// Only called on verified bytes: an unverified id would let anyone make
-/// the agent answer in a real command's name.
+/// For verified bytes only: an unverified id would let anyone make the
+/// agent answer, or log, in a real command's name. Bytes not (yet)
+/// verified go through [`claimed_id`].
 pub fn peek(payload: &[u8]) -> (Option<String>, Option<String>) {
+    read_id_op(payload)
+}
+
+/// The id that payload bytes *claim*, without any verification: for the
+/// `CLAIMED_COMMAND_ID` of a log event before (or without) a verified
+/// signature, and for a client naming files after its own envelope. Never
+/// an authority; only an id of the protocol's shape is returned, so it is a
+/// harmless token wherever it is written.
+pub fn claimed_id(payload: &[u8]) -> Option<String> {
+    read_id_op(payload).0
+}
+
+fn read_id_op(payload: &[u8]) -> (Option<String>, Option<String>) {
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(payload) else {
         return (None, None);
     };
