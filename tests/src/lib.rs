@@ -1739,7 +1739,11 @@ pub fn days_since_epoch() -> i64 {
 
 /// RFC 3339 UTC time `offset` seconds from now (`2026-11-29T18:00:00Z`).
 pub fn rfc3339_from_now(offset: i64) -> String {
-    let t = unix_now() + offset;
+    rfc3339_at(unix_now() + offset)
+}
+
+/// RFC 3339 UTC time of the Unix time `t`.
+pub fn rfc3339_at(t: i64) -> String {
     let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -1775,11 +1779,14 @@ mod unit {
     }
 
     #[test]
-    fn rfc3339_matches_date() {
-        let ours = rfc3339_from_now(0);
-        let date = host_ok(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]);
-        // The two clocks may straddle a second; compare to the minute.
-        assert_eq!(ours[..16], date.trim()[..16]);
+    fn rfc3339_matches_date_for_the_same_instant() {
+        // One fixed instant for both sides: reading two clocks could
+        // straddle a minute (this test once compared `now` twice and failed so).
+        let now = unix_now();
+        for t in [0, 951_782_400, 1_709_164_800, 4_107_542_399, now] {
+            let date = host_ok(&["date", "-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%SZ"]);
+            assert_eq!(rfc3339_at(t), date.trim(), "t = {t}");
+        }
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl Spool {
         };
         logging::received(
             name,
-            logging::peek_command_id(&bytes).as_deref(),
+            logging::claimed_command_id(&bytes).as_deref(),
             bytes.len(),
         );
         let handled = handler.handle(&bytes);

@@ -40,6 +40,7 @@ impl Handler for Recorder {
         Handled {
             envelope: env,
             id: None,
+            claimed_id: None,
             op: None,
             target_user: None,
             status: Status::Ok,
@@ -471,6 +472,16 @@ fn removing_the_inbox_stops_the_loop_with_an_error() {
     drop_file(&state, "probe.json", b"probe");
     wait_for(&state.join("outbox/probe.json"));
     std::fs::remove_dir_all(state.join("inbox")).unwrap();
+    // A deadline, so that a loop that misses the removal fails the test
+    // instead of hanging the whole suite.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run.thread.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the loop did not stop within 30 s of the inbox's removal"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let err = run.thread.join().unwrap().unwrap_err();
     assert!(
         err.to_string().contains("inbox directory was removed"),

@@ -230,3 +230,30 @@ pub fn assert_unchanged(before: &Snapshot, after: &Snapshot, what: &str) {
         .collect();
     assert!(changed.is_empty(), "{what}: changed on disk: {changed:?}");
 }
+
+impl Rig {
+    /// A command envelope whose payload is `payload_json` byte for byte,
+    /// signed by the trusted key: for payloads serde_json would never write
+    /// (duplicate keys, odd escapes), with the times of [`Rig::spec`].
+    pub fn signed_raw(&self, id: &str, op: &str, args_json: &str) -> Vec<u8> {
+        use ed25519_dalek::Signer;
+        let t = |s: SystemTime| accessd::protocol::format_time(s);
+        let payload = format!(
+            r#"{{"v":1,"id":"{id}","instance_id":"{INSTANCE}","issued_at":"{}","expires_at":"{}","op":"{op}","args":{args_json}}}"#,
+            t(self.now - Duration::from_secs(60)),
+            t(self.now + Duration::from_secs(540)),
+        );
+        let ty = accessd::protocol::COMMAND_TYPE;
+        let sig = self
+            .cp
+            .sign(&accessd::protocol::dsse::pae(ty, payload.as_bytes()))
+            .to_bytes();
+        serde_json::json!({
+            "payloadType": ty,
+            "payload": accessd::protocol::dsse::encode_b64(payload.as_bytes()),
+            "signatures": [{"keyid": KEY_ID, "sig": accessd::protocol::dsse::encode_b64(&sig)}],
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
