@@ -244,6 +244,32 @@ impl Engine {
             Err(e) => (e.code(), e.to_string(), json!({})),
         };
         let status = status_of(code);
+        let mut payload = ResultPayload {
+            v: 1,
+            id: out.id.clone(),
+            instance_id: self.cfg.instance_id.clone(),
+            op: out.op.clone(),
+            status,
+            code,
+            message,
+            data,
+            received_at: format_time(received_at),
+            finished_at: format_time(self.sys.clock.now()),
+        };
+        let mut envelope = self.sign_result(&payload);
+        if envelope.len() > self.cfg.max_result_bytes {
+            // PROTOCOL §4: never a larger result (a broker would drop it,
+            // or the transport could not send it at all).
+            payload = fit_result(payload, envelope.len(), self.cfg.max_result_bytes);
+            envelope = self.sign_result(&payload);
+            tracing::warn!(
+                id = out.id.as_deref().unwrap_or("-"),
+                op = out.op.as_deref().unwrap_or("-"),
+                "result shrunk to fit max_result_bytes: {}",
+                payload.message
+            );
+        }
+        let (status, code, message) = (payload.status, payload.code, payload.message);
         // The daemon writes the audit record from `Handled`; this is the
         // step-by-step trace. Messages never carry a secret (see error.rs).
         tracing::debug!(
@@ -252,25 +278,6 @@ impl Engine {
             code = code.as_str(),
             "result: {message}"
         );
-        let payload = ResultPayload {
-            v: 1,
-            id: out.id.clone(),
-            instance_id: self.cfg.instance_id.clone(),
-            op: out.op.clone(),
-            status,
-            code,
-            message: message.clone(),
-            data,
-            received_at: format_time(received_at),
-            finished_at: format_time(self.sys.clock.now()),
-        };
-        let envelope = dsse::sign(
-            RESULT_TYPE,
-            &payload.to_json(),
-            self.identity.signing_key(),
-            AGENT_KEY_ID,
-        )
-        .into_bytes();
         // A verified id supersedes the claim; the claim is kept only to
         // correlate what was refused.
         let claimed_id = if out.id.is_some() {
@@ -288,6 +295,52 @@ impl Engine {
             code,
             message,
         }
+    }
+
+    fn sign_result(&self, payload: &ResultPayload) -> Vec<u8> {
+        dsse::sign(
+            RESULT_TYPE,
+            &payload.to_json(),
+            self.identity.signing_key(),
+            AGENT_KEY_ID,
+        )
+        .into_bytes()
+    }
+
+    /// How many bytes an inventory page's serialized `data` may take so
+    /// that the signed result envelope fits `max_result_bytes`: the
+    /// envelope is base64 of the payload plus a fixed frame, and the
+    /// payload is `data` plus fields of known size (the message is counted
+    /// at its longest, 200 bytes).
+    fn data_budget(&self, id: &str) -> usize {
+        let frame = self.sign_result_len(b"");
+        let payload_room = (self.cfg.max_result_bytes.saturating_sub(frame) / 4) * 3;
+        let now = format_time(self.sys.clock.now());
+        let fixed = ResultPayload {
+            v: 1,
+            id: Some(id.to_owned()),
+            instance_id: self.cfg.instance_id.clone(),
+            op: Some("inventory".into()),
+            status: Status::Ok,
+            code: Code::Ok,
+            message: "m".repeat(200),
+            data: json!({}),
+            received_at: now.clone(),
+            finished_at: now,
+        }
+        .to_json()
+        .len();
+        payload_room.saturating_sub(fixed + 64)
+    }
+
+    fn sign_result_len(&self, payload: &[u8]) -> usize {
+        dsse::sign(
+            RESULT_TYPE,
+            payload,
+            self.identity.signing_key(),
+            AGENT_KEY_ID,
+        )
+        .len()
     }
 
     fn process(&mut self, bytes: &[u8], out: &mut Outcome) -> Result<(String, Value)> {
@@ -391,6 +444,14 @@ impl Engine {
     }
 
     fn prepare(&self, op: Op) -> Result<Ready> {
+        if let Op::AddKeys { keys, .. }
+        | Op::ReplaceKeys { keys, .. }
+        | Op::CreateUser { keys, .. } = &op
+        {
+            // Before anything is touched: sshd refuses a key whose own
+            // expiry-time has passed, so adding one cannot be `ok`.
+            authkeys::check_unexpired(keys, self.sys.clock.unix_secs())?;
+        }
         Ok(match op {
             Op::SetPassword {
                 user,
@@ -521,15 +582,116 @@ impl Engine {
                     let what = sshd::restart_sshd(sys, sshd_opts)?;
                     Ok((what, json!({})))
                 }
-                Op::Inventory => {
-                    let data = crate::inventory::collect(sys, sshd_opts)?;
+                Op::Inventory(req) => {
+                    let budget = self.data_budget(id);
+                    let data = crate::inventory::collect(sys, sshd_opts, &req, budget)?;
                     let n = data["users"].as_array().map_or(0, Vec::len);
-                    Ok((format!("inventory of {n} user(s)"), data))
+                    let more = if data["truncated"] == true {
+                        "; more users: send the same inventory with cursor = data.next"
+                    } else {
+                        ""
+                    };
+                    Ok((format!("inventory of {n} user(s){more}"), data))
                 }
                 Op::SetPassword { .. } | Op::CreateUser { .. } => {
                     unreachable!("prepared into Ready::SetPassword/StagePassword/CreateUser")
                 }
             },
         }
+    }
+}
+
+/// A result whose envelope (`size` bytes) is over `limit`, made small and
+/// still true (PROTOCOL §4: `failed` promises that nothing changed):
+///
+/// - an op that applied a change stays `ok` (it did apply), with its data
+///   left out and the message saying so: saying `failed` would be a lie;
+/// - `inventory` changes nothing, so its result becomes `failed`/`io_error`
+///   (only possible when even one user cannot fit a page);
+/// - a `rejected` or `failed` result keeps its status and code, with a
+///   shortened message (its data is empty anyway).
+fn fit_result(mut p: ResultPayload, size: usize, limit: usize) -> ResultPayload {
+    use crate::inventory::shorten;
+    let why = format!(
+        "the result envelope would have been {size} bytes, over max_result_bytes = {limit}"
+    );
+    let read_only = p.op.as_deref() == Some("inventory");
+    match p.status {
+        Status::Ok if read_only => {
+            p.status = Status::Failed;
+            p.code = Code::IoError;
+            p.message = format!("inventory not reported: {why}; nothing was changed");
+        }
+        Status::Ok => {
+            p.message = format!(
+                "{} (applied; its result data was left out: {why})",
+                shorten(&p.message, 512)
+            );
+            p.data = json!({ "data_omitted": true });
+            return p;
+        }
+        Status::Rejected | Status::Failed => {
+            p.message = format!("{} ({why})", shorten(&p.message, 512));
+        }
+    }
+    p.data = json!({});
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(op: &str, status: Status, code: Code, data: Value) -> ResultPayload {
+        ResultPayload {
+            v: 1,
+            id: Some("c-1".into()),
+            instance_id: "i-1".into(),
+            op: Some(op.into()),
+            status,
+            code,
+            message: "m".repeat(100_000),
+            data,
+            received_at: "2026-11-29T18:00:00Z".into(),
+            finished_at: "2026-11-29T18:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn an_oversized_result_of_an_applied_change_stays_ok_without_its_data() {
+        let big = json!({ "x": "y".repeat(100_000) });
+        let p = fit_result(
+            payload("remove_keys", Status::Ok, Code::Ok, big),
+            300_000,
+            61_440,
+        );
+        // It did apply: `failed` would claim that nothing changed.
+        assert_eq!((p.status, p.code), (Status::Ok, Code::Ok));
+        assert_eq!(p.data, json!({ "data_omitted": true }));
+        assert!(p.message.contains("applied; its result data was left out"));
+        assert!(p.to_json().len() < 2048, "{}", p.to_json().len());
+    }
+
+    #[test]
+    fn an_oversized_inventory_becomes_failed_io_error_which_is_true_for_a_read() {
+        let p = fit_result(
+            payload("inventory", Status::Ok, Code::Ok, json!({"users": []})),
+            300_000,
+            8192,
+        );
+        assert_eq!((p.status, p.code), (Status::Failed, Code::IoError));
+        assert!(p.message.contains("nothing was changed"), "{}", p.message);
+        assert_eq!(p.data, json!({}));
+    }
+
+    #[test]
+    fn an_oversized_failure_keeps_its_code_with_a_short_message() {
+        let p = fit_result(
+            payload("add_keys", Status::Failed, Code::UnsafePath, json!({})),
+            300_000,
+            8192,
+        );
+        assert_eq!((p.status, p.code), (Status::Failed, Code::UnsafePath));
+        assert!(p.message.len() < 1024, "{}", p.message.len());
     }
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 use accessd::error::Code;
 use accessd::names::UserName;
 use accessd::ssh::authkeys::{
-    add_keys, list_keys, remove_keys, replace_keys, KeyLine, KeySelector,
+    add_keys, check_unexpired, list_keys, remove_keys, replace_keys, KeyLine, KeySelector,
 };
 use accessd::sys::System;
 use base64::engine::general_purpose::STANDARD;
@@ -526,4 +526,60 @@ fn hostile_homes_are_refused_and_targets_unchanged() {
 
 fn chown_alice(p: &Path) {
     std::os::unix::fs::chown(p, Some(ALICE_UID), Some(ALICE_GID)).unwrap();
+}
+
+/// Issue 11.5: each of these key lines is one that sshd(8) refuses (its
+/// `sshauthopt_parse` fails, or `auth_authorise_keyopts` denies the key for
+/// every client), so a command carrying it must not be answered `ok`.
+#[test]
+fn key_lines_whose_options_sshd_refuses_are_rejected() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new();
+    let (ed, ..) = env.keygen("ed", &["-t", "ed25519"]);
+    let mut accepted = Vec::new();
+    for opts in [
+        r#"command="a",command="b""#,
+        r#"from="127.0.0.1",from="::1""#,
+        r#"expiry-time="tomorrow""#,
+        r#"permitlisten="nonsense""#,
+        r#"principals="alice""#,
+        r#"from="127.0.0.1/99""#,
+    ] {
+        let line = format!("{opts} {ed}");
+        match KeyLine::parse(&line) {
+            Ok(_) => accepted.push(opts),
+            Err(e) => assert_eq!(e.code(), Code::InvalidCommand, "{line}"),
+        }
+    }
+    assert!(accepted.is_empty(), "accepted: {accepted:?}");
+}
+
+/// sshd refuses a key once its `expiry-time` has passed, so a command that
+/// adds such a line is refused before anything is touched; a line that is
+/// still valid is kept as written, with a warning when its `Z` suffix is one
+/// that OpenSSH before 9.1 does not read.
+#[test]
+fn a_key_line_whose_expiry_time_has_passed_is_refused() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new();
+    let (ed, ..) = env.keygen("ed", &["-t", "ed25519"]);
+    let jan_2030 = 1_893_456_000;
+    let line = key(&format!(r#"expiry-time="20300101Z" {ed}"#));
+    assert!(
+        check_unexpired(std::slice::from_ref(&line), jan_2030).is_ok(),
+        "not before its time"
+    );
+    let e = check_unexpired(std::slice::from_ref(&line), jan_2030 + 1).unwrap_err();
+    assert_eq!(e.code(), Code::InvalidCommand);
+    assert_eq!(line.warnings().len(), 1, "{:?}", line.warnings());
+    let local = key(&format!(r#"expiry-time="20300101" {ed}"#));
+    assert!(local.warnings().is_empty());
+    assert!(
+        check_unexpired(&[key(&ed)], u64::MAX).is_ok(),
+        "no expiry-time"
+    );
 }

@@ -192,6 +192,12 @@ struct SignArgs {
     /// set_sshd: do not restart sshd.
     #[arg(long)]
     no_restart: bool,
+    /// inventory: report only these users (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    users: Vec<String>,
+    /// inventory: the next page, from an earlier result's data.next.
+    #[arg(long)]
+    cursor: Option<String>,
     /// Write the envelope here (mode 0600) instead of stdout.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -437,7 +443,15 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
                 args.insert("restart".into(), false.into());
             }
         }
-        "restart_sshd" | "inventory" => {}
+        "restart_sshd" => {}
+        "inventory" => {
+            if !a.users.is_empty() {
+                args.insert("users".into(), a.users.clone().into());
+            }
+            if let Some(c) = &a.cursor {
+                args.insert("cursor".into(), c.clone().into());
+            }
+        }
         other => return Err(format!("unknown --op {other:?}")),
     }
     let stray = [
@@ -453,6 +467,10 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
             "--sudo/--shell",
         ),
         (a.remove_home && a.op != "delete_user", "--remove-home"),
+        (
+            (!a.users.is_empty() || a.cursor.is_some()) && a.op != "inventory",
+            "--users/--cursor",
+        ),
         (
             (a.no_restart
                 || a.pubkey_auth.is_some()

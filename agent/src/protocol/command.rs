@@ -102,7 +102,7 @@ pub enum Op {
         restart: bool,
     },
     RestartSshd,
-    Inventory,
+    Inventory(crate::inventory::Request),
 }
 
 impl Op {
@@ -116,7 +116,7 @@ impl Op {
             Op::ReplaceKeys { .. } => "replace_keys",
             Op::SetSshd { .. } => "set_sshd",
             Op::RestartSshd => "restart_sshd",
-            Op::Inventory => "inventory",
+            Op::Inventory(_) => "inventory",
         }
     }
 
@@ -129,7 +129,7 @@ impl Op {
             | Op::AddKeys { user, .. }
             | Op::RemoveKeys { user, .. }
             | Op::ReplaceKeys { user, .. } => Some(user),
-            Op::SetSshd { .. } | Op::RestartSshd | Op::Inventory => None,
+            Op::SetSshd { .. } | Op::RestartSshd | Op::Inventory(_) => None,
         }
     }
 }
@@ -205,6 +205,15 @@ fn yes() -> bool {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NoArgs {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InventoryArgs {
+    #[serde(default)]
+    users: Option<Vec<UserName>>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
 
 /// Command ids (PROTOCOL §3): 1..128 chars of `[A-Za-z0-9._:-]`.
 pub fn valid_id(id: &str) -> bool {
@@ -504,8 +513,20 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
             Op::RestartSshd
         }
         "inventory" => {
-            let NoArgs {} = args_of(op, raw.args)?;
-            Op::Inventory
+            let a: InventoryArgs = args_of(op, raw.args)?;
+            if a.users.as_ref().is_some_and(Vec::is_empty) {
+                return Err(invalid(
+                    "inventory: users must not be empty (leave it out to list every user)",
+                ));
+            }
+            Op::Inventory(crate::inventory::Request {
+                users: a.users.unwrap_or_default(),
+                cursor: a
+                    .cursor
+                    .as_deref()
+                    .map(crate::inventory::Cursor::parse)
+                    .transpose()?,
+            })
         }
         other => {
             return Err(invalid(format!(
