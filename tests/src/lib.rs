@@ -960,6 +960,36 @@ impl Sandbox {
         Login::from(user, run_with(&mut cmd, None, COMMAND_TIMEOUT))
     }
 
+    /// A password login on a terminal (`ssh -tt`), as a person logs in:
+    /// PAM's "you must change your password" dialogue only happens on one.
+    /// It is answered with the same password once; whatever follows (a
+    /// prompt for the new password) ends at the time limit. Returns what the
+    /// terminal showed.
+    pub fn password_login_on_a_tty(&self, user: &str, password: &str) -> Out {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(self.pid.to_string())
+            .args([
+                "-m", "-w", "--", "timeout", "20", "sshpass", "-e", "ssh", "-tt",
+            ])
+            .args(self.ssh_base())
+            .args([
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password,keyboard-interactive",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                &format!("{user}@127.0.0.1"),
+                "id",
+                "-un",
+            ])
+            .env("HOME", "/root")
+            .env("LC_ALL", "C")
+            .env("SSHPASS", password);
+        run_with(&mut cmd, None, COMMAND_TIMEOUT)
+    }
+
     pub fn assert_key_login(&self, user: &str, key: &ClientKey) {
         let l = self.try_key_login(user, key);
         assert!(
