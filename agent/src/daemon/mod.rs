@@ -385,10 +385,11 @@ impl Loop<'_> {
     }
 }
 
-/// `accessd apply-staged`: apply what `next_boot` staged, answer each in the
-/// outbox (`staged-ID.json`) and the journal. Returns the outcomes.
+/// `accessd apply-staged`: apply what `next_boot` staged in an earlier boot,
+/// answer each in the outbox (`staged-ID.json`) and the journal (under the
+/// command's `COMMAND_ID`). Returns the outcomes.
 pub fn apply_staged(handler: &mut Engine, spool: &mut Spool) -> Result<Vec<Handled>> {
-    let handled = handler.apply_staged();
+    let handled = handler.apply_staged()?;
     for (i, h) in handled.iter().enumerate() {
         let name = staged_result_name(h, i);
         logging::outcome(&name, h);
