@@ -93,8 +93,9 @@ fn apply(config: &Path, files: &[PathBuf]) -> accessd::error::Result<bool> {
     let (_, mut engine) = engine(config)?;
     let mut all_ok = true;
     let mut out = std::io::stdout().lock();
+    let limit = engine.config().max_envelope_bytes;
     for f in files {
-        let bytes = std::fs::read(f).ctx(|| format!("reading {}", f.display()))?;
+        let bytes = read_input(f, limit).ctx(|| format!("reading {}", f.display()))?;
         let source = f.display().to_string();
         logging::received(
             &source,
@@ -110,6 +111,18 @@ fn apply(config: &Path, files: &[PathBuf]) -> accessd::error::Result<bool> {
             .ctx(|| "writing to stdout".into())?;
     }
     Ok(all_ok)
+}
+
+/// At most `limit + 1` bytes of `f`: enough for the engine to refuse an
+/// oversized envelope, never a buffer sized by what the file (or a pipe,
+/// `/dev/stdin`) claims to hold.
+fn read_input(f: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(f)?
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn apply_staged(config: &Path) -> accessd::error::Result<bool> {

@@ -36,6 +36,9 @@ pub trait Handler {
     fn handle(&mut self, envelope: &[u8]) -> Handled;
     /// Take a new configuration (SIGHUP).
     fn reconfigure(&mut self, cfg: Config);
+    /// The largest envelope it takes: an inbox file is read up to this + 1
+    /// bytes, enough for the handler to refuse it for its size.
+    fn max_envelope_bytes(&self) -> usize;
 }
 
 impl Handler for Engine {
@@ -44,6 +47,9 @@ impl Handler for Engine {
     }
     fn reconfigure(&mut self, cfg: Config) {
         Engine::reconfigure(self, cfg)
+    }
+    fn max_envelope_bytes(&self) -> usize {
+        self.config().max_envelope_bytes
     }
 }
 
