@@ -334,3 +334,57 @@ fn set_sshd_root_login_off_holds_inside_a_match_address_block() {
     assert_eq!(loopback_option(&sb, "root", "permitrootlogin"), "no");
     sb.assert_no_key_login("root", &key);
 }
+
+/// Issue 11 case 6: "restart the SSH service" is the remedy when logins
+/// fail, so afterwards sshd serves.
+#[test]
+fn restart_sshd_starts_a_stopped_sshd() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    let key = user_with_key_and_password(&sb);
+    sb.stop_sshd();
+
+    let r = sb.cmd("restart_sshd").send();
+    r.assert_ok();
+
+    assert!(r.message().contains("sshd is running"), "{}", r.payload);
+    sb.assert_key_login("exampleuser", &key);
+}
+
+/// A restart command that succeeds without starting sshd (as `systemctl
+/// try-reload-or-restart` does to a stopped unit) is not an `ok`.
+#[test]
+fn restart_sshd_that_leaves_sshd_down_is_restart_failed() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    sb.stop_sshd();
+    sb.restart_does_nothing();
+
+    let r = sb.cmd("restart_sshd").send();
+    r.assert_failed("restart_failed");
+
+    assert!(r.message().contains("not running"), "{}", r.payload);
+    assert!(!sb.sshd_listening());
+}
+
+/// Issue 11 case 10: the restart after set_sshd fails once sshd has
+/// already read the new files; the files are restored, and sshd must be
+/// made to read them again, or it serves a configuration no file holds.
+#[test]
+fn failed_restart_leaves_sshd_serving_the_old_config() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    let key = user_with_key_and_password(&sb);
+    let etc_before = HostSnapshot::tree_under(&sb.path("/"), "/etc");
+    sb.fail_next_restart_after_reload();
+
+    let r = sb.cmd("set_sshd").args(["--password-auth", "no"]).send();
+    r.assert_failed("restart_failed");
+
+    let diff = etc_before.diff(&HostSnapshot::tree_under(&sb.path("/"), "/etc"));
+    assert!(diff.is_empty(), "files changed: {diff:?}");
+    // The old configuration (passwords on) is what sshd serves.
+    sb.assert_password_login("exampleuser", PASSWORD);
+    sb.assert_key_login("exampleuser", &key);
+    assert!(r.message().contains("restored"), "{}", r.payload);
+}

@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: the one parser that reads and edits sshd_config and its
 //!   Include files, and decides where a value must be written.
-//! - [`service`]: unit detection and restart.
+//! - [`service`]: unit detection, reload/restart/start, and the check that
+//!   sshd runs afterwards.
 //!
 //! - [`matching`]: a connection that satisfies each Match block, for
 //!   `sshd -T -C`.
@@ -44,7 +45,8 @@ pub struct SshdOptions {
     pub config: PathBuf,
     /// The sshd binary used for `sshd -t` and `sshd -T`.
     pub binary: PathBuf,
-    /// Run instead of `systemctl try-reload-or-restart <detected unit>`.
+    /// Run instead of `systemctl reload/restart/start <detected unit>`; a
+    /// live sshd in the PidFile must follow.
     pub restart_command: Option<Vec<String>>,
 }
 
@@ -201,15 +203,29 @@ pub fn set_sshd(
         Validation::Skipped(why) => notes.push(format!("not validated: {why}")),
     }
     if restart && sys.is_live() {
-        match service::restart(sys, opts) {
+        match service::restart(sys, opts, service::Why::Apply) {
             Ok(what) => {
                 outcome.restarted = true;
                 notes.push(what);
             }
             Err(e) => {
                 // PROTOCOL §4: a failed command leaves every file as it was.
+                // The reload may have failed after sshd had re-read the new
+                // files (or it died on them): it must read the old ones
+                // again, or it serves a configuration no file holds.
                 let rollback = undo.rollback(&root);
-                return Err(with_rollback(e, rollback));
+                if rollback.is_err() {
+                    return Err(with_rollback(e, rollback));
+                }
+                let again = service::restart(sys, opts, service::Why::Apply);
+                return Err(Error::RestartFailed(match again {
+                    Ok(what) => format!(
+                        "{e}; every file was restored, and then the old configuration was applied: {what}"
+                    ),
+                    Err(e2) => format!(
+                        "{e}; every file was restored, but applying the old configuration failed too: {e2}"
+                    ),
+                }));
             }
         }
     } else if restart {
@@ -222,7 +238,17 @@ pub fn set_sshd(
 /// Restart the ssh service (detected unit, or the configured command).
 /// Returns a short description of what was run.
 pub fn restart_sshd(sys: &System, opts: &SshdOptions) -> Result<String> {
-    service::restart(sys, opts)
+    service::restart(sys, opts, service::Why::Restart)
+}
+
+/// `sshd -t` of the live configuration, before a restart would act on it.
+/// /run/sshd is not created here: a running sshd under systemd has it.
+fn check_config(sys: &System, opts: &SshdOptions) -> Result<()> {
+    let root = Dir::open(&sys.root)?;
+    if let Some(base) = sshd_command(sys, &root, opts)? {
+        run_sshd(sys, &base, opts, "-t")?;
+    }
+    Ok(())
 }
 
 pub fn effective(sys: &System, opts: &SshdOptions) -> Result<Effective> {
