@@ -388,3 +388,72 @@ fn failed_restart_leaves_sshd_serving_the_old_config() {
     sb.assert_key_login("exampleuser", &key);
     assert!(r.message().contains("restored"), "{}", r.payload);
 }
+
+/// The same through a drop-in: a Match block whose Include reads another
+/// file, as configuration managers split them. The line that must change
+/// is in the inner file, and the block is listed by where its Match is.
+#[test]
+fn set_sshd_password_off_holds_inside_a_match_block_of_an_included_file() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    let key = user_with_key_and_password(&sb);
+    sb.run_ok(&["mkdir", "-p", "/etc/ssh/lan.d"]);
+    sb.write(
+        "/etc/ssh/sshd_config.d/60-lan.conf",
+        "Match Address 127.0.0.1\n\tInclude /etc/ssh/lan.d/*.conf\n",
+        0o644,
+    );
+    sb.write(
+        "/etc/ssh/lan.d/pw.conf",
+        "PasswordAuthentication yes\n",
+        0o644,
+    );
+    // Global passwords off by hand, so that only the block turns them on.
+    sb.write(
+        "/etc/ssh/sshd_config.d/50-cloud-init.conf",
+        "PasswordAuthentication no\n",
+        0o600,
+    );
+    sb.restart_sshd();
+    sb.assert_password_login("exampleuser", PASSWORD);
+
+    let r = sb.cmd("set_sshd").args(["--password-auth", "no"]).send();
+    r.assert_ok();
+    let block = &r.payload["data"]["match_blocks"][0];
+    assert_eq!(
+        block["file"], "/etc/ssh/sshd_config.d/60-lan.conf",
+        "{}",
+        r.payload
+    );
+    assert_eq!(block["line"], 1);
+    assert_eq!(block["criteria"], "Address 127.0.0.1");
+    assert_eq!(
+        block["lines"],
+        serde_json::json!(["/etc/ssh/lan.d/pw.conf:1"])
+    );
+
+    let r = sb.cmd("set_sshd").args(["--password-auth", "no"]).send();
+    r.assert_ok();
+    assert!(
+        r.payload["data"]["match_blocks"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "a second identical request changes nothing: {}",
+        r.payload
+    );
+
+    assert_eq!(
+        loopback_option(&sb, "exampleuser", "passwordauthentication"),
+        "no"
+    );
+    sb.assert_no_password_login("exampleuser", PASSWORD);
+    sb.assert_key_login("exampleuser", &key);
+    assert_eq!(
+        sb.read("/etc/ssh/lan.d/pw.conf"),
+        "PasswordAuthentication no\n"
+    );
+    assert_eq!(
+        sb.read("/etc/ssh/lan.d/pw.conf.bak"),
+        "PasswordAuthentication yes\n"
+    );
+}
