@@ -37,6 +37,7 @@ use crate::replay::ReplayStore;
 use crate::secret::Secret;
 use crate::ssh::{authkeys, sshd};
 use crate::staging::Staging;
+use crate::suspensions::Suspensions;
 use crate::sys::System;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -73,6 +74,7 @@ pub struct Engine {
     identity: Identity,
     replay: ReplayStore,
     staging: Staging,
+    suspensions: Suspensions,
     _state: Dir,
 }
 
@@ -88,7 +90,8 @@ struct Outcome {
 
 /// A command ready to apply: passwords are hashes by now.
 enum Ready {
-    SetPassword(UserName, CryptHash),
+    /// The hash, and whether it must be changed at the next login.
+    SetPassword(UserName, CryptHash, bool),
     StagePassword(UserName, CryptHash),
     CreateUser(NewUser, Vec<authkeys::KeyLine>),
     Other(Op),
@@ -109,6 +112,7 @@ impl Engine {
         let identity = Identity::load_or_create(&state)?;
         let replay = ReplayStore::open(&state)?;
         let staging = Staging::open(&state)?;
+        let suspensions = Suspensions::open(&state)?;
         Ok(Engine {
             cfg,
             trusted,
@@ -116,6 +120,7 @@ impl Engine {
             identity,
             replay,
             staging,
+            suspensions,
             _state: state,
         })
     }
@@ -141,9 +146,22 @@ impl Engine {
         self.finish(out, received_at, result)
     }
 
-    /// Apply what `set_password` with `apply_at: next_boot` staged; each
-    /// outcome is a signed result (to be written to the outbox).
-    pub fn apply_staged(&mut self) -> Vec<Handled> {
+    /// Apply what `set_password` with `apply_at: next_boot` staged in an
+    /// earlier boot; each outcome is a signed result (to be written to the
+    /// outbox). Entries staged during the current boot stay staged, with no
+    /// result yet. An error only when the current boot cannot be told (then
+    /// nothing is applied): applying then could be applying early.
+    pub fn apply_staged(&mut self) -> Result<Vec<Handled>> {
+        let boot_id = self.sys.clock.boot_id().map_err(|e| Error::Io {
+            context: "reading the kernel's boot id (next-boot passwords wait for another boot)"
+                .into(),
+            source: e,
+        })?;
+        let boot_started = self
+            .sys
+            .clock
+            .unix_secs()
+            .saturating_sub(self.sys.clock.since_boot().as_secs());
         let received_at = self.sys.clock.now();
         let entries = match self.staging.list() {
             Ok(e) => e,
@@ -152,13 +170,22 @@ impl Engine {
                     op: Some("set_password".into()),
                     ..Outcome::default()
                 };
-                return vec![self.finish(out, received_at, Err(e))];
+                return Ok(vec![self.finish(out, received_at, Err(e))]);
             }
         };
         let mut results = Vec::new();
         for entry in entries {
             let received_at = self.sys.clock.now();
             let (file, out, result) = match entry {
+                Ok(s) if !s.is_due(&boot_id, boot_started) => {
+                    tracing::info!(
+                        command_id = s.id.as_str(),
+                        "the password staged by {} waits for the next boot \
+                         (it was staged during this one)",
+                        s.id
+                    );
+                    continue;
+                }
                 Ok(s) => {
                     let out = Outcome {
                         id: Some(s.id.clone()),
@@ -195,7 +222,7 @@ impl Engine {
             }
             results.push(handled);
         }
-        results
+        Ok(results)
     }
 
     /// Base64 of the agent's Ed25519 public key.
@@ -422,17 +449,41 @@ impl Engine {
     }
 
     fn prepare(&self, op: Op) -> Result<Ready> {
+        if let Op::AddKeys { keys, .. }
+        | Op::ReplaceKeys { keys, .. }
+        | Op::CreateUser { keys, .. } = &op
+        {
+            // Before anything is touched: sshd refuses a key whose own
+            // expiry-time has passed, so adding one cannot be `ok`.
+            authkeys::check_unexpired(keys, self.sys.clock.unix_secs())?;
+        }
         Ok(match op {
             Op::SetPassword {
                 user,
                 password,
                 apply_at,
+                must_change,
             } => {
+                if must_change && apply_at == ApplyAt::NextBoot {
+                    // Staged entries do not carry the flag yet; refusing is
+                    // true, applying it without the flag would not be.
+                    return Err(Error::invalid(
+                        "must_change with apply_at next_boot is not supported by this agent yet",
+                    ));
+                }
                 let hash = self.password_hash(password)?;
                 match apply_at {
-                    ApplyAt::Now => Ready::SetPassword(user, hash),
+                    ApplyAt::Now => Ready::SetPassword(user, hash, must_change),
                     ApplyAt::NextBoot => Ready::StagePassword(user, hash),
                 }
+            }
+            Op::LockUser {
+                terminate_sessions: true,
+                ..
+            } => {
+                return Err(Error::invalid(
+                    "lock_user with terminate_sessions is not supported by this agent yet",
+                ))
             }
             Op::CreateUser {
                 user,
@@ -463,15 +514,38 @@ impl Engine {
         let acfg = self.cfg.accounts();
         let sshd_opts = &self.cfg.sshd;
         match ready {
-            Ready::SetPassword(user, hash) => {
-                accounts::set_password(sys, &acfg, &user, &Password::Crypt(hash))?;
-                Ok((format!("password of {user} set"), json!({})))
+            Ready::SetPassword(user, hash, must_change) => {
+                let set = accounts::set_password_with(
+                    sys,
+                    &acfg,
+                    &user,
+                    &Password::Crypt(hash),
+                    accounts::PasswordOptions { must_change },
+                    accounts::lock::DEFAULT_TIMEOUT,
+                )?;
+                let mut msg = format!("password of {user} set");
+                if set.must_change {
+                    msg.push_str("; it must be changed at the next login");
+                }
+                if set.kept_locked {
+                    msg.push_str("; the account stays locked until unlock_user");
+                }
+                Ok((
+                    msg,
+                    json!({ "must_change": set.must_change, "locked": set.kept_locked }),
+                ))
             }
             Ready::StagePassword(user, hash) => {
                 // The user must exist now; a typo should fail today, not at boot.
                 accounts::lookup(sys, &user)?;
+                // Without the boot id, apply-staged could not tell this boot
+                // from the next one: refuse now rather than apply early.
+                let boot_id = sys.clock.boot_id().map_err(|e| Error::Io {
+                    context: "reading the kernel's boot id to stage for the next boot".into(),
+                    source: e,
+                })?;
                 self.staging
-                    .stage(id, &user, &hash, sys.clock.unix_secs())?;
+                    .stage(id, &user, &hash, sys.clock.unix_secs(), &boot_id)?;
                 Ok((
                     format!("password of {user} staged for the next boot"),
                     json!({ "apply_at": "next_boot" }),
@@ -556,6 +630,50 @@ impl Engine {
                         ""
                     };
                     Ok((format!("inventory of {n} user(s){more}"), data))
+                }
+                Op::LockUser { user, .. } => {
+                    let suspensions = &self.suspensions;
+                    let locked = accounts::lifecycle::lock_remembering(
+                        sys,
+                        &user,
+                        accounts::lock::DEFAULT_TIMEOUT,
+                        |previous| suspensions.remember(&user, previous),
+                    )?;
+                    let msg = if locked.changed {
+                        format!("locked {user}: password disabled and account expired, so every login method is refused")
+                    } else {
+                        format!("{user} was locked already; nothing changed")
+                    };
+                    Ok((msg, json!({ "changed": locked.changed })))
+                }
+                Op::UnlockUser { user } => {
+                    let restore = self.suspensions.recall(&user)?;
+                    let u = accounts::lifecycle::unlock(
+                        sys,
+                        &user,
+                        restore.as_deref(),
+                        accounts::lock::DEFAULT_TIMEOUT,
+                    )?;
+                    // Done with it either way: a record without a lock is
+                    // one a failed lock left behind.
+                    if let Err(e) = self.suspensions.forget(&user) {
+                        tracing::warn!("could not remove the lock record of {user}: {e}");
+                    }
+                    let mut msg = if u.changed {
+                        format!("unlocked {user}")
+                    } else {
+                        format!("{user} was not locked; nothing changed")
+                    };
+                    if u.password_still_disabled {
+                        msg.push_str("; it has no password, so only key logins work");
+                    }
+                    Ok((
+                        msg,
+                        json!({
+                            "changed": u.changed,
+                            "expires": u.expire.parse().ok().and_then(accounts::day_to_date),
+                        }),
+                    ))
                 }
                 Op::SetPassword { .. } | Op::CreateUser { .. } => {
                     unreachable!("prepared into Ready::SetPassword/StagePassword/CreateUser")

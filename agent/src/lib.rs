@@ -35,4 +35,5 @@ pub mod replay;
 pub mod secret;
 pub mod ssh;
 pub mod staging;
+pub mod suspensions;
 pub mod sys;

@@ -784,3 +784,270 @@ fn second_backup_is_timestamped_and_first_is_kept() {
     assert_eq!(fs::read(stamped).unwrap(), after_first);
     assert_eq!(env.sshd_t()["passwordauthentication"], "yes");
 }
+
+/// `sshd -T -C SPEC` of this root, independent of accessd's code.
+fn sshd_t_c(env: &Env, spec: &str) -> BTreeMap<String, String> {
+    let out = NsRunner
+        .run(&Cmd::new("chroot").arg(&env.root).args([
+            "/usr/sbin/sshd",
+            "-T",
+            "-C",
+            spec,
+            "-f",
+            "/etc/ssh/sshd_config",
+        ]))
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sshd -T -C {spec}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Accounts for `Match Group`: sshd asks getgrouplist, which in the chroot
+/// reads the root's files.
+fn with_accounts(env: &Env) {
+    fs::write(
+        env.p("/etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\nsshd:x:102:65534::/run/sshd:/usr/sbin/nologin\n\
+         alice:x:1000:1000::/home/alice:/bin/sh\nbob:x:1001:1001::/home/bob:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(
+        env.p("/etc/group"),
+        "root:x:0:\nnogroup:x:65534:\nalice:x:1000:\nbob:x:1001:\nadmins:x:2000:bob\n",
+    )
+    .unwrap();
+}
+
+/// Match blocks of every kind sshd 8.4..10.0 accepts, each turning all
+/// three settings back on, with a connection spec written by hand for each
+/// (the oracle does not use accessd's spec builder).
+const EVERY_KIND_OF_MATCH: &str = "\
+UsePAM no
+Include /etc/ssh/sshd_config.d/*.conf
+Match User alice
+\tPasswordAuthentication yes
+Match Group admins
+\tPubkeyAuthentication no
+\tPermitRootLogin yes
+Match Host *.example.com,!bad.example.com
+\tPasswordAuthentication yes
+Match Address 127.0.0.0/8,10.0.0.0/8,!10.9.0.0/16
+\tPasswordAuthentication yes
+\tPermitRootLogin yes
+Match LocalAddress 192.0.2.0/24 LocalPort 2222
+\tPermitRootLogin=yes
+Match RDomain vrf*
+\tPasswordAuthentication yes
+Match User *,!root Address 198.51.100.*
+\tpasswordauthentication YES
+Match User carol
+\tInclude /etc/ssh/inner.conf
+Match all
+\tPubkeyAuthentication no
+";
+
+/// Included inside `Match User carol`: its own block applies only when both match.
+const INNER_CONF: &str = "\
+PasswordAuthentication yes
+Match Address 203.0.113.0/24
+\tPermitRootLogin yes
+";
+
+const HAND_SPECS: &[&str] = &[
+    "user=alice,host=h,addr=192.0.2.50,laddr=192.0.2.1,lport=22",
+    "user=bob,host=h,addr=192.0.2.50,laddr=192.0.2.1,lport=22",
+    "user=dave,host=www.example.com,addr=192.0.2.50,laddr=192.0.2.1,lport=22",
+    "user=dave,host=h,addr=127.0.0.1,laddr=127.0.0.1,lport=22",
+    "user=dave,host=h,addr=10.1.2.3,laddr=127.0.0.1,lport=22",
+    "user=dave,host=h,addr=192.0.2.50,laddr=192.0.2.7,lport=2222",
+    "user=dave,host=h,addr=192.0.2.50,laddr=192.0.2.1,lport=22,rdomain=vrf1",
+    "user=dave,host=h,addr=198.51.100.9,laddr=192.0.2.1,lport=22",
+    "user=carol,host=h,addr=192.0.2.50,laddr=192.0.2.1,lport=22",
+    "user=carol,host=h,addr=203.0.113.5,laddr=192.0.2.1,lport=22",
+    "user=root,host=h,addr=192.0.2.50,laddr=192.0.2.1,lport=22",
+];
+
+#[test]
+fn set_sshd_holds_in_every_match_block_context() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new(
+        &[
+            ("/etc/ssh/sshd_config", EVERY_KIND_OF_MATCH.into()),
+            ("/etc/ssh/inner.conf", INNER_CONF.into()),
+            (
+                "/etc/ssh/sshd_config.d/50-cloud-init.conf",
+                "PasswordAuthentication yes\n".into(),
+            ),
+        ],
+        true,
+        true,
+    );
+    with_accounts(&env);
+    fs::create_dir(env.p("/run/sshd")).unwrap();
+    fs::set_permissions(env.p("/run/sshd"), fs::Permissions::from_mode(0o755)).unwrap();
+    // The fixture does what it says: each spec sees a value turned back on.
+    for spec in HAND_SPECS {
+        let t = sshd_t_c(&env, spec);
+        assert!(
+            t["passwordauthentication"] == "yes"
+                || t["permitrootlogin"] == "yes"
+                || t["pubkeyauthentication"] == "no",
+            "fixture: {spec} sees nothing to change"
+        );
+    }
+    let before = env.snapshot();
+    let change = SshdChange {
+        pubkey_authentication: Some(true),
+        password_authentication: Some(false),
+        permit_root_login: Some(PermitRootLogin::No),
+    };
+    let out = set_sshd(&env.sys, &SshdOptions::default(), &change, false).unwrap();
+    for spec in HAND_SPECS.iter().copied().chain(["lport=22"]) {
+        let t = sshd_t_c(&env, spec);
+        assert_eq!(t["passwordauthentication"], "no", "{spec}");
+        assert_eq!(t["pubkeyauthentication"], "yes", "{spec}");
+        assert_eq!(t["permitrootlogin"], "no", "{spec}");
+    }
+    // Every changed block is listed (the blocks inside inner.conf included),
+    // with the file backed up first.
+    let listed: Vec<&str> = out
+        .match_blocks
+        .iter()
+        .map(|b| b.criteria.as_str())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "User alice",
+            "Group admins",
+            "Host *.example.com,!bad.example.com",
+            "Address 127.0.0.0/8,10.0.0.0/8,!10.9.0.0/16",
+            "LocalAddress 192.0.2.0/24 LocalPort 2222",
+            "RDomain vrf*",
+            "User *,!root Address 198.51.100.*",
+            "User carol",
+            "Address 203.0.113.0/24",
+            "all",
+        ],
+        "{:#?}",
+        out.match_blocks
+    );
+    let inner = out
+        .match_blocks
+        .iter()
+        .find(|b| b.criteria == "Address 203.0.113.0/24")
+        .unwrap();
+    assert_eq!(inner.within, ["User carol"]);
+    assert_eq!(inner.file, Path::new("/etc/ssh/inner.conf"));
+    for f in ["/etc/ssh/sshd_config", "/etc/ssh/inner.conf"] {
+        assert_eq!(
+            fs::read(env.p(&format!("{f}.bak"))).unwrap(),
+            before[&env.p(f)],
+            "backup of {f}"
+        );
+    }
+    // sshd was asked about each block (`Match all` shares the global
+    // context's connection), and none was left out.
+    assert!(out.unverified.is_empty(), "{:?}", out.unverified);
+    assert_eq!(out.verified.len(), 10, "{:?}", out.verified);
+    // The same request again changes nothing.
+    let snap = env.snapshot();
+    let again = set_sshd(&env.sys, &SshdOptions::default(), &change, false).unwrap();
+    assert!(again.changed_files.is_empty() && again.match_blocks.is_empty());
+    assert_eq!(env.snapshot(), snap);
+}
+
+/// The connection accessd builds for a Match block is one the real sshd
+/// applies that block to: each block alone sets a marker (`MaxSessions 7`),
+/// and `sshd -T -C <accessd's spec>` must report it.
+#[test]
+fn the_connection_built_for_a_match_block_is_one_sshd_applies_it_to() {
+    use accessd::ssh::sshd::matching::{parse_criteria, spec_for, Accounts};
+    if !ready() {
+        return;
+    }
+    let blocks = [
+        "User alice",
+        "User *,!root",
+        "User a*,b?b,!bad*",
+        "Group admins",
+        "Group *,!alice User b*",
+        "Host *.example.com,!bad.example.com",
+        "Host WEB?.Example.COM",
+        "Address 10.0.0.0/8,!10.0.0.0/9",
+        "Address 192.168.1.*",
+        "Address 2001:db8::/32",
+        "Address 127.0.0.1",
+        "LocalAddress ::1",
+        "LocalAddress 192.0.2.0/24 LocalPort 2222",
+        "LocalPort 22",
+        "RDomain vrf-*",
+        "User alice Address 203.0.113.0/24 Host *.example.net",
+        "all",
+        // OpenSSH 10.0 syntax; skipped where sshd -t refuses it.
+        "User=alice Address=198.51.100.0/24",
+        "invalid-user",
+    ];
+    let env = Env::new(&[("/etc/ssh/sshd_config", String::new())], true, true);
+    with_accounts(&env);
+    fs::create_dir(env.p("/run/sshd")).unwrap();
+    fs::set_permissions(env.p("/run/sshd"), fs::Permissions::from_mode(0o755)).unwrap();
+    let accounts = Accounts::parse(
+        &fs::read(env.p("/etc/passwd")).unwrap(),
+        &fs::read(env.p("/etc/group")).unwrap(),
+    );
+    let mut checked = 0;
+    for block in blocks {
+        fs::write(
+            env.p("/etc/ssh/sshd_config"),
+            format!("MaxSessions 10\nMatch {block}\n\tMaxSessions 7\n"),
+        )
+        .unwrap();
+        let t = NsRunner
+            .run(&Cmd::new("chroot").arg(&env.root).args([
+                "/usr/sbin/sshd",
+                "-t",
+                "-f",
+                "/etc/ssh/sshd_config",
+            ]))
+            .unwrap();
+        if !t.status.success() {
+            eprintln!("this sshd refuses Match {block}: skipped");
+            continue;
+        }
+        let args: Vec<String> = block.split_whitespace().map(str::to_owned).collect();
+        let spec = spec_for(&[parse_criteria(&args)], &accounts, 22)
+            .unwrap_or_else(|e| panic!("Match {block}: {e}"));
+        let values = sshd_t_c(&env, &spec.to_arg());
+        assert_eq!(
+            values["maxsessions"],
+            "7",
+            "Match {block}: sshd -T -C {} does not apply the block",
+            spec.to_arg()
+        );
+        checked += 1;
+    }
+    assert!(checked >= blocks.len() - 2, "only {checked} blocks checked");
+    // Blocks no connection satisfies are reported, not guessed.
+    for block in [
+        "User !root",
+        "Group nosuchgroup",
+        "LocalPort 22 LocalPort 23",
+    ] {
+        let args: Vec<String> = block.split_whitespace().map(str::to_owned).collect();
+        assert!(
+            spec_for(&[parse_criteria(&args)], &accounts, 22).is_err(),
+            "Match {block}"
+        );
+    }
+}

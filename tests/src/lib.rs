@@ -960,6 +960,36 @@ impl Sandbox {
         Login::from(user, run_with(&mut cmd, None, COMMAND_TIMEOUT))
     }
 
+    /// A password login on a terminal (`ssh -tt`), as a person logs in:
+    /// PAM's "you must change your password" dialogue only happens on one.
+    /// It is answered with the same password once; whatever follows (a
+    /// prompt for the new password) ends at the time limit. Returns what the
+    /// terminal showed.
+    pub fn password_login_on_a_tty(&self, user: &str, password: &str) -> Out {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(self.pid.to_string())
+            .args([
+                "-m", "-w", "--", "timeout", "20", "sshpass", "-e", "ssh", "-tt",
+            ])
+            .args(self.ssh_base())
+            .args([
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password,keyboard-interactive",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                &format!("{user}@127.0.0.1"),
+                "id",
+                "-un",
+            ])
+            .env("HOME", "/root")
+            .env("LC_ALL", "C")
+            .env("SSHPASS", password);
+        run_with(&mut cmd, None, COMMAND_TIMEOUT)
+    }
+
     pub fn assert_key_login(&self, user: &str, key: &ClientKey) {
         let l = self.try_key_login(user, key);
         assert!(
@@ -1693,14 +1723,43 @@ impl Sandbox {
         Reply { exit, payload }
     }
 
-    /// `accessd apply-staged` inside the namespace (what the boot unit runs).
+    /// `accessd apply-staged` inside the namespace as the boot unit runs it
+    /// at the *next* boot: the kernel's boot id reads as a new one (a bind
+    /// mount in a mount namespace of its own, so only this run sees it).
+    /// The agent leaves entries staged during the current boot alone.
     pub fn apply_staged(&self) -> Out {
-        self.run(&[
-            &self.accessd_inside(),
-            "apply-staged",
-            "--config",
-            AGENT_CONFIG,
+        static BOOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = self.dir.path().join("next-boot-id");
+        fs::write(
+            &file,
+            format!("{:08x}-0000-4000-8000-{n:012x}\n", std::process::id()),
+        )
+        .unwrap();
+        self.apply_staged_same_boot_with(&[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount --bind \"$1\" /proc/sys/kernel/random/boot_id && shift && exec \"$@\"",
+            "sh",
+            &file.to_string_lossy(),
         ])
+    }
+
+    /// `accessd apply-staged` inside the namespace in this very boot (what
+    /// a restart of the units would run).
+    pub fn apply_staged_same_boot(&self) -> Out {
+        self.apply_staged_same_boot_with(&[])
+    }
+
+    fn apply_staged_same_boot_with(&self, prefix: &[&str]) -> Out {
+        let bin = self.accessd_inside();
+        let mut argv: Vec<&str> = prefix.to_vec();
+        argv.extend([bin.as_str(), "apply-staged", "--config", AGENT_CONFIG]);
+        self.run(&argv)
     }
 
     /// The accessd binary as the namespace sees it. A target directory under

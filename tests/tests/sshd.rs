@@ -221,3 +221,116 @@ fn forbidding_root_logins_locks_out_roots_key_until_allowed_again() {
     assert_eq!(sb.sshd_option("permitrootlogin"), "without-password");
     sb.assert_key_login("root", &key);
 }
+
+/// Issue 11 case 2: a `Match` block that re-enables what `set_sshd` turns
+/// off. sshd applies the block to every connection from 127.0.0.1, so the
+/// global value alone proves nothing; the login from 127.0.0.1 is the proof.
+const MATCH_LOOPBACK: &str = "\nMatch Address 127.0.0.0/8,10.0.0.0/8\n\
+     \tPasswordAuthentication yes\n\
+     \tPubkeyAuthentication yes\n\
+     \tPermitRootLogin yes\n";
+
+/// What sshd reports for a connection to the sandbox from 127.0.0.1.
+fn loopback_option(sb: &Sandbox, user: &str, key: &str) -> String {
+    let spec = format!(
+        "user={user},host=localhost,addr=127.0.0.1,laddr=127.0.0.1,lport={}",
+        sb.port
+    );
+    let out = sb.run(&[accessd_e2e::SSHD, "-T", "-C", &spec]);
+    assert!(out.ok(), "sshd -T -C {spec}: {}", out.stderr);
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} ")).map(str::to_owned))
+        .unwrap_or_else(|| panic!("sshd -T -C prints no {key}"))
+}
+
+/// The sandbox with [`MATCH_LOOPBACK`] appended to the main file, read by
+/// the running sshd.
+fn with_match_loopback(sb: &Sandbox) {
+    let main = sb.read("/etc/ssh/sshd_config");
+    sb.write(
+        "/etc/ssh/sshd_config",
+        &format!("{main}{MATCH_LOOPBACK}"),
+        0o644,
+    );
+    sb.restart_sshd();
+}
+
+/// The Match block the result lists as changed, by its criteria.
+fn listed_match_blocks(r: &accessd_e2e::Reply) -> Vec<String> {
+    r.payload["data"]["match_blocks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b["criteria"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn set_sshd_password_off_holds_inside_a_match_address_block() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    let key = user_with_key_and_password(&sb);
+    with_match_loopback(&sb);
+    sb.assert_password_login("exampleuser", PASSWORD);
+
+    let r = sb.cmd("set_sshd").args(["--password-auth", "no"]).send();
+    r.assert_ok();
+
+    assert_eq!(
+        loopback_option(&sb, "exampleuser", "passwordauthentication"),
+        "no"
+    );
+    sb.assert_no_password_login("exampleuser", PASSWORD);
+    sb.assert_key_login("exampleuser", &key);
+    assert_eq!(
+        listed_match_blocks(&r),
+        vec!["Address 127.0.0.0/8,10.0.0.0/8"],
+        "{}",
+        r.payload
+    );
+}
+
+#[test]
+fn set_sshd_pubkey_off_holds_inside_a_match_address_block() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    let key = user_with_key_and_password(&sb);
+    with_match_loopback(&sb);
+    sb.assert_key_login("exampleuser", &key);
+
+    let r = sb.cmd("set_sshd").args(["--pubkey-auth", "no"]).send();
+    r.assert_ok();
+
+    assert_eq!(
+        loopback_option(&sb, "exampleuser", "pubkeyauthentication"),
+        "no"
+    );
+    sb.assert_no_key_login("exampleuser", &key);
+    sb.assert_password_login("exampleuser", PASSWORD);
+}
+
+#[test]
+fn set_sshd_root_login_off_holds_inside_a_match_address_block() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    let key = sb.client_key("root-admin", KeyKind::Ed25519);
+    sb.cmd("add_keys")
+        .user("root")
+        .keys(&[&key])
+        .send()
+        .assert_ok();
+    with_match_loopback(&sb);
+    sb.assert_key_login("root", &key);
+
+    let r = sb
+        .cmd("set_sshd")
+        .args(["--permit-root-login", "no"])
+        .send();
+    r.assert_ok();
+
+    assert_eq!(loopback_option(&sb, "root", "permitrootlogin"), "no");
+    sb.assert_no_key_login("root", &key);
+}

@@ -98,6 +98,18 @@ pub fn is_locked(fields: &[Vec<u8>]) -> bool {
 
 /// `usermod -L -e 1 USER`.
 pub fn lock(sys: &System, user: &UserName, lock_timeout: Duration) -> Result<Locked> {
+    lock_remembering(sys, user, lock_timeout, |_| Ok(()))
+}
+
+/// [`lock`], handing the expiry it replaces to `remember` before anything
+/// is written: if `remember` fails, nothing is locked; if the commit fails
+/// after it, an unused record is left, which [`unlock`]'s caller discards.
+pub fn lock_remembering(
+    sys: &System,
+    user: &UserName,
+    lock_timeout: Duration,
+    remember: impl FnOnce(&str) -> Result<()>,
+) -> Result<Locked> {
     edit_shadow(sys, user, lock_timeout, |f| {
         Ok(match plan_lock(f) {
             None => (
@@ -107,13 +119,17 @@ pub fn lock(sys: &System, user: &UserName, lock_timeout: Duration) -> Result<Loc
                     previous_expire: None,
                 },
             ),
-            Some((new, previous)) => (
-                Some(new),
-                Locked {
-                    changed: true,
-                    previous_expire: Some(text(&previous)?),
-                },
-            ),
+            Some((new, previous)) => {
+                let previous = text(&previous)?;
+                remember(&previous)?;
+                (
+                    Some(new),
+                    Locked {
+                        changed: true,
+                        previous_expire: Some(previous),
+                    },
+                )
+            }
         })
     })
 }

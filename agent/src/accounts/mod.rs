@@ -150,6 +150,12 @@ pub struct UserSummary {
     pub record: UserRecord,
     pub sudo: bool,
     pub password: PasswordState,
+    /// Locked as `lock_user` locks (account expiry 1).
+    pub locked: bool,
+    /// The account expiry date (`YYYY-MM-DD`), when one is set.
+    pub expires: Option<String>,
+    /// lastchg 0: the password must be changed at the next login.
+    pub must_change: bool,
 }
 
 /// Check `pw` against the policy and hash it (SHA-512 crypt, 16-char salt).
@@ -286,13 +292,22 @@ pub fn list_users(sys: &System) -> Result<Vec<UserSummary>> {
         if rec.uid != 0 && rec.uid < uid_min {
             continue;
         }
-        let password = match shadow
+        let sf = shadow
             .as_ref()
-            .and_then(|s| s.find(&rec.name).map(|i| s.fields(i)))
-        {
+            .and_then(|s| s.find(&rec.name).map(|i| s.fields(i)));
+        let password = match &sf {
             Some(sf) => password_state(sf.get(1).map(Vec::as_slice).unwrap_or(b"")),
             None => password_state(&f[1]),
         };
+        let field = |i: usize| {
+            sf.as_ref()
+                .and_then(|sf| sf.get(i))
+                .map(Vec::as_slice)
+                .unwrap_or(b"")
+        };
+        let locked = sf.as_deref().is_some_and(lifecycle::is_locked);
+        let expires = db::parse_num(field(7)).and_then(day_to_date);
+        let must_change = field(2) == lifecycle::MUST_CHANGE_LASTCHG;
         let sudo = admin
             .iter()
             .any(|g| g.gid == rec.gid || db::is_member(&g.members, &rec.name))
@@ -303,9 +318,28 @@ pub fn list_users(sys: &System) -> Result<Vec<UserSummary>> {
             record: rec,
             sudo,
             password,
+            locked,
+            expires,
+            must_change,
         });
     }
     Ok(out)
+}
+
+/// Days since the epoch (shadow's unit) as `YYYY-MM-DD`.
+pub fn day_to_date(days: u64) -> Option<String> {
+    // 9999-12-31: beyond it there is no four-digit year to write.
+    if days > 2_932_896 {
+        return None;
+    }
+    let secs = days * 86_400;
+    let t = std::time::SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))?;
+    Some(
+        humantime::format_rfc3339_seconds(t)
+            .to_string()
+            .get(..10)?
+            .to_owned(),
+    )
 }
 
 fn password_state(field: &[u8]) -> PasswordState {

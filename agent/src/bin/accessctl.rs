@@ -62,9 +62,12 @@ enum Cmd {
         printf '%s' 'N3w-Passw0rd' | accessctl sign --key cp.key --key-id console \\\n      \
         --instance i-0abc123 --op set_password --user root --password-stdin --agent-key AGENTPUB\n  \
         accessctl sign --key cp.key --key-id console --instance i-0abc123 \\\n      \
-        --op set_sshd --password-auth no --permit-root-login prohibit-password\n\n\
+        --op set_sshd --password-auth no --permit-root-login prohibit-password\n  \
+        accessctl sign --key cp.key --key-id console --instance i-0abc123 --op lock_user --user bob\n  \
+        accessctl sign --key cp.key --key-id console --instance i-0abc123 \\\n      \
+        --op set_password --user bob --crypt \"$HASH\" --must-change\n\n\
         Ops: set_password, create_user, delete_user, add_keys, remove_keys, replace_keys,\n\
-        set_sshd, restart_sshd, inventory.")]
+        set_sshd, restart_sshd, inventory, lock_user, unlock_user.")]
     Sign(Box<SignArgs>),
     /// Drop an envelope into an agent's inbox atomically, wait for the
     /// result in the sibling outbox, verify it and print its payload.
@@ -171,6 +174,10 @@ struct SignArgs {
     /// set_password: apply at the next boot instead of now.
     #[arg(long)]
     next_boot: bool,
+    /// set_password: the user must choose a new password at the next login
+    /// (as `passwd -e`).
+    #[arg(long)]
+    must_change: bool,
     /// create_user: grant sudo.
     #[arg(long)]
     sudo: bool,
@@ -380,6 +387,12 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
             if a.next_boot {
                 args.insert("apply_at".into(), "next_boot".into());
             }
+            if a.must_change {
+                args.insert("must_change".into(), true.into());
+            }
+        }
+        "lock_user" | "unlock_user" => {
+            args.insert("user".into(), user()?.into());
         }
         "create_user" => {
             args.insert("user".into(), user()?.into());
@@ -461,7 +474,10 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
             !used_password && (a.password_stdin || a.crypt.is_some()),
             "--password-stdin/--crypt",
         ),
-        (a.next_boot && a.op != "set_password", "--next-boot"),
+        (
+            (a.next_boot || a.must_change) && a.op != "set_password",
+            "--next-boot/--must-change",
+        ),
         (
             (a.sudo || a.shell.is_some()) && a.op != "create_user",
             "--sudo/--shell",

@@ -31,6 +31,8 @@ pub const OPS: &[&str] = &[
     "set_sshd",
     "restart_sshd",
     "inventory",
+    "lock_user",
+    "unlock_user",
 ];
 
 /// A verified, validated command.
@@ -73,6 +75,8 @@ pub enum Op {
         user: UserName,
         password: PasswordArg,
         apply_at: ApplyAt,
+        /// lastchg 0, as `passwd -e` writes it.
+        must_change: bool,
     },
     CreateUser {
         user: UserName,
@@ -103,6 +107,13 @@ pub enum Op {
     },
     RestartSshd,
     Inventory(crate::inventory::Request),
+    LockUser {
+        user: UserName,
+        terminate_sessions: bool,
+    },
+    UnlockUser {
+        user: UserName,
+    },
 }
 
 impl Op {
@@ -117,6 +128,8 @@ impl Op {
             Op::SetSshd { .. } => "set_sshd",
             Op::RestartSshd => "restart_sshd",
             Op::Inventory(_) => "inventory",
+            Op::LockUser { .. } => "lock_user",
+            Op::UnlockUser { .. } => "unlock_user",
         }
     }
 
@@ -128,7 +141,9 @@ impl Op {
             | Op::DeleteUser { user, .. }
             | Op::AddKeys { user, .. }
             | Op::RemoveKeys { user, .. }
-            | Op::ReplaceKeys { user, .. } => Some(user),
+            | Op::ReplaceKeys { user, .. }
+            | Op::LockUser { user, .. }
+            | Op::UnlockUser { user } => Some(user),
             Op::SetSshd { .. } | Op::RestartSshd | Op::Inventory(_) => None,
         }
     }
@@ -154,6 +169,22 @@ struct SetPasswordArgs {
     password: Value,
     #[serde(default)]
     apply_at: ApplyAt,
+    #[serde(default)]
+    must_change: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockUserArgs {
+    user: UserName,
+    #[serde(default)]
+    terminate_sessions: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserArgs {
+    user: UserName,
 }
 
 #[derive(Deserialize)]
@@ -441,6 +472,7 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
                 user: a.user,
                 password: password_arg(a.password, "password")?,
                 apply_at: a.apply_at,
+                must_change: a.must_change,
             }
         }
         "create_user" => {
@@ -528,6 +560,24 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
                     .transpose()?,
             })
         }
+        "lock_user" => {
+            let a: LockUserArgs = args_of(op, raw.args)?;
+            if a.user.as_str() == "root" {
+                // Locking root out of a cloud instance is what the console's
+                // password reset exists to undo.
+                return Err(invalid(
+                    "lock_user refuses root: a locked root cannot be recovered from the instance",
+                ));
+            }
+            Op::LockUser {
+                user: a.user,
+                terminate_sessions: a.terminate_sessions,
+            }
+        }
+        "unlock_user" => {
+            let a: UserArgs = args_of(op, raw.args)?;
+            Op::UnlockUser { user: a.user }
+        }
         other => {
             return Err(invalid(format!(
                 "unknown op {:?}",
@@ -556,6 +606,23 @@ mod tests {
             "op": op, "args": args,
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn lock_user_of_root_is_refused_before_anything_is_attempted() {
+        let e = parse(&cmd("lock_user", serde_json::json!({"user": "root"}))).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidCommand, "{e}");
+        let c = parse(&cmd("lock_user", serde_json::json!({"user": "bob"}))).unwrap();
+        assert!(matches!(
+            c.op,
+            Op::LockUser {
+                terminate_sessions: false,
+                ..
+            }
+        ));
+        let c = parse(&cmd("unlock_user", serde_json::json!({"user": "bob"}))).unwrap();
+        assert_eq!(c.op.name(), "unlock_user");
+        assert!(OPS.contains(&"lock_user") && OPS.contains(&"unlock_user"));
     }
 
     #[test]
