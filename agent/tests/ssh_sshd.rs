@@ -2,11 +2,14 @@
 //! the real `sshd -t`/`sshd -T`.
 //!
 //! How sshd sees a temp root without touching this machine: the root is an
-//! "image that has an sshd" (PROTOCOL §6), so accessd runs
-//! `chroot ROOT /usr/sbin/sshd ...` through its Runner. The test Runner wraps
-//! that in `unshare -m --propagation private` (a child process: the test
-//! binary is multithreaded) and bind-mounts the host's /usr read-only and
-//! /dev/null into the root first. The mounts vanish with the namespace.
+//! "image that has an sshd" (PROTOCOL §6) — a copy of the host's real sshd
+//! and its libraries (`image_support`) — so accessd runs that copy confined
+//! to the root (`accessd::confine`), exactly as it would a mounted image's.
+//! The independent oracle (`Env::sshd_t`) runs the host's sshd chrooted into
+//! the root inside `unshare -m --propagation private` (a child process: the
+//! test binary is multithreaded), with the host's /usr bound read-only,
+//! /dev/null bound and a tmpfs /run holding /run/sshd. The mounts vanish
+//! with the namespace.
 //!
 //! Restart is tested with a recording Runner (systemctl is never run) and a
 //! restart_command pointing at a test script.
@@ -26,15 +29,17 @@ use accessd::ssh::sshd::{
 };
 use accessd::sys::{find_program, Cmd, ProcessRunner, Runner, System};
 
+mod image_support;
+
 fn ready() -> bool {
     let root = nix::unistd::geteuid().is_root();
-    let tools = ["sshd", "ssh-keygen", "unshare", "chroot"]
+    let tools = ["sshd", "ssh-keygen", "unshare", "chroot", "ldd"]
         .iter()
         .all(|t| find_program(t).is_some());
     if root && tools {
         return true;
     }
-    let why = format!("needs root ({root}) and sshd, ssh-keygen, unshare, chroot ({tools})");
+    let why = format!("needs root ({root}) and sshd, ssh-keygen, unshare, chroot, ldd ({tools})");
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{why}");
     }
@@ -47,10 +52,13 @@ r=$1; shift
 mount --bind /usr "$r/usr"
 mount -o remount,bind,ro "$r/usr"
 mount --bind /dev/null "$r/dev/null"
+mount -t tmpfs -o size=64k tmpfs "$r/run"
+mkdir -m 0755 "$r/run/sshd"
 exec "$@""#;
 
-/// Runs `chroot ROOT ...` inside a private mount namespace where ROOT has the
-/// host's /usr. Anything else is refused: a test must never reach systemctl.
+/// The oracle: runs `chroot ROOT ...` inside a private mount namespace where
+/// ROOT has the host's /usr. Anything else is refused: a test must never
+/// reach systemctl.
 struct NsRunner;
 
 impl Runner for NsRunner {
@@ -104,9 +112,7 @@ impl Env {
             symlink(format!("usr/{l}"), root.join(l)).unwrap();
         }
         if with_sshd {
-            // Hidden by the bind mount of /usr; its presence is what makes
-            // accessd treat the root as an image with its own sshd.
-            fs::write(root.join("usr/sbin/sshd"), "").unwrap();
+            image_support::copy_host_sshd(&root);
         }
         fs::write(root.join("dev/null"), "").unwrap();
         fs::write(
@@ -429,7 +435,7 @@ fn effective_value_equals_request_for_real_layouts() {
         assert_eq!(env.snapshot(), after, "{}", layout.name);
 
         let eff = effective(&env.sys, &SshdOptions::default()).unwrap();
-        assert_eq!(eff.source, "sshd -T");
+        assert_eq!(eff.source, "image sshd -T, confined");
         assert_eq!(eff.password_authentication.as_deref(), Some("no"));
     }
 }
@@ -514,9 +520,9 @@ fn missing_host_keys_are_reported_and_nothing_changes() {
     assert_eq!(e.code(), Code::SshdInvalid);
     assert!(e.to_string().contains("ssh-keygen -A"), "{e}");
     assert_eq!(env.snapshot(), before);
-    // /run/sshd was created for sshd, 0755 (sshd refuses a writable one).
-    let md = fs::metadata(env.p("/run/sshd")).unwrap();
-    assert_eq!(md.permissions().mode() & 0o777, 0o755);
+    // The image's sshd got its /run/sshd in a tmpfs of its confinement:
+    // the image itself is not written for it.
+    assert!(!env.p("/run/sshd").exists());
 }
 
 #[test]
@@ -542,20 +548,9 @@ fn image_without_sshd_is_changed_without_validation_and_says_so() {
     assert_eq!(eff.source, "parsed");
     assert_eq!(eff.password_authentication.as_deref(), Some("no"));
     assert_eq!(eff.permit_root_login.as_deref(), Some("no"));
-    // The parse agrees with the real sshd on the same files.
-    let with_sshd = Env {
-        sys: System::new(&env.root, env.root.join("..").join("state"))
-            .with_runner(Arc::new(NsRunner)),
-        ..env
-    };
-    fs::write(with_sshd.root.join("usr/sbin/sshd"), "").unwrap();
-    fs::create_dir(with_sshd.root.join("run/sshd")).unwrap();
-    fs::set_permissions(
-        with_sshd.root.join("run/sshd"),
-        fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    let t = with_sshd.sshd_t();
+    // The parse agrees with the real sshd on the same files (the oracle
+    // brings the host's /usr, so the image needs no sshd of its own).
+    let t = env.sshd_t();
     assert_eq!(t["passwordauthentication"], "no");
     assert_eq!(t["permitrootlogin"], "no");
 }
@@ -1080,8 +1075,6 @@ fn set_sshd_holds_in_every_match_block_context() {
         true,
     );
     with_accounts(&env);
-    fs::create_dir(env.p("/run/sshd")).unwrap();
-    fs::set_permissions(env.p("/run/sshd"), fs::Permissions::from_mode(0o755)).unwrap();
     // The fixture does what it says: each spec sees a value turned back on.
     for spec in HAND_SPECS {
         let t = sshd_t_c(&env, spec);
@@ -1187,8 +1180,6 @@ fn the_connection_built_for_a_match_block_is_one_sshd_applies_it_to() {
     ];
     let env = Env::new(&[("/etc/ssh/sshd_config", String::new())], true, true);
     with_accounts(&env);
-    fs::create_dir(env.p("/run/sshd")).unwrap();
-    fs::set_permissions(env.p("/run/sshd"), fs::Permissions::from_mode(0o755)).unwrap();
     let accounts = Accounts::parse(
         &fs::read(env.p("/etc/passwd")).unwrap(),
         &fs::read(env.p("/etc/group")).unwrap(),
