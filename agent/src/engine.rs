@@ -370,7 +370,8 @@ impl Engine {
         self.check_instance_and_times(&cmd)?;
 
         let skew = Duration::from_secs(self.cfg.clock_skew_secs);
-        if let Err(e) = self.replay.prune(self.sys.clock.now(), skew) {
+        let max_ttl = Duration::from_secs(self.cfg.max_ttl_secs);
+        if let Err(e) = self.replay.prune(&*self.sys.clock, skew, max_ttl) {
             // Pruning is housekeeping; a failure must not stop commands.
             tracing::warn!("pruning the replay record failed: {e}");
         }
@@ -378,7 +379,11 @@ impl Engine {
             return Err(Error::Replayed(cmd.id));
         }
         let ready = self.prepare(cmd.op)?;
-        self.replay.record(&cmd.id, cmd.expires_at)?;
+        let window = crate::replay::Window {
+            issued_at: cmd.issued_at,
+            expires_at: cmd.expires_at,
+        };
+        self.replay.record(&cmd.id, &window, &*self.sys.clock)?;
         self.apply(&cmd.id, ready)
     }
 
