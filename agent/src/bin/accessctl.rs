@@ -180,6 +180,10 @@ struct SignArgs {
     /// delete_user: remove the home directory too.
     #[arg(long)]
     remove_home: bool,
+    /// delete_user: end the user's running processes (SIGTERM, then
+    /// SIGKILL) instead of failing with user_busy.
+    #[arg(long)]
+    terminate_sessions: bool,
     /// set_sshd: PubkeyAuthentication.
     #[arg(long, value_enum)]
     pubkey_auth: Option<YesNo>,
@@ -397,6 +401,9 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
             if a.remove_home {
                 args.insert("remove_home".into(), true.into());
             }
+            if a.terminate_sessions {
+                args.insert("terminate_sessions".into(), true.into());
+            }
         }
         "add_keys" | "replace_keys" | "remove_keys" => {
             args.insert("user".into(), user()?.into());
@@ -452,7 +459,10 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
             (a.sudo || a.shell.is_some()) && a.op != "create_user",
             "--sudo/--shell",
         ),
-        (a.remove_home && a.op != "delete_user", "--remove-home"),
+        (
+            (a.remove_home || a.terminate_sessions) && a.op != "delete_user",
+            "--remove-home/--terminate-sessions",
+        ),
         (
             (a.no_restart
                 || a.pubkey_auth.is_some()
