@@ -267,7 +267,7 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Signal the process the pidfd refers to; false if it has exited.
+/// Signal the process the pidfd refers to; false once it has been reaped.
 fn signal(pidfd: &OwnedFd, sig: libc::c_int) -> bool {
     // SAFETY: a valid pidfd, a signal number, no siginfo (NULL), no flags.
     let r = unsafe {
@@ -282,8 +282,18 @@ fn signal(pidfd: &OwnedFd, sig: libc::c_int) -> bool {
     r == 0
 }
 
+/// Whether the process is still running. A pidfd is readable once its
+/// process has exited — a zombie included, which a signal would still
+/// "reach" until its parent reaps it.
 fn alive(pidfd: &OwnedFd) -> bool {
-    signal(pidfd, 0)
+    let mut fds = [libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd, polled without waiting.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+    n == 0
 }
 
 #[cfg(test)]
@@ -335,5 +345,18 @@ mod tests {
         // process that exited, so nothing is signalled.
         assert!(!alive(&fd));
         assert!(!signal(&fd, libc::SIGTERM));
+    }
+
+    #[test]
+    fn a_zombie_counts_as_exited() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let fd = pidfd_open(child.id() as i32).unwrap();
+        // Not reaped yet: a zombie until wait().
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while alive(&fd) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!alive(&fd));
+        child.wait().unwrap();
     }
 }
