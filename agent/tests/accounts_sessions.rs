@@ -145,8 +145,8 @@ fn delete_user_with_running_processes_is_user_busy_and_changes_nothing() {
         json!({"user": "alice", "remove_home": true}),
     ));
     assert_eq!(
-        (h.code, h.status),
-        (Code::UserBusy, Status::Failed),
+        (h.code.as_str(), h.status),
+        ("user_busy", Status::Failed),
         "{}",
         h.message
     );
