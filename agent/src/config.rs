@@ -27,6 +27,10 @@ pub struct Config {
     /// Envelopes larger than this are rejected unread (`bad_envelope`).
     #[serde(default = "default_max_envelope")]
     pub max_envelope_bytes: usize,
+    /// No result envelope is larger (PROTOCOL §4): inventory pages, and any
+    /// other result is shrunk (engine `finish`).
+    #[serde(default = "default_max_result")]
+    pub max_result_bytes: usize,
     /// Tolerated clock difference with the control plane, in seconds.
     #[serde(default = "default_skew")]
     pub clock_skew_secs: u64,
@@ -117,6 +121,9 @@ fn default_root() -> PathBuf {
 fn default_max_envelope() -> usize {
     64 * 1024
 }
+fn default_max_result() -> usize {
+    60 * 1024
+}
 fn default_skew() -> u64 {
     300
 }
@@ -135,6 +142,12 @@ pub const DEFAULT_PATH: &str = "/etc/accessd/accessd.toml";
 /// Largest accepted `max_envelope_bytes`: commands are small; a bigger limit
 /// only helps a flood.
 const MAX_ENVELOPE_CAP: usize = 16 * 1024 * 1024;
+
+/// `max_result_bytes` bounds: below the minimum not even one user with a
+/// few keys fits an inventory page; above the maximum a result would no
+/// longer fit the MQTT transport's 1 MiB packet limit.
+pub const MIN_RESULT_BYTES: usize = 8 * 1024;
+pub const MAX_RESULT_BYTES: usize = 1000 * 1024;
 
 /// A config or key error: a startup problem, reported with the file it is in.
 fn config_error(path: &Path, msg: impl std::fmt::Display) -> Error {
@@ -194,16 +207,24 @@ impl Config {
                 self.max_envelope_bytes
             ));
         }
+        if !(MIN_RESULT_BYTES..=MAX_RESULT_BYTES).contains(&self.max_result_bytes) {
+            return Err(format!(
+                "max_result_bytes = {} must be between {MIN_RESULT_BYTES} and {MAX_RESULT_BYTES}",
+                self.max_result_bytes
+            ));
+        }
         if self.max_ttl_secs == 0 {
             return Err("max_ttl_secs must be at least 1".into());
         }
         if self.clock_skew_secs > 86_400 {
             return Err("clock_skew_secs must be at most 86400 (one day)".into());
         }
-        // libxcrypt's limits for SHA-512 crypt.
-        if !(1000..=999_999_999).contains(&self.passwords.rounds) {
+        // libxcrypt's minimum, and the bound every accepted hash keeps to
+        // (a login attempt pays the rounds; docs/running.md "Limits").
+        let max = crate::accounts::hash::MAX_SHA_CRYPT_ROUNDS;
+        if !(1000..=max).contains(&self.passwords.rounds) {
             return Err(format!(
-                "passwords.rounds = {} must be between 1000 and 999999999",
+                "passwords.rounds = {} must be between 1000 and {max}",
                 self.passwords.rounds
             ));
         }
@@ -358,6 +379,7 @@ mod tests {
         assert_eq!(c.state_dir, Path::new("/var/lib/accessd"));
         assert_eq!(c.root, Path::new("/"));
         assert_eq!(c.max_envelope_bytes, 65536);
+        assert_eq!(c.max_result_bytes, 61440);
         assert_eq!((c.clock_skew_secs, c.max_ttl_secs), (300, 3600));
         assert_eq!(c.passwords.rounds, 5000);
         assert_eq!(c.passwords.policy, PasswordPolicy::default());
@@ -432,6 +454,8 @@ mod tests {
             "instance_id = \"\"\n",
             "instance_id = \"i\"\nstate_dir = \"relative\"\n",
             "instance_id = \"i\"\nmax_envelope_bytes = 10\n",
+            "instance_id = \"i\"\nmax_result_bytes = 4096\n",
+            "instance_id = \"i\"\nmax_result_bytes = 2000000\n",
             "instance_id = \"i\"\nmax_ttl_secs = 0\n",
             "instance_id = \"i\"\n[passwords]\nrounds = 10\n",
             "instance_id = \"i\"\n[sshd]\nrestart_command = []\n",

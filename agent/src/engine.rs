@@ -37,6 +37,7 @@ use crate::replay::ReplayStore;
 use crate::secret::Secret;
 use crate::ssh::{authkeys, sshd};
 use crate::staging::Staging;
+use crate::suspensions::Suspensions;
 use crate::sys::System;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -53,7 +54,12 @@ pub enum Status {
 pub struct Handled {
     /// The signed result envelope, serialized JSON (one line, no newline).
     pub envelope: Vec<u8>,
+    /// The command's id, once its signature has verified (`COMMAND_ID`).
     pub id: Option<String>,
+    /// The id an envelope claims when it was not verified (bad signature,
+    /// unknown key, malformed): for `CLAIMED_COMMAND_ID` only, never in the
+    /// result.
+    pub claimed_id: Option<String>,
     pub op: Option<String>,
     pub target_user: Option<String>,
     pub status: Status,
@@ -68,6 +74,7 @@ pub struct Engine {
     identity: Identity,
     replay: ReplayStore,
     staging: Staging,
+    suspensions: Suspensions,
     _state: Dir,
 }
 
@@ -75,13 +82,16 @@ pub struct Engine {
 #[derive(Default)]
 struct Outcome {
     id: Option<String>,
+    /// What the envelope claims, before verification (logs only).
+    claimed_id: Option<String>,
     op: Option<String>,
     user: Option<String>,
 }
 
 /// A command ready to apply: passwords are hashes by now.
 enum Ready {
-    SetPassword(UserName, CryptHash),
+    /// The hash, and whether it must be changed at the next login.
+    SetPassword(UserName, CryptHash, bool),
     StagePassword(UserName, CryptHash),
     CreateUser(NewUser, Vec<authkeys::KeyLine>),
     Other(Op),
@@ -102,6 +112,7 @@ impl Engine {
         let identity = Identity::load_or_create(&state)?;
         let replay = ReplayStore::open(&state)?;
         let staging = Staging::open(&state)?;
+        let suspensions = Suspensions::open(&state)?;
         Ok(Engine {
             cfg,
             trusted,
@@ -109,6 +120,7 @@ impl Engine {
             identity,
             replay,
             staging,
+            suspensions,
             _state: state,
         })
     }
@@ -134,9 +146,22 @@ impl Engine {
         self.finish(out, received_at, result)
     }
 
-    /// Apply what `set_password` with `apply_at: next_boot` staged; each
-    /// outcome is a signed result (to be written to the outbox).
-    pub fn apply_staged(&mut self) -> Vec<Handled> {
+    /// Apply what `set_password` with `apply_at: next_boot` staged in an
+    /// earlier boot; each outcome is a signed result (to be written to the
+    /// outbox). Entries staged during the current boot stay staged, with no
+    /// result yet. An error only when the current boot cannot be told (then
+    /// nothing is applied): applying then could be applying early.
+    pub fn apply_staged(&mut self) -> Result<Vec<Handled>> {
+        let boot_id = self.sys.clock.boot_id().map_err(|e| Error::Io {
+            context: "reading the kernel's boot id (next-boot passwords wait for another boot)"
+                .into(),
+            source: e,
+        })?;
+        let boot_started = self
+            .sys
+            .clock
+            .unix_secs()
+            .saturating_sub(self.sys.clock.since_boot().as_secs());
         let received_at = self.sys.clock.now();
         let entries = match self.staging.list() {
             Ok(e) => e,
@@ -145,18 +170,28 @@ impl Engine {
                     op: Some("set_password".into()),
                     ..Outcome::default()
                 };
-                return vec![self.finish(out, received_at, Err(e))];
+                return Ok(vec![self.finish(out, received_at, Err(e))]);
             }
         };
         let mut results = Vec::new();
         for entry in entries {
             let received_at = self.sys.clock.now();
             let (file, out, result) = match entry {
+                Ok(s) if !s.is_due(&boot_id, boot_started) => {
+                    tracing::info!(
+                        command_id = s.id.as_str(),
+                        "the password staged by {} waits for the next boot \
+                         (it was staged during this one)",
+                        s.id
+                    );
+                    continue;
+                }
                 Ok(s) => {
                     let out = Outcome {
                         id: Some(s.id.clone()),
                         op: Some("set_password".into()),
                         user: Some(s.user.to_string()),
+                        claimed_id: None,
                     };
                     let r = accounts::set_password(
                         &self.sys,
@@ -187,7 +222,7 @@ impl Engine {
             }
             results.push(handled);
         }
-        results
+        Ok(results)
     }
 
     /// Base64 of the agent's Ed25519 public key.
@@ -214,6 +249,32 @@ impl Engine {
             Err(e) => (e.code(), e.to_string(), json!({})),
         };
         let status = status_of(code);
+        let mut payload = ResultPayload {
+            v: 1,
+            id: out.id.clone(),
+            instance_id: self.cfg.instance_id.clone(),
+            op: out.op.clone(),
+            status,
+            code,
+            message,
+            data,
+            received_at: format_time(received_at),
+            finished_at: format_time(self.sys.clock.now()),
+        };
+        let mut envelope = self.sign_result(&payload);
+        if envelope.len() > self.cfg.max_result_bytes {
+            // PROTOCOL §4: never a larger result (a broker would drop it,
+            // or the transport could not send it at all).
+            payload = fit_result(payload, envelope.len(), self.cfg.max_result_bytes);
+            envelope = self.sign_result(&payload);
+            tracing::warn!(
+                id = out.id.as_deref().unwrap_or("-"),
+                op = out.op.as_deref().unwrap_or("-"),
+                "result shrunk to fit max_result_bytes: {}",
+                payload.message
+            );
+        }
+        let (status, code, message) = (payload.status, payload.code, payload.message);
         // The daemon writes the audit record from `Handled`; this is the
         // step-by-step trace. Messages never carry a secret (see error.rs).
         tracing::debug!(
@@ -222,34 +283,69 @@ impl Engine {
             code = code.as_str(),
             "result: {message}"
         );
-        let payload = ResultPayload {
-            v: 1,
-            id: out.id.clone(),
-            instance_id: self.cfg.instance_id.clone(),
-            op: out.op.clone(),
-            status,
-            code,
-            message: message.clone(),
-            data,
-            received_at: format_time(received_at),
-            finished_at: format_time(self.sys.clock.now()),
+        // A verified id supersedes the claim; the claim is kept only to
+        // correlate what was refused.
+        let claimed_id = if out.id.is_some() {
+            None
+        } else {
+            out.claimed_id
         };
-        let envelope = dsse::sign(
-            RESULT_TYPE,
-            &payload.to_json(),
-            self.identity.signing_key(),
-            AGENT_KEY_ID,
-        )
-        .into_bytes();
         Handled {
             envelope,
             id: out.id,
+            claimed_id,
             op: out.op,
             target_user: out.user,
             status,
             code,
             message,
         }
+    }
+
+    fn sign_result(&self, payload: &ResultPayload) -> Vec<u8> {
+        dsse::sign(
+            RESULT_TYPE,
+            &payload.to_json(),
+            self.identity.signing_key(),
+            AGENT_KEY_ID,
+        )
+        .into_bytes()
+    }
+
+    /// How many bytes an inventory page's serialized `data` may take so
+    /// that the signed result envelope fits `max_result_bytes`: the
+    /// envelope is base64 of the payload plus a fixed frame, and the
+    /// payload is `data` plus fields of known size (the message is counted
+    /// at its longest, 200 bytes).
+    fn data_budget(&self, id: &str) -> usize {
+        let frame = self.sign_result_len(b"");
+        let payload_room = (self.cfg.max_result_bytes.saturating_sub(frame) / 4) * 3;
+        let now = format_time(self.sys.clock.now());
+        let fixed = ResultPayload {
+            v: 1,
+            id: Some(id.to_owned()),
+            instance_id: self.cfg.instance_id.clone(),
+            op: Some("inventory".into()),
+            status: Status::Ok,
+            code: Code::Ok,
+            message: "m".repeat(200),
+            data: json!({}),
+            received_at: now.clone(),
+            finished_at: now,
+        }
+        .to_json()
+        .len();
+        payload_room.saturating_sub(fixed + 64)
+    }
+
+    fn sign_result_len(&self, payload: &[u8]) -> usize {
+        dsse::sign(
+            RESULT_TYPE,
+            payload,
+            self.identity.signing_key(),
+            AGENT_KEY_ID,
+        )
+        .len()
     }
 
     fn process(&mut self, bytes: &[u8], out: &mut Outcome) -> Result<(String, Value)> {
@@ -260,7 +356,9 @@ impl Engine {
                 self.cfg.max_envelope_bytes
             )));
         }
-        let (keyid, payload) = Envelope::parse(bytes)?.verify(COMMAND_TYPE, &self.trusted)?;
+        let envelope = Envelope::parse(bytes)?;
+        out.claimed_id = envelope.claimed_id();
+        let (keyid, payload) = envelope.verify(COMMAND_TYPE, &self.trusted)?;
         (out.id, out.op) = command::peek(&payload);
         tracing::debug!(
             keyid,
@@ -272,7 +370,8 @@ impl Engine {
         self.check_instance_and_times(&cmd)?;
 
         let skew = Duration::from_secs(self.cfg.clock_skew_secs);
-        if let Err(e) = self.replay.prune(self.sys.clock.now(), skew) {
+        let max_ttl = Duration::from_secs(self.cfg.max_ttl_secs);
+        if let Err(e) = self.replay.prune(&*self.sys.clock, skew, max_ttl) {
             // Pruning is housekeeping; a failure must not stop commands.
             tracing::warn!("pruning the replay record failed: {e}");
         }
@@ -280,7 +379,11 @@ impl Engine {
             return Err(Error::Replayed(cmd.id));
         }
         let ready = self.prepare(cmd.op)?;
-        self.replay.record(&cmd.id, cmd.expires_at)?;
+        let window = crate::replay::Window {
+            issued_at: cmd.issued_at,
+            expires_at: cmd.expires_at,
+        };
+        self.replay.record(&cmd.id, &window, &*self.sys.clock)?;
         self.apply(&cmd.id, ready)
     }
 
@@ -351,17 +454,41 @@ impl Engine {
     }
 
     fn prepare(&self, op: Op) -> Result<Ready> {
+        if let Op::AddKeys { keys, .. }
+        | Op::ReplaceKeys { keys, .. }
+        | Op::CreateUser { keys, .. } = &op
+        {
+            // Before anything is touched: sshd refuses a key whose own
+            // expiry-time has passed, so adding one cannot be `ok`.
+            authkeys::check_unexpired(keys, self.sys.clock.unix_secs())?;
+        }
         Ok(match op {
             Op::SetPassword {
                 user,
                 password,
                 apply_at,
+                must_change,
             } => {
+                if must_change && apply_at == ApplyAt::NextBoot {
+                    // Staged entries do not carry the flag yet; refusing is
+                    // true, applying it without the flag would not be.
+                    return Err(Error::invalid(
+                        "must_change with apply_at next_boot is not supported by this agent yet",
+                    ));
+                }
                 let hash = self.password_hash(password)?;
                 match apply_at {
-                    ApplyAt::Now => Ready::SetPassword(user, hash),
+                    ApplyAt::Now => Ready::SetPassword(user, hash, must_change),
                     ApplyAt::NextBoot => Ready::StagePassword(user, hash),
                 }
+            }
+            Op::LockUser {
+                terminate_sessions: true,
+                ..
+            } => {
+                return Err(Error::invalid(
+                    "lock_user with terminate_sessions is not supported by this agent yet",
+                ))
             }
             Op::CreateUser {
                 user,
@@ -394,7 +521,7 @@ impl Engine {
         // Commands name only root and regular users (PROTOCOL §3): one
         // check, here, for every op that acts on an existing user.
         let existing = match &ready {
-            Ready::SetPassword(u, _) | Ready::StagePassword(u, _) => Some(u),
+            Ready::SetPassword(u, _, _) | Ready::StagePassword(u, _) => Some(u),
             Ready::Other(op) => op.target_user(),
             Ready::CreateUser(..) => None,
         };
@@ -402,14 +529,37 @@ impl Engine {
             accounts::managed_user(sys, user)?;
         }
         match ready {
-            Ready::SetPassword(user, hash) => {
-                accounts::set_password(sys, &acfg, &user, &Password::Crypt(hash))?;
-                Ok((format!("password of {user} set"), json!({})))
+            Ready::SetPassword(user, hash, must_change) => {
+                let set = accounts::set_password_with(
+                    sys,
+                    &acfg,
+                    &user,
+                    &Password::Crypt(hash),
+                    accounts::PasswordOptions { must_change },
+                    accounts::lock::DEFAULT_TIMEOUT,
+                )?;
+                let mut msg = format!("password of {user} set");
+                if set.must_change {
+                    msg.push_str("; it must be changed at the next login");
+                }
+                if set.kept_locked {
+                    msg.push_str("; the account stays locked until unlock_user");
+                }
+                Ok((
+                    msg,
+                    json!({ "must_change": set.must_change, "locked": set.kept_locked }),
+                ))
             }
             Ready::StagePassword(user, hash) => {
                 // The user exists now (checked above); a typo fails today, not at boot.
+                // Without the boot id, apply-staged could not tell this boot
+                // from the next one: refuse now rather than apply early.
+                let boot_id = sys.clock.boot_id().map_err(|e| Error::Io {
+                    context: "reading the kernel's boot id to stage for the next boot".into(),
+                    source: e,
+                })?;
                 self.staging
-                    .stage(id, &user, &hash, sys.clock.unix_secs())?;
+                    .stage(id, &user, &hash, sys.clock.unix_secs(), &boot_id)?;
                 Ok((
                     format!("password of {user} staged for the next boot"),
                     json!({ "apply_at": "next_boot" }),
@@ -448,6 +598,12 @@ impl Engine {
                             terminate_sessions,
                         },
                     )?;
+                    // What lock_user remembered for this user is theirs too:
+                    // an unlock_user of a later user of the name must not
+                    // restore it.
+                    if let Err(e) = self.suspensions.forget(&user) {
+                        tracing::warn!("could not remove the lock record of {user}: {e}");
+                    }
                     let how = if remove_home { " and its home" } else { "" };
                     let ended = match d.sessions_ended.len() {
                         0 => String::new(),
@@ -492,15 +648,160 @@ impl Engine {
                     let what = sshd::restart_sshd(sys, sshd_opts)?;
                     Ok((what, json!({})))
                 }
-                Op::Inventory => {
-                    let data = crate::inventory::collect(sys, sshd_opts)?;
+                Op::Inventory(req) => {
+                    let budget = self.data_budget(id);
+                    let data = crate::inventory::collect(sys, sshd_opts, &req, budget)?;
                     let n = data["users"].as_array().map_or(0, Vec::len);
-                    Ok((format!("inventory of {n} user(s)"), data))
+                    let more = if data["truncated"] == true {
+                        "; more users: send the same inventory with cursor = data.next"
+                    } else {
+                        ""
+                    };
+                    Ok((format!("inventory of {n} user(s){more}"), data))
+                }
+                Op::LockUser { user, .. } => {
+                    let suspensions = &self.suspensions;
+                    let locked = accounts::lifecycle::lock_remembering(
+                        sys,
+                        &user,
+                        accounts::lock::DEFAULT_TIMEOUT,
+                        |previous| suspensions.remember(&user, previous),
+                    )?;
+                    let msg = if locked.changed {
+                        format!("locked {user}: password disabled and account expired, so every login method is refused")
+                    } else {
+                        format!("{user} was locked already; nothing changed")
+                    };
+                    Ok((msg, json!({ "changed": locked.changed })))
+                }
+                Op::UnlockUser { user } => {
+                    let restore = self.suspensions.recall(&user)?;
+                    let u = accounts::lifecycle::unlock(
+                        sys,
+                        &user,
+                        restore.as_deref(),
+                        accounts::lock::DEFAULT_TIMEOUT,
+                    )?;
+                    // Done with it either way: a record without a lock is
+                    // one a failed lock left behind.
+                    if let Err(e) = self.suspensions.forget(&user) {
+                        tracing::warn!("could not remove the lock record of {user}: {e}");
+                    }
+                    let mut msg = if u.changed {
+                        format!("unlocked {user}")
+                    } else {
+                        format!("{user} was not locked; nothing changed")
+                    };
+                    if u.password_still_disabled {
+                        msg.push_str("; it has no password, so only key logins work");
+                    }
+                    Ok((
+                        msg,
+                        json!({
+                            "changed": u.changed,
+                            "expires": u.expire.parse().ok().and_then(accounts::day_to_date),
+                        }),
+                    ))
                 }
                 Op::SetPassword { .. } | Op::CreateUser { .. } => {
                     unreachable!("prepared into Ready::SetPassword/StagePassword/CreateUser")
                 }
             },
         }
+    }
+}
+
+/// A result whose envelope (`size` bytes) is over `limit`, made small and
+/// still true (PROTOCOL §4: `failed` promises that nothing changed):
+///
+/// - an op that applied a change stays `ok` (it did apply), with its data
+///   left out and the message saying so: saying `failed` would be a lie;
+/// - `inventory` changes nothing, so its result becomes `failed`/`io_error`
+///   (only possible when even one user cannot fit a page);
+/// - a `rejected` or `failed` result keeps its status and code, with a
+///   shortened message (its data is empty anyway).
+fn fit_result(mut p: ResultPayload, size: usize, limit: usize) -> ResultPayload {
+    use crate::inventory::shorten;
+    let why = format!(
+        "the result envelope would have been {size} bytes, over max_result_bytes = {limit}"
+    );
+    let read_only = p.op.as_deref() == Some("inventory");
+    match p.status {
+        Status::Ok if read_only => {
+            p.status = Status::Failed;
+            p.code = Code::IoError;
+            p.message = format!("inventory not reported: {why}; nothing was changed");
+        }
+        Status::Ok => {
+            p.message = format!(
+                "{} (applied; its result data was left out: {why})",
+                shorten(&p.message, 512)
+            );
+            p.data = json!({ "data_omitted": true });
+            return p;
+        }
+        Status::Rejected | Status::Failed => {
+            p.message = format!("{} ({why})", shorten(&p.message, 512));
+        }
+    }
+    p.data = json!({});
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(op: &str, status: Status, code: Code, data: Value) -> ResultPayload {
+        ResultPayload {
+            v: 1,
+            id: Some("c-1".into()),
+            instance_id: "i-1".into(),
+            op: Some(op.into()),
+            status,
+            code,
+            message: "m".repeat(100_000),
+            data,
+            received_at: "2026-11-29T18:00:00Z".into(),
+            finished_at: "2026-11-29T18:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn an_oversized_result_of_an_applied_change_stays_ok_without_its_data() {
+        let big = json!({ "x": "y".repeat(100_000) });
+        let p = fit_result(
+            payload("remove_keys", Status::Ok, Code::Ok, big),
+            300_000,
+            61_440,
+        );
+        // It did apply: `failed` would claim that nothing changed.
+        assert_eq!((p.status, p.code), (Status::Ok, Code::Ok));
+        assert_eq!(p.data, json!({ "data_omitted": true }));
+        assert!(p.message.contains("applied; its result data was left out"));
+        assert!(p.to_json().len() < 2048, "{}", p.to_json().len());
+    }
+
+    #[test]
+    fn an_oversized_inventory_becomes_failed_io_error_which_is_true_for_a_read() {
+        let p = fit_result(
+            payload("inventory", Status::Ok, Code::Ok, json!({"users": []})),
+            300_000,
+            8192,
+        );
+        assert_eq!((p.status, p.code), (Status::Failed, Code::IoError));
+        assert!(p.message.contains("nothing was changed"), "{}", p.message);
+        assert_eq!(p.data, json!({}));
+    }
+
+    #[test]
+    fn an_oversized_failure_keeps_its_code_with_a_short_message() {
+        let p = fit_result(
+            payload("add_keys", Status::Failed, Code::UnsafePath, json!({})),
+            300_000,
+            8192,
+        );
+        assert_eq!((p.status, p.code), (Status::Failed, Code::UnsafePath));
+        assert!(p.message.len() < 1024, "{}", p.message.len());
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Map (which module owns what):
 //! - [`sys`]: the seam to the machine — root directory, clock, process runner.
+//! - [`confine`]: runs a disk image's own program (its sshd) with no power over the host.
 //! - [`fsx`]: every file access below the root; symlink-safe walking and the one
 //!   atomic-write routine.
 //! - [`error`]: the error type; each variant is one protocol error code.
@@ -21,6 +22,7 @@
 
 pub mod accounts;
 pub mod config;
+pub mod confine;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
@@ -37,4 +39,5 @@ pub mod secret;
 pub mod sessions;
 pub mod ssh;
 pub mod staging;
+pub mod suspensions;
 pub mod sys;

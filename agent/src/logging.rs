@@ -1,10 +1,17 @@
 //! Where log lines go, and the audit events every command leaves behind.
 //!
 //! Under systemd (`JOURNAL_STREAM` set) events go to journald natively, each
-//! field its own journal field, so `journalctl -u accessd COMMAND_ID=c-123`
-//! finds a command's whole story and `MESSAGE_ID=` finds every event of one
-//! kind. Elsewhere, human-readable lines on stderr. Filtering follows
-//! `RUST_LOG` (default `info`).
+//! field its own journal field, so `journalctl COMMAND_ID=c-123` (without
+//! `-u`: the daemon, `accessd apply` and the boot unit's `apply-staged` all
+//! write it) finds a verified command's whole story and `MESSAGE_ID=` finds
+//! every event of one kind. Elsewhere, human-readable lines on stderr.
+//! Filtering follows `RUST_LOG` (default `info`).
+//!
+//! `COMMAND_ID` is written only once the command's signature has verified.
+//! Before that — the `received` event, and the outcome of an envelope that
+//! does not verify — the id the bytes claim is `CLAIMED_COMMAND_ID`: anyone
+//! who can deliver bytes could otherwise write events under a real
+//! command's id. A field with no value is left out, not written empty.
 //!
 //! What is logged is what [`Handled`] carries (ids, op, user name, codes and a
 //! message the engine wrote for humans) — never an envelope, a payload or a
@@ -64,26 +71,32 @@ pub fn init(default_level: &str) {
         .try_init();
 }
 
-/// Audit: an envelope arrived from `source` (an inbox file name, `staged`).
-/// `command_id` is what the envelope claims before verification (see
-/// [`peek_command_id`]); the result event carries the verified one.
-pub fn received(source: &str, command_id: Option<&str>, bytes: usize) {
+/// Audit: an envelope arrived from `source` (an inbox file name, an MQTT
+/// message, an `accessd apply` argument). `claimed_id` is what the envelope
+/// claims before verification (see [`claimed_command_id`]); the outcome
+/// event carries the verified one as `COMMAND_ID`.
+pub fn received(source: &str, claimed_id: Option<&str>, bytes: usize) {
     tracing::info!(
         message_id = message_id::RECEIVED,
-        command_id = command_id.unwrap_or(""),
+        claimed_command_id = claimed_id,
         source,
         bytes,
         "received {source} ({bytes} bytes)"
     );
 }
 
-/// Audit: the outcome of one command.
+/// Audit: the outcome of one command. `COMMAND_ID`, `OP` and `TARGET_USER`
+/// come from verified bytes only; an unverified envelope's claim is
+/// `CLAIMED_COMMAND_ID`.
 pub fn outcome(source: &str, h: &Handled) {
-    let id = h.id.as_deref().unwrap_or("");
-    let op = h.op.as_deref().unwrap_or("");
-    let user = h.target_user.as_deref().unwrap_or("");
+    let id = h.id.as_deref();
+    let claimed = h.claimed_id.as_deref();
+    let op = h.op.as_deref();
+    let user = h.target_user.as_deref();
     let code = h.code.as_str();
     let msg = &h.message;
+    let shown_id = id.unwrap_or("-");
+    let shown_op = op.unwrap_or("-");
     match h.status {
         Status::Ok => tracing::info!(
             message_id = message_id::APPLIED,
@@ -92,11 +105,12 @@ pub fn outcome(source: &str, h: &Handled) {
             target_user = user,
             result_code = code,
             source,
-            "applied {op} {id} from {source}: {msg}"
+            "applied {shown_op} {shown_id} from {source}: {msg}"
         ),
         Status::Rejected => tracing::warn!(
             message_id = message_id::REJECTED,
             command_id = id,
+            claimed_command_id = claimed,
             op,
             target_user = user,
             result_code = code,
@@ -110,19 +124,19 @@ pub fn outcome(source: &str, h: &Handled) {
             target_user = user,
             result_code = code,
             source,
-            "failed {op} {id} from {source} ({code}): {msg}"
+            "failed {shown_op} {shown_id} from {source} ({code}): {msg}"
         ),
     }
 }
 
 /// The `id` an envelope's payload claims, read without verifying anything,
-/// so that the "received" event can be found by `COMMAND_ID` like the rest of
-/// the command's story. Only an id of the protocol's shape is returned (it is
+/// so that the "received" event can be correlated (as `CLAIMED_COMMAND_ID`)
+/// with the outcome. Only an id of the protocol's shape is returned (it is
 /// attacker-controlled until verified; the shape keeps it a harmless token).
-pub fn peek_command_id(envelope: &[u8]) -> Option<String> {
+pub fn claimed_command_id(envelope: &[u8]) -> Option<String> {
     crate::protocol::dsse::Envelope::parse(envelope)
         .ok()?
-        .unverified_id()
+        .claimed_id()
 }
 
 #[cfg(test)]
@@ -138,7 +152,7 @@ mod tests {
     #[test]
     fn peeks_a_well_formed_id() {
         assert_eq!(
-            peek_command_id(&env_with(r#"{"id":"c-1.2:3_x"}"#)).as_deref(),
+            claimed_command_id(&env_with(r#"{"id":"c-1.2:3_x"}"#)).as_deref(),
             Some("c-1.2:3_x")
         );
     }
@@ -146,11 +160,11 @@ mod tests {
     #[test]
     fn refuses_ids_that_could_forge_log_fields() {
         assert_eq!(
-            peek_command_id(&env_with(r#"{"id":"a\nMESSAGE_ID=x"}"#)),
+            claimed_command_id(&env_with(r#"{"id":"a\nMESSAGE_ID=x"}"#)),
             None
         );
-        assert_eq!(peek_command_id(&env_with(r#"{"id":""}"#)), None);
-        assert_eq!(peek_command_id(b"not json"), None);
+        assert_eq!(claimed_command_id(&env_with(r#"{"id":""}"#)), None);
+        assert_eq!(claimed_command_id(b"not json"), None);
     }
 
     #[test]

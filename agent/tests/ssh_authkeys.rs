@@ -10,7 +10,7 @@ use std::process::Command;
 use accessd::error::Code;
 use accessd::names::UserName;
 use accessd::ssh::authkeys::{
-    add_keys, list_keys, remove_keys, replace_keys, KeyLine, KeySelector,
+    add_keys, check_unexpired, list_keys, remove_keys, replace_keys, KeyLine, KeySelector,
 };
 use accessd::sys::System;
 use base64::engine::general_purpose::STANDARD;
@@ -97,6 +97,18 @@ impl Env {
         let line = fs::read_to_string(&public).unwrap();
         let (bits, fp) = keygen_l(&public)[0].clone();
         (line.trim_end().to_owned(), fp, bits)
+    }
+}
+
+impl Env {
+    /// One of four fixed Ed25519 key lines (made once by ssh-keygen).
+    fn keygen_cached(&self, i: usize) -> String {
+        let name = format!("cached{i}");
+        let public = self.keys.join(format!("{name}.pub"));
+        if !public.exists() {
+            return self.keygen(&name, &["-t", "ed25519"]).0;
+        }
+        fs::read_to_string(public).unwrap().trim_end().to_owned()
     }
 }
 
@@ -526,4 +538,135 @@ fn hostile_homes_are_refused_and_targets_unchanged() {
 
 fn chown_alice(p: &Path) {
     std::os::unix::fs::chown(p, Some(ALICE_UID), Some(ALICE_GID)).unwrap();
+}
+
+/// Issue 11.5: each of these key lines is one that sshd(8) refuses (its
+/// `sshauthopt_parse` fails, or `auth_authorise_keyopts` denies the key for
+/// every client), so a command carrying it must not be answered `ok`.
+#[test]
+fn key_lines_whose_options_sshd_refuses_are_rejected() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new();
+    let (ed, ..) = env.keygen("ed", &["-t", "ed25519"]);
+    let mut accepted = Vec::new();
+    for opts in [
+        r#"command="a",command="b""#,
+        r#"from="127.0.0.1",from="::1""#,
+        r#"expiry-time="tomorrow""#,
+        r#"permitlisten="nonsense""#,
+        r#"principals="alice""#,
+        r#"from="127.0.0.1/99""#,
+    ] {
+        let line = format!("{opts} {ed}");
+        match KeyLine::parse(&line) {
+            Ok(_) => accepted.push(opts),
+            Err(e) => assert_eq!(e.code(), Code::InvalidCommand, "{line}"),
+        }
+    }
+    assert!(accepted.is_empty(), "accepted: {accepted:?}");
+}
+
+/// sshd refuses a key once its `expiry-time` has passed, so a command that
+/// adds such a line is refused before anything is touched; a line that is
+/// still valid is kept as written, with a warning when its `Z` suffix is one
+/// that OpenSSH before 9.1 does not read.
+#[test]
+fn a_key_line_whose_expiry_time_has_passed_is_refused() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new();
+    let (ed, ..) = env.keygen("ed", &["-t", "ed25519"]);
+    let jan_2030 = 1_893_456_000;
+    let line = key(&format!(r#"expiry-time="20300101Z" {ed}"#));
+    assert!(
+        check_unexpired(std::slice::from_ref(&line), jan_2030).is_ok(),
+        "not before its time"
+    );
+    let e = check_unexpired(std::slice::from_ref(&line), jan_2030 + 1).unwrap_err();
+    assert_eq!(e.code(), Code::InvalidCommand);
+    assert_eq!(line.warnings().len(), 1, "{:?}", line.warnings());
+    let local = key(&format!(r#"expiry-time="20300101" {ed}"#));
+    assert!(local.warnings().is_empty());
+    assert!(
+        check_unexpired(&[key(&ed)], u64::MAX).is_ok(),
+        "no expiry-time"
+    );
+}
+
+/// Issue 12.4: alice swaps her tiny authorized_keys with a 64 GiB sparse
+/// file (renameat2 RENAME_EXCHANGE, in a loop) while add_keys runs. The
+/// agent checked the size by name and then read the reopened name whole,
+/// allocating what the new inode's st_size said: "memory allocation of
+/// 68719476736 bytes failed" and an abort. Every add_keys must instead be
+/// `ok` (it read the tiny file) or `unsafe_path` (it saw the big one) — and
+/// the test process must still be alive to count them.
+#[test]
+fn a_swapped_in_sparse_authorized_keys_is_refused_not_allocated() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    if !ready() {
+        return;
+    }
+    let env = Env::new();
+    let (a, ..) = env.keygen("a", &["-t", "ed25519"]);
+    let alice = user("alice");
+    add_keys(&env.sys, &alice, &[key(&a)]).unwrap();
+    let ssh = env.root.join("home/alice/.ssh");
+    let (ak, big) = (ssh.join("authorized_keys"), ssh.join("big"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, ak, big) = (stop.clone(), ak.clone(), big.clone());
+        std::thread::spawn(move || {
+            let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            let (cak, cbig) = (c(&ak), c(&big));
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // An agent write replaces whichever inode held the name, so
+                // make sure one of the two is a 64 GiB file again.
+                let len = |p: &Path| fs::metadata(p).map_or(0, |m| m.len());
+                if len(&ak) < (1 << 30) && len(&big) < (1 << 30) {
+                    let f = fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&big)
+                        .unwrap();
+                    f.set_len(64 << 30).unwrap();
+                    chown_alice(&big);
+                }
+                // SAFETY: valid C strings; a plain syscall.
+                let rc = unsafe {
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        cak.as_ptr(),
+                        libc::AT_FDCWD,
+                        cbig.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..2000 {
+        let k = env.keygen_cached(i % 4);
+        match add_keys(&env.sys, &alice, &[key(&k)]) {
+            Ok(_) => ok += 1,
+            Err(e) if e.code() == Code::UnsafePath => refused += 1,
+            Err(e) => panic!("add_keys #{i}: {e}"),
+        }
+        if ok >= 20 && refused >= 20 {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    eprintln!("{ok} ok, {refused} refused, {swaps} swaps");
+    assert!(refused > 0, "the big file was never in place ({ok} ok)");
 }

@@ -115,3 +115,59 @@ fn inventory_lists_users_keys_and_sshd_settings_as_the_files_say() {
         "a hash leaked: {text}"
     );
 }
+
+/// PROTOCOL §3/§4: a result never exceeds `max_result_bytes`; inventory is
+/// cut at a whole user with data.truncated/next, and `accessctl sign --op
+/// inventory --users ... --cursor NEXT` pages through exactly the named users.
+#[test]
+fn accessctl_pages_an_inventory_of_named_users_with_the_cursor() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    let names = ["pagea", "pageb", "pagec", "paged"];
+    for (i, name) in names.iter().enumerate() {
+        sb.useradd(name);
+        let keys: Vec<_> = (0..10)
+            .map(|k| sb.client_key(&format!("{name}-{i}-{k}"), KeyKind::Ed25519))
+            .collect();
+        let refs: Vec<_> = keys.iter().collect();
+        sb.cmd("add_keys").user(name).keys(&refs).send().assert_ok();
+    }
+    // A small limit, so that four users with ten keys each need pages.
+    let config = sb.read(accessd_e2e::AGENT_CONFIG);
+    sb.write(
+        accessd_e2e::AGENT_CONFIG,
+        &config.replacen("[trust]", "max_result_bytes = 8192\n\n[trust]", 1),
+        0o600,
+    );
+    sb.restart_agent();
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut cmd = sb.cmd("inventory").args(["--users", &names.join(",")]);
+        if let Some(c) = &cursor {
+            cmd = cmd.args(["--cursor", c]);
+        }
+        let r = cmd.send();
+        r.assert_ok();
+        pages += 1;
+        let text = r.payload.to_string();
+        assert!(text.len() < 8192, "a {}-byte result payload", text.len());
+        let data = &r.payload["data"];
+        for u in data["users"].as_array().unwrap() {
+            assert_eq!(u["keys_total"], 10, "{u}");
+            assert_eq!(u["keys"].as_array().unwrap().len(), 10, "{u}");
+            seen.push(u["name"].as_str().unwrap().to_string());
+        }
+        if data["truncated"] == true {
+            cursor = Some(data["next"].as_str().expect("next with truncated").into());
+        } else {
+            assert!(data.get("next").is_none(), "{data}");
+            break;
+        }
+        assert!(pages < 10, "{pages} pages for four users");
+    }
+    assert!(pages > 1, "four users x ten keys fit one 8 KiB page?");
+    assert_eq!(seen, names, "each named user once, in uid order");
+}

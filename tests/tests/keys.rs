@@ -206,3 +206,154 @@ fn keys_for_a_user_whose_authorized_keys_links_to_shadow_are_refused() {
     );
     sb.assert_no_key_login("exampleuser", &key);
 }
+
+/// What a row of the options table expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// accessd accepts it and the key logs in from 127.0.0.1.
+    Login,
+    /// accessd accepts it; its options refuse a plain login from here
+    /// (another source address, a CA line), as sshd intends.
+    NoPlainLogin,
+    /// accessd rejects it (`invalid_command`) and sshd refuses the key.
+    Refused,
+}
+
+/// Issue 11.5: key options are judged as sshd(8) judges them. Each row goes
+/// to accessd in an `add_keys`; a line it accepts is then in the file as
+/// accessd wrote it and must let its key log in (where its options allow a
+/// plain login), and a line it rejects is written into the file by hand and
+/// must be one that the real sshd refuses. The quirks in the table (an empty
+/// option, a trailing comma, `tunnel="ANY"`, a service name as a port) are
+/// what sshd accepts, read from its `sshauthopt_parse`.
+#[test]
+fn key_options_are_accepted_exactly_when_the_real_sshd_accepts_them() {
+    use Verdict::*;
+    let Some(sb) = sandbox_with_exampleuser() else {
+        return;
+    };
+    let key = sb.client_key("options", KeyKind::Ed25519);
+    // Makes ~/.ssh, so that refused rows can be written by hand.
+    add_keys(&sb, "exampleuser", &[&key]);
+    let table: &[(&str, Verdict)] = &[
+        ("restrict", Login),
+        ("RESTRICT,Pty", Login),
+        (
+            "no-pty,no-port-forwarding,no-agent-forwarding,no-X11-forwarding,no-user-rc",
+            Login,
+        ),
+        (
+            "agent-forwarding,x11-forwarding,port-forwarding,user-rc",
+            Login,
+        ),
+        ("no-touch-required,touch-required,verify-required", Login),
+        (",pty", Login),
+        ("pty,,user-rc", Login),
+        ("pty,", Login),
+        (r#"command="id -un""#, Login),
+        (r#"restrict,command="id -un""#, Login),
+        (r#"from="127.0.0.1""#, Login),
+        (r#"from="127.0.0.0/8""#, Login),
+        (r#"from="10.0.0.0/8,127.0.0.1""#, Login),
+        (r#"from="127.0.0.*""#, Login),
+        (r#"from="!10.0.0.1,127.0.0.1""#, Login),
+        (r#"from="::1,127.0.0.1,fe80::/10""#, Login),
+        (r#"from="not/a-net,127.0.0.1""#, Login),
+        (r#"from="10.0.0.0/8""#, NoPlainLogin),
+        (r#"from="!127.0.0.1,*""#, NoPlainLogin),
+        (r#"expiry-time="20991231""#, Login),
+        (r#"expiry-time="209912312359""#, Login),
+        (r#"expiry-time="20991231235959""#, Login),
+        (r#"expiry-time="20991231Z""#, Login),
+        (r#"expiry-time="20991231235959UTC""#, Login),
+        (r#"expiry-time="20991231",expiry-time="20981231""#, Login),
+        (r#"environment="LC_TEST=1""#, Login),
+        (r#"permitopen="127.0.0.1:80",permitopen="[::1]:22""#, Login),
+        (
+            r#"permitopen="host/22",permitopen="h:ssh",permitopen="h:*""#,
+            Login,
+        ),
+        (
+            r#"permitlisten="8080",permitlisten="localhost:8080""#,
+            Login,
+        ),
+        (r#"permitlisten="ssh""#, Login),
+        (r#"tunnel="0""#, Login),
+        (r#"tunnel="ANY""#, Login),
+        ("cert-authority", NoPlainLogin),
+        (r#"cert-authority,principals="exampleuser""#, NoPlainLogin),
+        // The cases of the issue.
+        (r#"command="id -un",command="true""#, Refused),
+        (r#"from="127.0.0.1",from="::1""#, Refused),
+        (r#"expiry-time="tomorrow""#, Refused),
+        (r#"permitlisten="nonsense""#, Refused),
+        (r#"principals="exampleuser""#, Refused),
+        (r#"from="127.0.0.1/99""#, Refused),
+        // More of the same kinds.
+        (r#"principals="a",cert-authority,principals="b""#, Refused),
+        (r#"expiry-time="20000101""#, Refused),
+        (r#"expiry-time="19691231Z""#, Refused),
+        (r#"expiry-time="2099123""#, Refused),
+        (r#"expiry-time="20991331""#, Refused),
+        (r#"permitopen="127.0.0.1""#, Refused),
+        (r#"permitopen="127.0.0.1:0""#, Refused),
+        (r#"permitopen="127.0.0.1:65536""#, Refused),
+        (r#"permitopen="[::1:22""#, Refused),
+        (r#"tunnel="-1""#, Refused),
+        (r#"tunnel="2147483646""#, Refused),
+        (r#"from="127.0.0.1/8""#, Refused),
+        (r#"from="127.0.0.1,""#, Refused),
+        (r#"from="127.0.0.1,!""#, Refused),
+        (r#"from="""#, Refused),
+        (r#"environment="=x""#, Refused),
+        (r#"environment="A-B=x""#, Refused),
+        ("bogus", Refused),
+        ("restrictive", Refused),
+        ("no-restrict", Refused),
+        (r#"pty="yes""#, Refused),
+        ("command=unquoted", Refused),
+    ];
+    let ak = "/home/exampleuser/.ssh/authorized_keys";
+    let mut wrong = Vec::new();
+    for &(opts, want) in table {
+        let line = format!("{opts} {}", key.public);
+        let r = sb
+            .cmd("add_keys")
+            .user("exampleuser")
+            .args(["--key-line", &line])
+            .send();
+        let accepted = r.status() == "ok";
+        if !accepted {
+            assert_eq!(r.code(), "invalid_command", "{opts}: {}", r.payload);
+            // What sshd makes of the line, with accessd out of the way.
+            sb.write(ak, &format!("{line}\n"), 0o600);
+            sb.run_ok(&["chown", "exampleuser:exampleuser", ak]);
+        } else {
+            assert!(
+                sb.read(ak).lines().any(|l| l.starts_with(opts)),
+                "{opts}: accessd did not write the options: {}",
+                sb.read(ak)
+            );
+        }
+        let login = sb.try_key_login("exampleuser", &key).ok;
+        let got = match (accepted, login) {
+            (true, true) => Login,
+            (true, false) => NoPlainLogin,
+            (false, false) => Refused,
+            (false, true) => {
+                wrong.push(format!(
+                    "{opts}: rejected by accessd, yet sshd logs the key in"
+                ));
+                continue;
+            }
+        };
+        if got != want {
+            wrong.push(format!(
+                "{opts}: expected {want:?}, got {got:?} ({})",
+                r.message()
+            ));
+        }
+    }
+    sb.assert_sshd_serving();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

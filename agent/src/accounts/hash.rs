@@ -8,10 +8,42 @@ use super::{AccountsConfig, CryptHash, PasswordPolicy};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 
+/// The most SHA-crypt rounds (`$6$`/`$5$`) a given hash may ask for. Every
+/// password attempt for the user — by anyone who can reach sshd — costs
+/// that many rounds in PAM: 5000 (the default) take ~3 ms, 1,000,000
+/// ~0.33 s, libxcrypt's own maximum 999,999,999 more than five minutes.
+/// passlib's default (656,000) is within. docs/running.md "Limits".
+pub const MAX_SHA_CRYPT_ROUNDS: u32 = 1_000_000;
+
+/// The highest yescrypt cost (libxcrypt's `crypt_gensalt("$y$", cost)`,
+/// 1..=11, default 5) a given hash may have. Cost 8 is N=2^15, r=32:
+/// 128 MiB and ~0.14 s an attempt; 11 would be 1 GiB and ~1.2 s, and
+/// sshd runs ten unauthenticated attempts at once. docs/running.md "Limits".
+pub const MAX_YESCRYPT_COST: u32 = 8;
+
+/// crypt's base-64 alphabet, in libxcrypt's order (value = index).
+const ITOA64: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// The parameter field of the `$y$` settings libxcrypt makes for `cost`:
+/// flavour `j` (YESCRYPT_DEFAULTS), then log2(N) - 1 and r - 1, each one
+/// character (values below 48 encode in one), and no optional p/t/g/NROM
+/// group. The mapping is libxcrypt's `gensalt_yescrypt_rn`: costs 1-2 are
+/// r = 8 with N = 2^(cost+9), costs 3-11 are r = 32 with N = 2^(cost+7).
+fn yescrypt_params(cost: u32) -> [u8; 3] {
+    let (n_log2, r) = if cost < 3 {
+        (cost + 9, 8)
+    } else {
+        (cost + 7, 32)
+    };
+    [b'j', ITOA64[n_log2 as usize - 1], ITOA64[r - 1]]
+}
+
 /// Accept `$6$`, `$5$` or `$y$` crypt strings whose shape libxcrypt would
-/// produce. Anything that could break a shadow line (`:`, newline, other
-/// control characters, whitespace) is refused, and so is every character
-/// outside crypt's alphabet. The message never echoes the value.
+/// produce and whose cost is within [`MAX_SHA_CRYPT_ROUNDS`] /
+/// [`MAX_YESCRYPT_COST`]. Anything that could break a shadow line (`:`,
+/// newline, other control characters, whitespace) is refused, and so is
+/// every character outside crypt's alphabet. The message never echoes the
+/// value or any part of it.
 pub(super) fn parse_crypt(s: &str) -> Result<CryptHash> {
     let bad = |why: &str| Err(Error::invalid(format!("password hash is not valid: {why}")));
     if s.len() > 512 {
@@ -39,11 +71,21 @@ pub(super) fn parse_crypt(s: &str) -> Result<CryptHash> {
         "6" | "5" => {
             let (salt, hash) = match rest {
                 [p, salt, hash] if p.starts_with("rounds=") => {
-                    let n: u32 = p["rounds=".len()..]
-                        .parse()
-                        .map_err(|_| Error::invalid("password hash is not valid: bad rounds="))?;
-                    if !(1000..=999_999_999).contains(&n) {
-                        return bad("rounds out of range");
+                    let digits = &p["rounds=".len()..];
+                    // Plain decimal only: libxcrypt's strtoul would also
+                    // take what `parse` refuses and the reverse ("+5000").
+                    let n: u32 = match digits.parse() {
+                        Ok(n) if !digits.starts_with(['0', '+']) => n,
+                        _ => return bad("rounds= must be a plain decimal number"),
+                    };
+                    if n < 1000 {
+                        return bad("rounds below 1000");
+                    }
+                    if n > MAX_SHA_CRYPT_ROUNDS {
+                        return Err(Error::invalid(format!(
+                            "password hash is not valid: rounds above the limit of \
+                             {MAX_SHA_CRYPT_ROUNDS} (each login attempt would pay them)"
+                        )));
                     }
                     (*salt, *hash)
                 }
@@ -58,10 +100,24 @@ pub(super) fn parse_crypt(s: &str) -> Result<CryptHash> {
                 return bad("hash part has the wrong length");
             }
         }
-        "y" => match rest {
-            [params, salt, hash] if !params.is_empty() && !salt.is_empty() && hash.len() == 43 => {}
-            _ => return bad("expected $y$PARAMS$SALT$HASH"),
-        },
+        "y" => {
+            let [params, salt, hash] = rest else {
+                return bad("expected $y$PARAMS$SALT$HASH");
+            };
+            if salt.is_empty() || salt.len() > 86 || salt.contains('=') {
+                return bad("salt must be 1 to 86 characters");
+            }
+            if hash.len() != 43 || hash.contains('=') {
+                return bad("hash part has the wrong length");
+            }
+            if !(1..=MAX_YESCRYPT_COST).any(|c| params.as_bytes() == yescrypt_params(c)) {
+                return Err(Error::invalid(format!(
+                    "password hash is not valid: yescrypt parameters other than \
+                     libxcrypt's costs 1 to {MAX_YESCRYPT_COST} (each login attempt \
+                     would pay them)"
+                )));
+            }
+        }
         _ => return bad("only $6$, $5$ and $y$ hashes are accepted"),
     }
     Ok(CryptHash(s.to_owned()))
@@ -114,9 +170,14 @@ pub fn hash(cfg: &AccountsConfig, pw: &Secret) -> Result<CryptHash> {
 /// 22, which libxcrypt cuts to 16 so that its string differs and PAM's
 /// whole-string compare fails (ground-truth §2.4).
 pub fn sha512_crypt(pw: &[u8], salt: &[u8; 12], rounds: u32) -> Result<CryptHash> {
+    if rounds > MAX_SHA_CRYPT_ROUNDS {
+        return Err(Error::invalid(format!(
+            "SHA-512 crypt rounds {rounds} over the limit of {MAX_SHA_CRYPT_ROUNDS}"
+        )));
+    }
     let params = Params::new(rounds).map_err(|_| {
         Error::invalid(format!(
-            "SHA-512 crypt rounds {rounds} out of 1000..=999999999"
+            "SHA-512 crypt rounds {rounds} out of 1000..={MAX_SHA_CRYPT_ROUNDS}"
         ))
     })?;
     let h = ShaCrypt::new(Algorithm::Sha512Crypt, params)

@@ -13,12 +13,14 @@
 //!
 //! Submodules: [`lock`] (.pwd.lock + commonio locks), [`db`] (line-preserving
 //! tables), [`txn`] (multi-file commit), [`hash`] (crypt strings, policy),
-//! [`logindefs`], `useradd`, `userdel`, `sudo`, `home` (skeleton copy and
-//! symlink-safe removal).
+//! [`logindefs`], [`lifecycle`] (lock, unlock, forced password change),
+//! `useradd`, `userdel`, `sudo`, `home` (skeleton copy and symlink-safe
+//! removal).
 
 pub mod db;
 pub mod hash;
 mod home;
+pub mod lifecycle;
 pub mod lock;
 pub mod logindefs;
 pub mod sudo;
@@ -148,6 +150,12 @@ pub struct UserSummary {
     pub record: UserRecord,
     pub sudo: bool,
     pub password: PasswordState,
+    /// Locked as `lock_user` locks (account expiry 1).
+    pub locked: bool,
+    /// The account expiry date (`YYYY-MM-DD`), when one is set.
+    pub expires: Option<String>,
+    /// lastchg 0: the password must be changed at the next login.
+    pub must_change: bool,
 }
 
 /// Check `pw` against the policy and hash it (SHA-512 crypt, 16-char salt).
@@ -173,10 +181,46 @@ pub fn set_password_with_timeout(
     pw: &Password,
     lock_timeout: Duration,
 ) -> Result<()> {
+    set_password_with(sys, cfg, user, pw, PasswordOptions::default(), lock_timeout).map(|_| ())
+}
+
+/// How [`set_password_with`] sets a password.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PasswordOptions {
+    /// lastchg 0, as `passwd -e` / `chage -d 0` write it: the user must
+    /// choose a new password at the next login.
+    pub must_change: bool,
+}
+
+/// What [`set_password_with`] did besides replacing the hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PasswordSet {
+    /// The account is locked ([`lifecycle::lock`]): the new hash is stored
+    /// behind a `!`, so the lock holds until `unlock_user` and the new
+    /// password works from then on. A reset must not silently unlock.
+    pub kept_locked: bool,
+    pub must_change: bool,
+}
+
+/// Replace the user's hash in /etc/shadow; lastchg becomes today, or 0 with
+/// `must_change`.
+pub fn set_password_with(
+    sys: &System,
+    cfg: &AccountsConfig,
+    user: &UserName,
+    pw: &Password,
+    opts: PasswordOptions,
+    lock_timeout: Duration,
+) -> Result<PasswordSet> {
     // Hash first: it is slow on purpose and needs no lock.
     let hash = resolve_password(cfg, pw)?;
     let etc = open_etc(sys)?;
-    let today = lastchg(sys);
+    let lastchg = if opts.must_change {
+        lifecycle::MUST_CHANGE_LASTCHG.to_vec()
+    } else {
+        lastchg(sys)
+    };
+    let kept_locked;
     {
         // chpasswd locks passwd, then shadow.
         let _locks = lock::Locks::acquire(&etc, &["passwd", "shadow"], lock_timeout)?;
@@ -196,15 +240,23 @@ pub fn set_password_with_timeout(
         if f.len() < 3 {
             f.resize(9, Vec::new());
         }
-        f[1] = hash.as_str().as_bytes().to_vec();
-        f[2] = today;
+        kept_locked = lifecycle::is_locked(&f);
+        let mut new_hash = hash.as_str().as_bytes().to_vec();
+        if kept_locked {
+            new_hash.insert(0, b'!');
+        }
+        f[1] = new_hash;
+        f[2] = lastchg;
         shadow.set_fields(i, &f);
         let mut t = txn::Txn::new();
         t.replace(&etc, "shadow", data, shadow.to_bytes());
         t.commit()?;
     }
     invalidate_caches(sys);
-    Ok(())
+    Ok(PasswordSet {
+        kept_locked,
+        must_change: opts.must_change,
+    })
 }
 
 pub fn create_user(sys: &System, cfg: &AccountsConfig, spec: &NewUser) -> Result<CreatedUser> {
@@ -329,22 +381,50 @@ pub fn list_users(sys: &System) -> Result<Vec<UserSummary>> {
         if !range.names(rec.uid) {
             continue;
         }
-        let password = match shadow
+        let sf = shadow
             .as_ref()
-            .and_then(|s| s.find(&rec.name).map(|i| s.fields(i)))
-        {
+            .and_then(|s| s.find(&rec.name).map(|i| s.fields(i)));
+        let password = match &sf {
             Some(sf) => password_state(sf.get(1).map(Vec::as_slice).unwrap_or(b"")),
             None => password_state(&f[1]),
         };
+        let field = |i: usize| {
+            sf.as_ref()
+                .and_then(|sf| sf.get(i))
+                .map(Vec::as_slice)
+                .unwrap_or(b"")
+        };
+        let locked = sf.as_deref().is_some_and(lifecycle::is_locked);
+        let expires = db::parse_num(field(7)).and_then(day_to_date);
+        let must_change = field(2) == lifecycle::MUST_CHANGE_LASTCHG;
         let who = sudo::Who::new(&rec.name, rec.uid, rec.gid, group.as_ref());
         let sudo = !sudoers.rules_for(&who).is_empty();
         out.push(UserSummary {
             record: rec,
             sudo,
             password,
+            locked,
+            expires,
+            must_change,
         });
     }
     Ok(out)
+}
+
+/// Days since the epoch (shadow's unit) as `YYYY-MM-DD`.
+pub fn day_to_date(days: u64) -> Option<String> {
+    // 9999-12-31: beyond it there is no four-digit year to write.
+    if days > 2_932_896 {
+        return None;
+    }
+    let secs = days * 86_400;
+    let t = std::time::SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))?;
+    Some(
+        humantime::format_rfc3339_seconds(t)
+            .to_string()
+            .get(..10)?
+            .to_owned(),
+    )
 }
 
 fn password_state(field: &[u8]) -> PasswordState {

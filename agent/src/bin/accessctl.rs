@@ -62,9 +62,12 @@ enum Cmd {
         printf '%s' 'N3w-Passw0rd' | accessctl sign --key cp.key --key-id console \\\n      \
         --instance i-0abc123 --op set_password --user root --password-stdin --agent-key AGENTPUB\n  \
         accessctl sign --key cp.key --key-id console --instance i-0abc123 \\\n      \
-        --op set_sshd --password-auth no --permit-root-login prohibit-password\n\n\
+        --op set_sshd --password-auth no --permit-root-login prohibit-password\n  \
+        accessctl sign --key cp.key --key-id console --instance i-0abc123 --op lock_user --user bob\n  \
+        accessctl sign --key cp.key --key-id console --instance i-0abc123 \\\n      \
+        --op set_password --user bob --crypt \"$HASH\" --must-change\n\n\
         Ops: set_password, create_user, delete_user, add_keys, remove_keys, replace_keys,\n\
-        set_sshd, restart_sshd, inventory.")]
+        set_sshd, restart_sshd, inventory, lock_user, unlock_user.")]
     Sign(Box<SignArgs>),
     /// Drop an envelope into an agent's inbox atomically, wait for the
     /// result in the sibling outbox, verify it and print its payload.
@@ -171,6 +174,10 @@ struct SignArgs {
     /// set_password: apply at the next boot instead of now.
     #[arg(long)]
     next_boot: bool,
+    /// set_password: the user must choose a new password at the next login
+    /// (as `passwd -e`).
+    #[arg(long)]
+    must_change: bool,
     /// create_user: grant sudo.
     #[arg(long)]
     sudo: bool,
@@ -193,9 +200,15 @@ struct SignArgs {
     /// set_sshd: PermitRootLogin.
     #[arg(long, value_enum)]
     permit_root_login: Option<RootLogin>,
-    /// set_sshd: do not restart sshd.
+    /// set_sshd: do not reload (or start) sshd.
     #[arg(long)]
     no_restart: bool,
+    /// inventory: report only these users (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    users: Vec<String>,
+    /// inventory: the next page, from an earlier result's data.next.
+    #[arg(long)]
+    cursor: Option<String>,
     /// Write the envelope here (mode 0600) instead of stdout.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -378,6 +391,12 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
             if a.next_boot {
                 args.insert("apply_at".into(), "next_boot".into());
             }
+            if a.must_change {
+                args.insert("must_change".into(), true.into());
+            }
+        }
+        "lock_user" | "unlock_user" => {
+            args.insert("user".into(), user()?.into());
         }
         "create_user" => {
             args.insert("user".into(), user()?.into());
@@ -444,7 +463,15 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
                 args.insert("restart".into(), false.into());
             }
         }
-        "restart_sshd" | "inventory" => {}
+        "restart_sshd" => {}
+        "inventory" => {
+            if !a.users.is_empty() {
+                args.insert("users".into(), a.users.clone().into());
+            }
+            if let Some(c) = &a.cursor {
+                args.insert("cursor".into(), c.clone().into());
+            }
+        }
         other => return Err(format!("unknown --op {other:?}")),
     }
     let stray = [
@@ -454,7 +481,10 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
             !used_password && (a.password_stdin || a.crypt.is_some()),
             "--password-stdin/--crypt",
         ),
-        (a.next_boot && a.op != "set_password", "--next-boot"),
+        (
+            (a.next_boot || a.must_change) && a.op != "set_password",
+            "--next-boot/--must-change",
+        ),
         (
             (a.sudo || a.shell.is_some()) && a.op != "create_user",
             "--sudo/--shell",
@@ -462,6 +492,10 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
         (
             (a.remove_home || a.terminate_sessions) && a.op != "delete_user",
             "--remove-home/--terminate-sessions",
+        ),
+        (
+            (!a.users.is_empty() || a.cursor.is_some()) && a.op != "inventory",
+            "--users/--cursor",
         ),
         (
             (a.no_restart
@@ -516,7 +550,7 @@ fn sign(a: &SignArgs) -> CliResult<()> {
 fn envelope_id(envelope: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(envelope).ok()?;
     let body = dsse::decode_b64(v.get("payload")?.as_str()?)?;
-    accessd::protocol::command::peek(&body).0
+    accessd::protocol::command::claimed_id(&body)
 }
 
 fn send(inbox: &Path, agent_key: &str, timeout: Duration, input: &str) -> CliResult<ExitCode> {

@@ -19,7 +19,7 @@ use super::options::{invalid_setting, Connection};
 fn command_id(envelope: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(envelope).ok()?;
     let body = crate::protocol::dsse::decode_b64(v.get("payload")?.as_str()?)?;
-    crate::protocol::command::peek(&body).0
+    crate::protocol::command::claimed_id(&body)
 }
 
 /// Publish `envelope` to `<prefix>/<instance_id>/commands` and return the

@@ -121,7 +121,7 @@ pub fn apply(cmd: MqttCommand, handler: &mut dyn Handler, spool: &mut Spool) -> 
     let name = format!("{}.json", cmd.name);
     logging::received(
         &name,
-        logging::peek_command_id(&cmd.envelope).as_deref(),
+        logging::claimed_command_id(&cmd.envelope).as_deref(),
         cmd.envelope.len(),
     );
     let handled = handler.handle(&cmd.envelope);

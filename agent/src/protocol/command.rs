@@ -31,6 +31,8 @@ pub const OPS: &[&str] = &[
     "set_sshd",
     "restart_sshd",
     "inventory",
+    "lock_user",
+    "unlock_user",
 ];
 
 /// A verified, validated command.
@@ -73,6 +75,8 @@ pub enum Op {
         user: UserName,
         password: PasswordArg,
         apply_at: ApplyAt,
+        /// lastchg 0, as `passwd -e` writes it.
+        must_change: bool,
     },
     CreateUser {
         user: UserName,
@@ -104,7 +108,14 @@ pub enum Op {
         restart: bool,
     },
     RestartSshd,
-    Inventory,
+    Inventory(crate::inventory::Request),
+    LockUser {
+        user: UserName,
+        terminate_sessions: bool,
+    },
+    UnlockUser {
+        user: UserName,
+    },
 }
 
 impl Op {
@@ -118,7 +129,9 @@ impl Op {
             Op::ReplaceKeys { .. } => "replace_keys",
             Op::SetSshd { .. } => "set_sshd",
             Op::RestartSshd => "restart_sshd",
-            Op::Inventory => "inventory",
+            Op::Inventory(_) => "inventory",
+            Op::LockUser { .. } => "lock_user",
+            Op::UnlockUser { .. } => "unlock_user",
         }
     }
 
@@ -130,8 +143,10 @@ impl Op {
             | Op::DeleteUser { user, .. }
             | Op::AddKeys { user, .. }
             | Op::RemoveKeys { user, .. }
-            | Op::ReplaceKeys { user, .. } => Some(user),
-            Op::SetSshd { .. } | Op::RestartSshd | Op::Inventory => None,
+            | Op::ReplaceKeys { user, .. }
+            | Op::LockUser { user, .. }
+            | Op::UnlockUser { user } => Some(user),
+            Op::SetSshd { .. } | Op::RestartSshd | Op::Inventory(_) => None,
         }
     }
 }
@@ -156,6 +171,22 @@ struct SetPasswordArgs {
     password: Value,
     #[serde(default)]
     apply_at: ApplyAt,
+    #[serde(default)]
+    must_change: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockUserArgs {
+    user: UserName,
+    #[serde(default)]
+    terminate_sessions: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserArgs {
+    user: UserName,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +241,15 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 struct NoArgs {}
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InventoryArgs {
+    #[serde(default)]
+    users: Option<Vec<UserName>>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
 /// Command ids (PROTOCOL §3): 1..128 chars of `[A-Za-z0-9._:-]`.
 pub fn valid_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
@@ -220,9 +260,23 @@ pub fn valid_id(id: &str) -> bool {
 
 /// The `id` and `op` of a payload, when they can be read, for the result of
 /// a command that is rejected later (PROTOCOL §4: otherwise `id` is null).
-/// Only called on verified bytes: an unverified id would let anyone make
-/// the agent answer in a real command's name.
+/// For verified bytes only: an unverified id would let anyone make the
+/// agent answer, or log, in a real command's name. Bytes not (yet)
+/// verified go through [`claimed_id`].
 pub fn peek(payload: &[u8]) -> (Option<String>, Option<String>) {
+    read_id_op(payload)
+}
+
+/// The id that payload bytes *claim*, without any verification: for the
+/// `CLAIMED_COMMAND_ID` of a log event before (or without) a verified
+/// signature, and for a client naming files after its own envelope. Never
+/// an authority; only an id of the protocol's shape is returned, so it is a
+/// harmless token wherever it is written.
+pub fn claimed_id(payload: &[u8]) -> Option<String> {
+    read_id_op(payload).0
+}
+
+fn read_id_op(payload: &[u8]) -> (Option<String>, Option<String>) {
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(payload) else {
         return (None, None);
     };
@@ -237,6 +291,66 @@ pub fn peek(payload: &[u8]) -> (Option<String>, Option<String>) {
         .filter(|s| OPS.contains(s))
         .map(str::to_owned);
     (id, op)
+}
+
+/// Any JSON value in which no object has the same key twice (keys compared
+/// after unescaping, as serde_json compares them). The error never names
+/// the key: it may sit inside a password object. serde_json's recursion
+/// limit (128) bounds the depth.
+struct NoDuplicateKeys;
+
+impl<'de> Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeysVisitor)
+    }
+}
+
+struct NoDuplicateKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeysVisitor {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom("an object has the same key twice"));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(NoDuplicateKeys)
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -262,10 +376,22 @@ fn password_arg(v: Value, what: &str) -> Result<PasswordArg> {
         )));
     }
     let (kind, value) = map.into_iter().next().expect("one entry");
+    // The field's name is checked before its value, and only the two known
+    // names are ever written into a message: a key is as likely to be the
+    // password as a value is (`{"Hunter2": 5}`).
+    let kind = match kind.as_str() {
+        "sealed" => "sealed",
+        "crypt" => "crypt",
+        _ => {
+            return Err(invalid(format!(
+                "{what} has an unknown field; use \"sealed\" or \"crypt\""
+            )))
+        }
+    };
     let Value::String(s) = value else {
         return Err(invalid(format!("{what}.{kind} must be a string")));
     };
-    match kind.as_str() {
+    match kind {
         "sealed" => {
             let bytes = super::dsse::decode_b64(&s)
                 .ok_or_else(|| invalid(format!("{what}.sealed is not base64")))?;
@@ -277,15 +403,14 @@ fn password_arg(v: Value, what: &str) -> Result<PasswordArg> {
             }
             Ok(PasswordArg::Sealed(bytes))
         }
-        "crypt" => CryptHash::parse(&s).map(PasswordArg::Crypt).map_err(|_| {
-            invalid(format!(
-                "{what}.crypt is not an accepted crypt hash ($6$, $5$ or $y$, \
-                 without ':', whitespace or control characters)"
-            ))
+        _ => CryptHash::parse(&s).map(PasswordArg::Crypt).map_err(|e| {
+            // parse_crypt's reasons are fixed texts that never quote the hash.
+            let why = match e {
+                Error::InvalidCommand(why) => why,
+                other => other.to_string(),
+            };
+            invalid(format!("{what}.crypt: {why}"))
         }),
-        _ => Err(invalid(format!(
-            "{what} has an unknown field; use \"sealed\" or \"crypt\""
-        ))),
     }
 }
 
@@ -324,6 +449,11 @@ fn shell(s: String) -> Result<String> {
 /// Parse verified payload bytes into a [`Command`]. Only structure and
 /// values are checked here; instance, times and replay are the engine's.
 pub fn parse(payload: &[u8]) -> Result<Command> {
+    // First, on the whole payload: serde only refuses a duplicate field of a
+    // struct, and `args` is read as a map where the last duplicate wins, so
+    // `"user":"root","user":"x"` would apply to a user nobody reviewed.
+    serde_json::from_slice::<NoDuplicateKeys>(payload)
+        .map_err(|e| invalid(format!("payload: {e}")))?;
     let raw: RawCommand =
         serde_json::from_slice(payload).map_err(|e| invalid(format!("payload: {e}")))?;
     if raw.v != 1 {
@@ -346,6 +476,7 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
                 user: a.user,
                 password: password_arg(a.password, "password")?,
                 apply_at: a.apply_at,
+                must_change: a.must_change,
             }
         }
         "create_user" => {
@@ -419,8 +550,38 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
             Op::RestartSshd
         }
         "inventory" => {
-            let NoArgs {} = args_of(op, raw.args)?;
-            Op::Inventory
+            let a: InventoryArgs = args_of(op, raw.args)?;
+            if a.users.as_ref().is_some_and(Vec::is_empty) {
+                return Err(invalid(
+                    "inventory: users must not be empty (leave it out to list every user)",
+                ));
+            }
+            Op::Inventory(crate::inventory::Request {
+                users: a.users.unwrap_or_default(),
+                cursor: a
+                    .cursor
+                    .as_deref()
+                    .map(crate::inventory::Cursor::parse)
+                    .transpose()?,
+            })
+        }
+        "lock_user" => {
+            let a: LockUserArgs = args_of(op, raw.args)?;
+            if a.user.as_str() == "root" {
+                // Locking root out of a cloud instance is what the console's
+                // password reset exists to undo.
+                return Err(invalid(
+                    "lock_user refuses root: a locked root cannot be recovered from the instance",
+                ));
+            }
+            Op::LockUser {
+                user: a.user,
+                terminate_sessions: a.terminate_sessions,
+            }
+        }
+        "unlock_user" => {
+            let a: UserArgs = args_of(op, raw.args)?;
+            Op::UnlockUser { user: a.user }
         }
         other => {
             return Err(invalid(format!(
@@ -450,6 +611,23 @@ mod tests {
             "op": op, "args": args,
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn lock_user_of_root_is_refused_before_anything_is_attempted() {
+        let e = parse(&cmd("lock_user", serde_json::json!({"user": "root"}))).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidCommand, "{e}");
+        let c = parse(&cmd("lock_user", serde_json::json!({"user": "bob"}))).unwrap();
+        assert!(matches!(
+            c.op,
+            Op::LockUser {
+                terminate_sessions: false,
+                ..
+            }
+        ));
+        let c = parse(&cmd("unlock_user", serde_json::json!({"user": "bob"}))).unwrap();
+        assert_eq!(c.op.name(), "unlock_user");
+        assert!(OPS.contains(&"lock_user") && OPS.contains(&"unlock_user"));
     }
 
     #[test]

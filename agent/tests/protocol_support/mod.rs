@@ -139,6 +139,18 @@ impl Rig {
         Engine::new(self.config(), self.system()).unwrap()
     }
 
+    /// An engine on a clock the test moves (steps, passing time, reboots),
+    /// starting at `NOW` in a boot other than [`Rig::engine`]'s.
+    pub fn engine_on(&self, clock: Arc<accessd::sys::TestClock>) -> Engine {
+        let sys = System::new(&self.root, &self.state).with_clock(clock);
+        Engine::new(self.config(), sys).unwrap()
+    }
+
+    /// The engine after a reboot: same state, another boot id.
+    pub fn engine_after_reboot(&self) -> Engine {
+        self.engine_on(Arc::new(accessd::sys::TestClock::at(self.now)))
+    }
+
     /// A command valid at `NOW` (issued a minute before, 10 minutes long).
     pub fn spec(&self, id: &str, op: &str, args: Value) -> CommandSpec {
         CommandSpec {
@@ -229,4 +241,31 @@ pub fn assert_unchanged(before: &Snapshot, after: &Snapshot, what: &str) {
         .filter(|k| before.get(*k) != after.get(*k))
         .collect();
     assert!(changed.is_empty(), "{what}: changed on disk: {changed:?}");
+}
+
+impl Rig {
+    /// A command envelope whose payload is `payload_json` byte for byte,
+    /// signed by the trusted key: for payloads serde_json would never write
+    /// (duplicate keys, odd escapes), with the times of [`Rig::spec`].
+    pub fn signed_raw(&self, id: &str, op: &str, args_json: &str) -> Vec<u8> {
+        use ed25519_dalek::Signer;
+        let t = |s: SystemTime| accessd::protocol::format_time(s);
+        let payload = format!(
+            r#"{{"v":1,"id":"{id}","instance_id":"{INSTANCE}","issued_at":"{}","expires_at":"{}","op":"{op}","args":{args_json}}}"#,
+            t(self.now - Duration::from_secs(60)),
+            t(self.now + Duration::from_secs(540)),
+        );
+        let ty = accessd::protocol::COMMAND_TYPE;
+        let sig = self
+            .cp
+            .sign(&accessd::protocol::dsse::pae(ty, payload.as_bytes()))
+            .to_bytes();
+        serde_json::json!({
+            "payloadType": ty,
+            "payload": accessd::protocol::dsse::encode_b64(payload.as_bytes()),
+            "signatures": [{"keyid": KEY_ID, "sig": accessd::protocol::dsse::encode_b64(&sig)}],
+        })
+        .to_string()
+        .into_bytes()
+    }
 }

@@ -36,6 +36,8 @@ const MIN_RSA_BITS: u32 = 2048;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyLine {
     options: Option<String>,
+    /// What sshd makes of `options` (all defaults when there are none).
+    parsed: line::KeyOptions,
     key: PublicKey,
     comment: Option<String>,
 }
@@ -64,9 +66,10 @@ impl KeyLine {
         // The line is &str, so every field is UTF-8 too.
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let options = fields.options.map(text);
-        if let Some(o) = &options {
-            line::parse_options(o).map_err(bad)?;
-        }
+        let parsed = match &options {
+            Some(o) => line::parse_options(o).map_err(bad)?,
+            None => line::KeyOptions::default(),
+        };
         let key_type = text(fields.key_type);
         let key = PublicKey::decode(&key_type, fields.blob).map_err(bad)?;
         if key.key_type == "ssh-rsa" && key.bits < MIN_RSA_BITS {
@@ -77,6 +80,7 @@ impl KeyLine {
         }
         Ok(KeyLine {
             options,
+            parsed,
             key,
             comment: fields.comment.map(text),
         })
@@ -89,14 +93,31 @@ impl KeyLine {
 
     /// Warnings to pass on in the result (e.g. ssh-dss is refused by current OpenSSH).
     pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
         if self.key.key_type == "ssh-dss" {
-            vec![format!(
+            w.push(format!(
                 "{} is an ssh-dss key: OpenSSH 9.8 disables DSA and 10.0 removed it, so sshd may not accept it",
                 self.fingerprint()
-            )]
-        } else {
-            Vec::new()
+            ));
         }
+        if self.parsed.expiry_with_zone {
+            w.push(format!(
+                "{} has an expiry-time ending in Z or UTC, which OpenSSH before 9.1 (Debian 11) refuses",
+                self.fingerprint()
+            ));
+        }
+        w
+    }
+
+    /// Has the line's `expiry-time` passed at `now` (seconds since the
+    /// epoch)? sshd then refuses the key (`auth_authorise_keyopts`).
+    pub fn expired_at(&self, now: u64) -> bool {
+        self.parsed.valid_before.is_some_and(|t| t < now)
+    }
+
+    /// What sshd makes of the line's options.
+    pub fn options(&self) -> &line::KeyOptions {
+        &self.parsed
     }
 
     pub fn key_type(&self) -> &str {
@@ -122,6 +143,18 @@ impl KeyLine {
             s.push_str(c);
         }
         s
+    }
+}
+
+/// Refuse lines whose `expiry-time` has passed at `now` (seconds since the
+/// epoch): sshd would refuse those keys, so adding them cannot be `ok`.
+pub fn check_unexpired(keys: &[KeyLine], now: u64) -> Result<()> {
+    match keys.iter().find(|k| k.expired_at(now)) {
+        Some(k) => Err(Error::invalid(format!(
+            "key {}: its expiry-time has passed, so sshd would refuse it",
+            k.fingerprint()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -400,17 +433,32 @@ pub fn replace_keys(sys: &System, user: &UserName, keys: &[KeyLine]) -> Result<K
 }
 
 pub fn list_keys(sys: &System, user: &UserName) -> Result<Vec<KeyInfo>> {
-    let edit = Edit::open(sys, user, false)?;
-    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let mut out = Vec::new();
-    for raw in &edit.text.lines {
+    for_each_key(sys, user, |k| out.push(k))?;
+    Ok(out)
+}
+
+/// Call `visit` with each key line of `user`'s authorized_keys, in file
+/// order, without holding more than the file's bytes and one key at a time:
+/// a legal file of 100,000 short lines must not cost the agent 100,000
+/// parsed keys at once (inventory keeps only what it reports).
+pub fn for_each_key(sys: &System, user: &UserName, mut visit: impl FnMut(KeyInfo)) -> Result<()> {
+    let owner = file::owner_of(sys, user)?;
+    let Some(ssh) = file::open_ssh_dir(sys, &owner, false)? else {
+        return Ok(());
+    };
+    let Some(data) = file::read_keys_file(&ssh, &owner)? else {
+        return Ok(());
+    };
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    for raw in data.bytes.split_inclusive(|&b| b == b'\n') {
         let Entry::Key(f) = line::split(AuthKeysText::body(raw)) else {
             continue;
         };
         let Ok(key) = PublicKey::decode(&lossy(f.key_type), f.blob) else {
             continue;
         };
-        out.push(KeyInfo {
+        visit(KeyInfo {
             key_type: key.key_type.clone(),
             bits: key.bits,
             fingerprint: key.fingerprint(),
@@ -418,5 +466,5 @@ pub fn list_keys(sys: &System, user: &UserName) -> Result<Vec<KeyInfo>> {
             options: f.options.map(lossy),
         });
     }
-    Ok(out)
+    Ok(())
 }

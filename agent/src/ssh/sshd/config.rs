@@ -125,7 +125,17 @@ pub struct Event {
     pub file: usize,
     pub line: usize,
     pub directive: Directive,
-    /// Outside every Match block.
+    /// The `Match` lines (file, line) whose block this directive is in,
+    /// outermost first: a block opened in a file that an Include inside
+    /// another block read is in both, and applies only when both match
+    /// (servconf.c gives such an Include `SSHCFG_NEVERMATCH` when the outer
+    /// block is inactive). Empty outside every block. A `Match` line itself
+    /// is listed in its own context.
+    pub context: Vec<(usize, usize)>,
+    /// Read at startup as a global setting: outside every block, or only
+    /// inside `Match all` blocks, which match even while sshd reads the
+    /// global section (`match_cfg_line` returns 1 for `all` without a
+    /// connection).
     pub global: bool,
 }
 
@@ -288,36 +298,68 @@ impl Config {
     pub fn events(&self) -> Vec<Event> {
         let mut out = Vec::new();
         if !self.files.is_empty() {
-            self.walk(0, false, 0, &mut out);
+            self.walk(0, &[], 0, &mut out);
         }
         out
     }
 
-    fn walk(&self, file: usize, outer_match: bool, depth: usize, out: &mut Vec<Event>) {
+    fn walk(&self, file: usize, outer: &[(usize, usize)], depth: usize, out: &mut Vec<Event>) {
         if depth > MAX_DEPTH {
             return;
         }
-        let mut in_match = outer_match;
+        // A block opened in this file lasts to its next Match or its end.
+        let mut context = outer.to_vec();
         for (i, raw) in self.files[file].lines.iter().enumerate() {
             let Some(d) = directive(raw) else { continue };
             if d.keyword == "match" {
-                in_match = true;
+                context.truncate(outer.len());
+                context.push((file, i));
             }
             let include_args = (d.keyword == "include").then(|| d.args.clone());
+            let global = context.iter().all(|&(f, l)| self.is_match_all(f, l));
             out.push(Event {
                 file,
                 line: i,
                 directive: d,
-                global: !in_match,
+                context: context.clone(),
+                global,
             });
             for arg in include_args.into_iter().flatten() {
                 for path in self.expand(&arg) {
                     if let Some(idx) = self.index_of(&path) {
-                        self.walk(idx, in_match, depth + 1, out);
+                        self.walk(idx, &context, depth + 1, out);
                     }
                 }
             }
         }
+    }
+
+    /// Is the line `Match all` (alone, or followed by a comment)?
+    fn is_match_all(&self, file: usize, line: usize) -> bool {
+        directive(&self.files[file].lines[line]).is_some_and(|d| {
+            d.keyword == "match"
+                && d.args
+                    .first()
+                    .is_some_and(|a| a.eq_ignore_ascii_case("all"))
+                && d.args.get(1).is_none_or(|a| a.starts_with('#'))
+        })
+    }
+
+    /// Every `Match` line in reading order with the blocks around it
+    /// (outermost first, the line itself last), deduplicated by that chain.
+    pub fn match_blocks(&self) -> Vec<Vec<(usize, usize)>> {
+        let mut out: Vec<Vec<(usize, usize)>> = Vec::new();
+        for e in self.events() {
+            if e.directive.keyword == "match" && !out.contains(&e.context) {
+                out.push(e.context);
+            }
+        }
+        out
+    }
+
+    /// The arguments of a `Match` line (what follows the keyword).
+    pub fn match_args(&self, file: usize, line: usize) -> Vec<String> {
+        directive(&self.files[file].lines[line]).map_or_else(Vec::new, |d| d.args)
     }
 
     /// The first global directive with one of `keywords` (lower case).
@@ -420,19 +462,7 @@ impl Config {
 
         if let Some(e) = self.first_global(&keys) {
             let mut trial = self.clone();
-            let old = &trial.files[e.file].lines[e.line];
-            let eol = if old.ends_with(b"\n") { "\n" } else { "" };
-            // Keep the keyword as written: before OpenSSH 8.7 an alias such
-            // as ChallengeResponseAuthentication was a separate option, so
-            // renaming the line could change what it means.
-            let text = String::from_utf8_lossy(old);
-            let written = text
-                .trim_start_matches([' ', '\t'])
-                .split([' ', '\t', '=', '\r', '\n'])
-                .next()
-                .unwrap_or(keyword)
-                .to_owned();
-            trial.files[e.file].lines[e.line] = format!("{written} {value}{eol}").into_bytes();
+            trial.rewrite_value(e.file, e.line, keyword, value);
             if works(&trial) {
                 *self = trial;
                 return Ok(());
@@ -460,6 +490,80 @@ impl Config {
             "found no place in the configuration where {keyword} {value} would take effect"
         )))
     }
+}
+
+impl Config {
+    /// Give the directive on `line` of `file` the value `value`, keeping
+    /// its indentation and its keyword as written: before OpenSSH 8.7 an
+    /// alias such as ChallengeResponseAuthentication was a separate option,
+    /// so renaming the line could change what it means.
+    fn rewrite_value(&mut self, file: usize, line: usize, keyword: &str, value: &str) {
+        let old = &self.files[file].lines[line];
+        let eol = if old.ends_with(b"\n") { "\n" } else { "" };
+        let text = String::from_utf8_lossy(old);
+        let body = text.trim_start_matches([' ', '\t']);
+        let indent = &text[..text.len() - body.len()];
+        let written = body
+            .split([' ', '\t', '=', '\r', '\n'])
+            .next()
+            .filter(|w| !w.is_empty())
+            .unwrap_or(keyword)
+            .to_owned();
+        self.files[file].lines[line] = format!("{indent}{written} {value}{eol}").into_bytes();
+    }
+
+    /// Make every directive for `keyword` (or one of `aliases`) inside a
+    /// Match block say `value`, so that no block a connection satisfies
+    /// brings the old value back (sshd_config(5): a block's keywords
+    /// override the global ones). Returns the lines changed, each with the
+    /// innermost Match line (file, line) it belongs to.
+    pub fn set_in_matches(
+        &mut self,
+        keyword: &str,
+        aliases: &[&str],
+        value: &str,
+    ) -> Vec<MatchEdit> {
+        let lower = keyword.to_ascii_lowercase();
+        let mut keys: Vec<&str> = vec![lower.as_str()];
+        keys.extend(aliases);
+        let mut edits: Vec<MatchEdit> = Vec::new();
+        for e in self.events() {
+            let Some(&block) = e.context.last() else {
+                continue;
+            };
+            if !keys.contains(&e.directive.keyword.as_str())
+                || e.directive
+                    .args
+                    .first()
+                    .is_some_and(|v| same_value(v, value))
+            {
+                continue;
+            }
+            // A file included twice is edited once.
+            if edits.iter().any(|m| (m.file, m.line) == (e.file, e.line)) {
+                continue;
+            }
+            self.rewrite_value(e.file, e.line, keyword, value);
+            edits.push(MatchEdit {
+                file: e.file,
+                line: e.line,
+                context: e.context.clone(),
+                block,
+            });
+        }
+        edits
+    }
+}
+
+/// A directive inside a Match block that [`Config::set_in_matches`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchEdit {
+    pub file: usize,
+    pub line: usize,
+    /// Every Match line around it, outermost first.
+    pub context: Vec<(usize, usize)>,
+    /// The innermost one (the block the line is in).
+    pub block: (usize, usize),
 }
 
 fn ensure_newline(lines: &mut [Vec<u8>]) {

@@ -3,14 +3,23 @@
 //!
 //! - [`config`]: the one parser that reads and edits sshd_config and its
 //!   Include files, and decides where a value must be written.
-//! - [`service`]: unit detection and restart.
+//! - [`service`]: unit detection, reload/restart/start, and the check that
+//!   sshd runs afterwards.
 //!
-//! Order of a change: plan every edit in memory → back up each existing file
-//! that changes → write (atomically) → `sshd -t` → `sshd -T` must report the
-//! requested values → restart. Any failure after the first write restores
-//! every changed file byte for byte and removes every file accessd created.
+//! - [`matching`]: a connection that satisfies each Match block, for
+//!   `sshd -T -C`.
+//!
+//! Order of a change: plan every edit in memory (the global value, and the
+//! keyword inside every Match block that sets it) → back up each existing
+//! file that changes → write (atomically) → `sshd -t` → `sshd -T` and
+//! `sshd -T -C <a connection each Match block applies to>` must report the
+//! requested values → reload/restart. Any failure after the first write
+//! restores every changed file byte for byte and removes every file accessd
+//! created; a failed reload/restart is followed by another one, so that sshd
+//! serves the restored configuration.
 
 pub mod config;
+pub mod matching;
 pub mod service;
 
 use std::collections::BTreeMap;
@@ -18,11 +27,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::confine;
 use crate::error::{Error, IoContext, Result};
 use crate::fsx::{Dir, Meta};
 use crate::sys::{Cmd, System};
 
-use self::config::{same_value, Config};
+use self::config::{same_value, Config, MatchEdit};
+use self::matching::{free_port, parse_criteria, spec_for, Accounts, Criterion};
 
 /// The drop-in accessd writes when the drop-in directory is read first.
 pub const DROPIN_NAME: &str = "00-accessd.conf";
@@ -35,7 +46,8 @@ pub struct SshdOptions {
     pub config: PathBuf,
     /// The sshd binary used for `sshd -t` and `sshd -T`.
     pub binary: PathBuf,
-    /// Run instead of `systemctl try-reload-or-restart <detected unit>`.
+    /// Run instead of `systemctl reload/restart/start <detected unit>`; a
+    /// live sshd in the PidFile must follow.
     pub restart_command: Option<Vec<String>>,
 }
 
@@ -79,9 +91,43 @@ pub struct Effective {
 pub struct SshdOutcome {
     pub changed_files: Vec<PathBuf>,
     pub backups: Vec<PathBuf>,
+    /// The Match blocks in which a keyword was changed.
+    pub match_blocks: Vec<MatchBlockChange>,
     pub validated: bool,
+    /// The connection contexts sshd was asked about (`sshd -T ...`), each
+    /// of which reported every requested value.
+    pub verified: Vec<String>,
+    /// Match blocks for which no connection could be built, and why.
+    pub unverified: Vec<UnverifiedBlock>,
+    /// The service was reloaded, restarted or started (see `message`).
     pub restarted: bool,
     pub message: String,
+}
+
+/// A Match block whose keywords `set_sshd` changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MatchBlockChange {
+    /// The file and 1-based line of the `Match` line.
+    pub file: PathBuf,
+    pub line: usize,
+    /// What follows `Match` on that line.
+    pub criteria: String,
+    /// The Match blocks around it (an Include inside a block), outermost first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub within: Vec<String>,
+    /// The keywords changed in it (as `set_sshd` names them).
+    pub keywords: Vec<String>,
+    /// `file:line` of each changed directive.
+    pub lines: Vec<String>,
+}
+
+/// A Match block that `sshd -T -C` could not be asked about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnverifiedBlock {
+    pub file: PathBuf,
+    pub line: usize,
+    pub criteria: String,
+    pub reason: String,
 }
 
 pub fn set_sshd(
@@ -92,12 +138,15 @@ pub fn set_sshd(
 ) -> Result<SshdOutcome> {
     let root = Dir::open(&sys.root)?;
     let mut cfg = Config::load(&root, &opts.config)?;
-    let wanted = plan(&mut cfg, change)?;
+    let plan = plan(&mut cfg, change)?;
 
-    let mut outcome = SshdOutcome::default();
+    let mut outcome = SshdOutcome {
+        match_blocks: describe_match_edits(&cfg, &plan.match_edits),
+        ..Default::default()
+    };
     let mut undo = Undo::default();
     let applied = write_plan(sys, &root, &cfg, &mut undo, &mut outcome)
-        .and_then(|()| validate(sys, &root, opts, &wanted));
+        .and_then(|()| validate(sys, &root, opts, &cfg, &plan.wanted));
     let validation = match applied {
         Ok(v) => v,
         Err(e) => {
@@ -119,20 +168,67 @@ pub fn set_sshd(
                 .join(", ")
         ));
     }
+    if !outcome.match_blocks.is_empty() {
+        notes.push(format!(
+            "changed inside {}",
+            outcome
+                .match_blocks
+                .iter()
+                .map(|b| format!("Match {}", b.criteria))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     match validation {
-        Validation::Checked => outcome.validated = true,
+        Validation::Checked {
+            verified,
+            unverified,
+            who,
+        } => {
+            outcome.validated = true;
+            notes.push(format!("validated by {who}"));
+            notes.push(format!(
+                "sshd -T reports the requested values in {} connection context(s)",
+                verified.len()
+            ));
+            for u in &unverified {
+                notes.push(format!(
+                    "not verified for Match {} ({} line {}): {}",
+                    u.criteria,
+                    u.file.display(),
+                    u.line,
+                    u.reason
+                ));
+            }
+            outcome.verified = verified;
+            outcome.unverified = unverified;
+        }
         Validation::Skipped(why) => notes.push(format!("not validated: {why}")),
     }
     if restart && sys.is_live() {
-        match service::restart(sys, opts) {
+        match service::restart(sys, opts, service::Why::Apply) {
             Ok(what) => {
                 outcome.restarted = true;
                 notes.push(what);
             }
             Err(e) => {
                 // PROTOCOL §4: a failed command leaves every file as it was.
+                // The reload may have failed after sshd had re-read the new
+                // files (or it died on them): it must read the old ones
+                // again, or it serves a configuration no file holds.
                 let rollback = undo.rollback(&root);
-                return Err(with_rollback(e, rollback));
+                if rollback.is_err() {
+                    return Err(with_rollback(e, rollback));
+                }
+                let again = service::restart(sys, opts, service::Why::Apply);
+                return Err(Error::RestartFailed(match again {
+                    Ok(what) => format!(
+                        "{e}; every file was restored, and then the old configuration was applied: {what}"
+                    ),
+                    Err(e2) => format!(
+                        "{e}; every file was restored, but applying the old configuration failed too: {e2}"
+                    ),
+                }));
             }
         }
     } else if restart {
@@ -145,20 +241,33 @@ pub fn set_sshd(
 /// Restart the ssh service (detected unit, or the configured command).
 /// Returns a short description of what was run.
 pub fn restart_sshd(sys: &System, opts: &SshdOptions) -> Result<String> {
-    service::restart(sys, opts)
+    service::restart(sys, opts, service::Why::Restart)
+}
+
+/// `sshd -t` of the live configuration, before a restart would act on it.
+/// /run/sshd is not created here: a running sshd under systemd has it.
+fn check_config(sys: &System, opts: &SshdOptions) -> Result<()> {
+    let root = Dir::open(&sys.root)?;
+    if let Some(base) = sshd_command(sys, &root, opts)? {
+        run_sshd(sys, &base, opts, "-t")?;
+    }
+    Ok(())
 }
 
 pub fn effective(sys: &System, opts: &SshdOptions) -> Result<Effective> {
     let root = Dir::open(&sys.root)?;
     if let Some(base) = sshd_command(sys, &root, opts)? {
-        prepare_runtime(&root)?;
-        if let Ok(values) = sshd_dump(sys, &base, opts) {
+        prepare_runtime(&root, &base)?;
+        let spec = Config::load(&root, &opts.config)
+            .ok()
+            .and_then(|cfg| base_spec(&match_chains(&cfg)));
+        if let Ok(values) = sshd_dump(sys, &base, opts, spec.as_deref()) {
             let get = |k: &str| values.get(k).cloned();
             return Ok(Effective {
                 pubkey_authentication: get("pubkeyauthentication"),
                 password_authentication: get("passwordauthentication"),
                 permit_root_login: get("permitrootlogin"),
-                source: "sshd -T".into(),
+                source: base.source().into(),
             });
         }
     }
@@ -173,8 +282,16 @@ pub fn effective(sys: &System, opts: &SshdOptions) -> Result<Effective> {
     })
 }
 
-/// Edit the model; return the `sshd -T` keyword → value pairs to confirm.
-fn plan(cfg: &mut Config, change: &SshdChange) -> Result<Vec<(&'static str, String)>> {
+/// The edits made to the model: what `sshd -T` must report afterwards, and
+/// the directives changed inside Match blocks.
+struct Plan {
+    wanted: Vec<(&'static str, String)>,
+    match_edits: Vec<(&'static str, MatchEdit)>,
+}
+
+/// Edit the model so that each requested value holds globally and inside
+/// every Match block.
+fn plan(cfg: &mut Config, change: &SshdChange) -> Result<Plan> {
     let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
     let mut wanted = Vec::new();
     if let Some(v) = change.pubkey_authentication {
@@ -192,25 +309,71 @@ fn plan(cfg: &mut Config, change: &SshdChange) -> Result<Vec<(&'static str, Stri
         // `without-password` is the old spelling of the same option value.
         wanted.push(("PermitRootLogin", &[][..], s.to_owned()));
     }
-    for (kw, aliases, value) in &wanted {
-        cfg.set(kw, aliases, value, Some(DROPIN_NAME))?;
-    }
     // With UsePAM, keyboard-interactive asks PAM, and PAM asks for the
-    // password: "passwords off" must switch that path off too.
+    // password: "passwords off" must switch that path off too (UsePAM is
+    // global only, so the files' global value is sshd's).
     if change.password_authentication == Some(false)
         && cfg
             .value(&["usepam"])
             .is_some_and(|v| same_value(&v, "yes"))
     {
-        let kbd = (
+        wanted.push((
             "KbdInteractiveAuthentication",
             &["challengeresponseauthentication"][..],
             "no".to_owned(),
-        );
-        cfg.set(kbd.0, kbd.1, &kbd.2, Some(DROPIN_NAME))?;
-        wanted.push(kbd);
+        ));
     }
-    Ok(wanted.into_iter().map(|(kw, _, v)| (kw, v)).collect())
+    let mut match_edits = Vec::new();
+    for (kw, aliases, value) in &wanted {
+        cfg.set(kw, aliases, value, Some(DROPIN_NAME))?;
+        match_edits.extend(
+            cfg.set_in_matches(kw, aliases, value)
+                .into_iter()
+                .map(|e| (*kw, e)),
+        );
+    }
+    Ok(Plan {
+        wanted: wanted.into_iter().map(|(kw, _, v)| (kw, v)).collect(),
+        match_edits,
+    })
+}
+
+/// A Match line's criteria as written, for results and messages.
+fn criteria_text(cfg: &Config, (file, line): (usize, usize)) -> String {
+    cfg.match_args(file, line).join(" ")
+}
+
+/// The changed Match blocks, in reading order, one entry per block.
+fn describe_match_edits(
+    cfg: &Config,
+    edits: &[(&'static str, MatchEdit)],
+) -> Vec<MatchBlockChange> {
+    let mut out: Vec<(Vec<(usize, usize)>, MatchBlockChange)> = Vec::new();
+    for (kw, e) in edits {
+        let at = format!("{}:{}", cfg.files[e.file].path.display(), e.line + 1);
+        if let Some((_, b)) = out.iter_mut().find(|(ctx, _)| *ctx == e.context) {
+            if !b.keywords.iter().any(|k| k == kw) {
+                b.keywords.push((*kw).to_owned());
+            }
+            b.lines.push(at);
+            continue;
+        }
+        let (outer, _) = e.context.split_at(e.context.len() - 1);
+        out.push((
+            e.context.clone(),
+            MatchBlockChange {
+                file: cfg.files[e.block.0].path.clone(),
+                line: e.block.1 + 1,
+                criteria: criteria_text(cfg, e.block),
+                within: outer.iter().map(|&m| criteria_text(cfg, m)).collect(),
+                keywords: vec![(*kw).to_owned()],
+                lines: vec![at],
+            },
+        ));
+    }
+    let order = cfg.match_blocks();
+    out.sort_by_key(|(ctx, _)| order.iter().position(|c| c == ctx));
+    out.into_iter().map(|(_, b)| b).collect()
 }
 
 /// What to undo when a later step fails.
@@ -343,16 +506,76 @@ fn backup_name(
 }
 
 enum Validation {
-    Checked,
+    Checked {
+        verified: Vec<String>,
+        unverified: Vec<UnverifiedBlock>,
+        /// Which sshd answered (see [`SshdCmd::who`]).
+        who: String,
+    },
     Skipped(String),
 }
 
+/// How this root's sshd is run (PROTOCOL §6). Every invocation (`-t`, `-T`,
+/// `-T -C ...`) goes through [`run_sshd`], so an image's binary is always
+/// confined.
+#[derive(Debug, Clone)]
+enum SshdCmd {
+    /// The running system's configured sshd, through the [`System`]'s runner.
+    Host(Cmd),
+    /// The image's own binary: untrusted code, run by [`crate::confine`]
+    /// with no power over the host, never chrooted as root.
+    Image {
+        program: PathBuf,
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+impl SshdCmd {
+    fn arg(self, a: impl Into<std::ffi::OsString>) -> Self {
+        match self {
+            SshdCmd::Host(c) => SshdCmd::Host(c.arg(a)),
+            SshdCmd::Image { program, mut args } => {
+                args.push(a.into());
+                SshdCmd::Image { program, args }
+            }
+        }
+    }
+
+    fn display(&self) -> String {
+        match self {
+            SshdCmd::Host(c) => c.display(),
+            SshdCmd::Image { program, args } => {
+                format!("the image's {} (confined)", confine::display(program, args))
+            }
+        }
+    }
+
+    /// Which sshd answered, for results: an image's binary may print
+    /// anything, so its word is never passed off as the host's sshd.
+    fn who(&self) -> String {
+        match self {
+            SshdCmd::Host(c) => c.program.to_string_lossy().into_owned(),
+            SshdCmd::Image { program, .. } => {
+                format!("the image's own {}, confined", program.display())
+            }
+        }
+    }
+
+    /// [`Effective::source`] for values this sshd's `-T` printed.
+    fn source(&self) -> &'static str {
+        match self {
+            SshdCmd::Host(_) => "sshd -T",
+            SshdCmd::Image { .. } => "image sshd -T, confined",
+        }
+    }
+}
+
 /// How to run this root's sshd: the configured binary on the live system;
-/// the image's own sshd chrooted into the root otherwise (PROTOCOL §6);
+/// the image's own sshd, confined to the image, otherwise (PROTOCOL §6);
 /// `None` when the image has none.
-fn sshd_command(sys: &System, root: &Dir, opts: &SshdOptions) -> Result<Option<Cmd>> {
+fn sshd_command(sys: &System, root: &Dir, opts: &SshdOptions) -> Result<Option<SshdCmd>> {
     if sys.is_live() {
-        return Ok(Some(Cmd::new(&opts.binary)));
+        return Ok(Some(SshdCmd::Host(Cmd::new(&opts.binary))));
     }
     let (dir, name) = split_path(&opts.binary)?;
     let present = match root.try_open_dir(&dir) {
@@ -362,12 +585,20 @@ fn sshd_command(sys: &System, root: &Dir, opts: &SshdOptions) -> Result<Option<C
         }),
         Ok(None) | Err(_) => false,
     };
-    Ok(present.then(|| Cmd::new("chroot").arg(&sys.root).arg(&opts.binary)))
+    Ok(present.then(|| SshdCmd::Image {
+        program: opts.binary.clone(),
+        args: Vec::new(),
+    }))
 }
 
 /// sshd refuses to start (even for -t) without its privilege separation
-/// directory, which systemd creates only while ssh.service runs.
-fn prepare_runtime(root: &Dir) -> Result<()> {
+/// directory, which systemd creates only while ssh.service runs. An image's
+/// sshd gets one in a tmpfs of its confinement instead: the image is not
+/// written for it.
+fn prepare_runtime(root: &Dir, cmd: &SshdCmd) -> Result<()> {
+    if let SshdCmd::Image { .. } = cmd {
+        return Ok(());
+    }
     if let Some(run) = root.try_open_dir("run")? {
         if run.stat_at("sshd")?.is_none() {
             run.create_dir("sshd", &Meta::new(0, 0, 0o755))?;
@@ -376,23 +607,102 @@ fn prepare_runtime(root: &Dir) -> Result<()> {
     Ok(())
 }
 
+/// An image's sshd that never ran (it could not be confined, or not be
+/// executed): carried inside [`Error::Io`] so that [`validate`] can tell
+/// "not validated" from "sshd said no".
+#[derive(Debug)]
+struct NotRun(String);
+
+impl std::fmt::Display for NotRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotRun {}
+
+fn not_run(e: &Error) -> Option<&NotRun> {
+    match e {
+        Error::Io { source, .. } => source.get_ref()?.downcast_ref::<NotRun>(),
+        _ => None,
+    }
+}
+
+/// At most this much of sshd's stderr goes into a message: an image's
+/// binary chooses those bytes.
+const STDERR_IN_MESSAGE: usize = 2000;
+
 fn explain_sshd_failure(stderr: &str) -> String {
-    let s = stderr.trim();
+    let mut s: String = stderr
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
+        .take(STDERR_IN_MESSAGE)
+        .collect();
+    if stderr.trim().chars().count() > STDERR_IN_MESSAGE {
+        s.push_str(" [...]");
+    }
     if s.contains("no hostkeys available") || s.contains("Unable to load host key") {
         format!("sshd has no usable host keys (create them with `ssh-keygen -A`): {s}")
     } else if s.contains("privilege separation directory") {
         format!("sshd's /run/sshd is missing or unsafe: {s}")
     } else {
-        s.to_owned()
+        s
     }
 }
 
-fn run_sshd(sys: &System, base: &Cmd, opts: &SshdOptions, flag: &str) -> Result<Vec<u8>> {
-    let cmd = base.clone().arg(flag).arg("-f").arg(&opts.config);
-    let out = sys
-        .runner
-        .run(&cmd)
-        .ctx(|| format!("running {}", cmd.display()))?;
+fn run_sshd(sys: &System, base: &SshdCmd, opts: &SshdOptions, flag: &str) -> Result<Vec<u8>> {
+    run_sshd_args(sys, base, opts, &[flag])
+}
+
+/// `sshd ARGS -f CONFIG` through the command [`sshd_command`] built: the
+/// runner for the running system's sshd, [`confine`] for an image's.
+fn run_sshd_args(
+    sys: &System,
+    base: &SshdCmd,
+    opts: &SshdOptions,
+    args: &[&str],
+) -> Result<Vec<u8>> {
+    let cmd = args
+        .iter()
+        .fold(base.clone(), |c, a| c.arg(*a))
+        .arg("-f")
+        .arg(&opts.config);
+    let out = match &cmd {
+        SshdCmd::Host(c) => sys
+            .runner
+            .run(c)
+            .ctx(|| format!("running {}", cmd.display()))?,
+        SshdCmd::Image { program, args } => {
+            match confine::run_in_image(&sys.root, program, args, confine::Limits::SSHD) {
+                Ok(out) => out,
+                Err(e) if e.not_run() => {
+                    let why = if let confine::ConfineError::Exec(errno) = e {
+                        format!(
+                            "the image's {} could not be executed ({errno}), so sshd did not run",
+                            program.display()
+                        )
+                    } else {
+                        format!(
+                            "the image's {} could not be confined, so it was not run: {e}",
+                            program.display()
+                        )
+                    };
+                    return Err(Error::Io {
+                        context: format!("running {}", cmd.display()),
+                        source: std::io::Error::other(NotRun(why)),
+                    });
+                }
+                // It ran and misbehaved (too long, too much output): no answer.
+                Err(e) => {
+                    return Err(Error::SshdInvalid(format!(
+                        "{} gave no answer: {e}",
+                        cmd.display()
+                    )))
+                }
+            }
+        }
+    };
     if !out.status.success() {
         return Err(Error::SshdInvalid(format!(
             "{} failed: {}",
@@ -403,21 +713,116 @@ fn run_sshd(sys: &System, base: &Cmd, opts: &SshdOptions, flag: &str) -> Result<
     Ok(out.stdout)
 }
 
-/// `sshd -T` as keyword → first value.
-fn sshd_dump(sys: &System, base: &Cmd, opts: &SshdOptions) -> Result<BTreeMap<String, String>> {
-    let out = run_sshd(sys, base, opts, "-T")?;
+/// Longest `sshd -T` value kept. Real ones are short words; an image's
+/// binary could print a megabyte that would then land in a result.
+const MAX_DUMP_VALUE: usize = 256;
+
+/// `sshd -T [-C SPEC]` as keyword → first value. A line whose value is too
+/// long or holds control characters is dropped (as if sshd had not
+/// printed it).
+fn sshd_dump(
+    sys: &System,
+    base: &SshdCmd,
+    opts: &SshdOptions,
+    spec: Option<&str>,
+) -> Result<BTreeMap<String, String>> {
+    let out = match spec {
+        Some(spec) => run_sshd_args(sys, base, opts, &["-T", "-C", spec])?,
+        None => run_sshd(sys, base, opts, "-T")?,
+    };
     Ok(String::from_utf8_lossy(&out)
         .lines()
         .filter_map(|l| l.split_once(' '))
         .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
+        .filter(|(_, v)| v.len() <= MAX_DUMP_VALUE && !v.chars().any(char::is_control))
         .collect())
 }
 
-/// `sshd -t`, then `sshd -T` must report every wanted value.
+/// A Match block (its Match line: file, line) and the criteria of every
+/// Match line it is inside, outermost first, its own last.
+type MatchChain = ((usize, usize), Vec<Vec<Criterion>>);
+
+/// Every Match block's criteria chain.
+fn match_chains(cfg: &Config) -> Vec<MatchChain> {
+    cfg.match_blocks()
+        .into_iter()
+        .filter_map(|chain| {
+            let inner = *chain.last()?;
+            let criteria = chain
+                .iter()
+                .map(|&(f, l)| parse_criteria(&cfg.match_args(f, l)))
+                .collect();
+            Some((inner, criteria))
+        })
+        .collect()
+}
+
+/// The spec for the context outside every Match block: none, unless a
+/// LocalPort criterion exists, which makes sshd -T without `lport` fatal
+/// ("'Match LocalPort' in configuration but 'lport' not in connection test
+/// specification"); then a port that no block names.
+fn base_spec(chains: &[MatchChain]) -> Option<String> {
+    let all: Vec<&Criterion> = chains
+        .iter()
+        .flat_map(|(_, c)| c.iter().flatten())
+        .collect();
+    all.iter()
+        .any(|c| matches!(c, Criterion::LocalPort(_)))
+        .then(|| format!("lport={}", free_port(all.iter().copied())))
+}
+
+/// Users and groups as sshd in this root would see them (files only).
+fn accounts(root: &Dir) -> Accounts {
+    let read = |name: &str| -> Vec<u8> {
+        root.try_open_dir("etc")
+            .ok()
+            .flatten()
+            .and_then(|d| d.read(name).ok().flatten())
+            .map(|d| d.bytes)
+            .unwrap_or_default()
+    };
+    Accounts::parse(&read("passwd"), &read("group"))
+}
+
+/// Does `values` (one `sshd -T` run) report every wanted value? The error
+/// names the context, `what`.
+fn check_values(
+    values: &BTreeMap<String, String>,
+    wanted: &[(&'static str, String)],
+    what: &str,
+) -> Result<()> {
+    for (kw, want) in wanted {
+        // sshd before 8.7 reports ChallengeResponseAuthentication separately,
+        // and either one left on keeps keyboard-interactive (PAM) passwords.
+        if *kw == "KbdInteractiveAuthentication" {
+            if let Some(cr) = values.get("challengeresponseauthentication") {
+                if !same_value(cr, want) {
+                    return Err(Error::SshdInvalid(format!(
+                        "after the change {what} reports challengeresponseauthentication {cr}, not {want}"
+                    )));
+                }
+            }
+        }
+        let got = values.get(&kw.to_ascii_lowercase());
+        if !got.is_some_and(|g| same_value(g, want)) {
+            return Err(Error::SshdInvalid(format!(
+                "after the change {what} reports {} {}, not {want}",
+                kw.to_ascii_lowercase(),
+                got.map_or("(nothing)", String::as_str)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `sshd -t`, then `sshd -T` (outside every Match block) and `sshd -T -C`
+/// for a connection each Match block applies to must report every wanted
+/// value.
 fn validate(
     sys: &System,
     root: &Dir,
     opts: &SshdOptions,
+    cfg: &Config,
     wanted: &[(&'static str, String)],
 ) -> Result<Validation> {
     let Some(base) = sshd_command(sys, root, opts)? else {
@@ -427,29 +832,65 @@ fn validate(
             opts.binary.display()
         )));
     };
-    prepare_runtime(root)?;
-    run_sshd(sys, &base, opts, "-t")?;
-    let values = sshd_dump(sys, &base, opts)?;
-    for (kw, want) in wanted {
-        // sshd before 8.7 reports ChallengeResponseAuthentication separately,
-        // and either one left on keeps keyboard-interactive (PAM) passwords.
-        if *kw == "KbdInteractiveAuthentication" {
-            if let Some(cr) = values.get("challengeresponseauthentication") {
-                if !same_value(cr, want) {
-                    return Err(Error::SshdInvalid(format!(
-                        "after the change sshd -T reports challengeresponseauthentication {cr}, not {want}"
-                    )));
-                }
-            }
+    prepare_runtime(root, &base)?;
+    match run_sshd(sys, &base, opts, "-t") {
+        Err(e) if not_run(&e).is_some() => {
+            return Ok(Validation::Skipped(
+                not_run(&e).map(ToString::to_string).unwrap_or_default(),
+            ))
         }
-        let got = values.get(&kw.to_ascii_lowercase());
-        if !got.is_some_and(|g| same_value(g, want)) {
-            return Err(Error::SshdInvalid(format!(
-                "after the change sshd -T reports {} {}, not {want}",
-                kw.to_ascii_lowercase(),
-                got.map_or("(nothing)", String::as_str)
-            )));
-        }
+        r => r?,
+    };
+    let chains = match_chains(cfg);
+    let global = base_spec(&chains);
+    let mut verified = Vec::new();
+    let mut unverified = Vec::new();
+    let describe = |spec: Option<&str>| match spec {
+        Some(s) => format!("sshd -T -C {s}"),
+        None => "sshd -T".to_owned(),
+    };
+    let values = sshd_dump(sys, &base, opts, global.as_deref())?;
+    check_values(&values, wanted, &describe(global.as_deref()))?;
+    verified.push(describe(global.as_deref()));
+    if chains.is_empty() {
+        return Ok(Validation::Checked {
+            verified,
+            unverified,
+            who: base.who(),
+        });
     }
-    Ok(Validation::Checked)
+    let accounts = accounts(root);
+    let port = free_port(chains.iter().flat_map(|(_, c)| c.iter().flatten()));
+    for (block, criteria) in &chains {
+        let spec = match spec_for(criteria, &accounts, port) {
+            Ok(spec) => spec.to_arg(),
+            Err(reason) => {
+                unverified.push(UnverifiedBlock {
+                    file: cfg.files[block.0].path.clone(),
+                    line: block.1 + 1,
+                    criteria: criteria_text(cfg, *block),
+                    reason,
+                });
+                continue;
+            }
+        };
+        let what = describe(Some(&spec));
+        if verified.contains(&what) {
+            continue;
+        }
+        let values = sshd_dump(sys, &base, opts, Some(&spec))?;
+        let what_block = format!(
+            "{what} (for Match {}, {} line {})",
+            criteria_text(cfg, *block),
+            cfg.files[block.0].path.display(),
+            block.1 + 1
+        );
+        check_values(&values, wanted, &what_block)?;
+        verified.push(what);
+    }
+    Ok(Validation::Checked {
+        verified,
+        unverified,
+        who: base.who(),
+    })
 }

@@ -1,0 +1,60 @@
+//! The account expiry dates that `lock_user` replaced, kept in
+//! `<state_dir>/locks/USER` until `unlock_user` restores them (PROTOCOL §3).
+//!
+//! Only the raw shadow(5) expiry field is kept (a day number, or empty for
+//! "never"). It lives in the state directory rather than in /etc, because
+//! shadow-utils has nowhere to put it, and `usermod -U` alone would leave the
+//! account expired.
+
+use crate::error::{Error, Result};
+use crate::fsx::{Dir, Meta};
+use crate::identity::sub_dir;
+use crate::names::UserName;
+
+pub const LOCKS_DIR: &str = "locks";
+
+pub struct Suspensions {
+    dir: Dir,
+}
+
+impl Suspensions {
+    pub fn open(state: &Dir) -> Result<Suspensions> {
+        Ok(Suspensions {
+            dir: sub_dir(state, LOCKS_DIR)?,
+        })
+    }
+
+    /// Remember `expire` as what `user`'s lock replaced (atomically, durably).
+    pub fn remember(&self, user: &UserName, expire: &str) -> Result<()> {
+        let euid = nix::unistd::geteuid().as_raw();
+        let egid = nix::unistd::getegid().as_raw();
+        self.dir.write_atomic(
+            user.as_str(),
+            expire.as_bytes(),
+            &Meta::new(euid, egid, 0o600),
+        )
+    }
+
+    /// The expiry `user`'s lock replaced, if one is remembered.
+    pub fn recall(&self, user: &UserName) -> Result<Option<String>> {
+        // The state directory is root's (0700, checked when opened).
+        let Some(data) = self.dir.read(user.as_str())? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8(data.bytes)
+            .ok()
+            .filter(|t| t.len() <= 10 && t.bytes().all(|b| b.is_ascii_digit()));
+        text.map(Some).ok_or_else(|| Error::Io {
+            context: format!(
+                "reading {}: not an account expiry day number",
+                self.dir.display(user.as_str()).display()
+            ),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+        })
+    }
+
+    /// Forget `user`'s record (after an unlock, or with the user).
+    pub fn forget(&self, user: &UserName) -> Result<()> {
+        self.dir.remove_file(user.as_str()).map(|_| ())
+    }
+}

@@ -1,0 +1,106 @@
+//! Account lifecycle against a real sshd: a locked account is refused by
+//! every method and comes back with both after unlock; a forced password
+//! change is what PAM asks for at the next login.
+
+use accessd_e2e::{sandbox, KeyKind};
+
+#[test]
+fn a_locked_user_is_refused_with_a_key_and_a_password_and_logs_in_after_unlock() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    let key = sb.client_key("alice", KeyKind::Ed25519);
+    let password = "L0cked-0ut-Pass!";
+    sb.cmd("create_user")
+        .user("alice")
+        .password(password)
+        .keys(&[&key])
+        .send()
+        .assert_ok();
+    sb.assert_key_login("alice", &key);
+    sb.assert_password_login("alice", password);
+    let before = sb.shadow_entry("alice").unwrap();
+
+    let r = sb.cmd("lock_user").user("alice").send();
+    r.assert_ok();
+    assert_eq!(r.payload["data"]["changed"], true, "{}", r.payload);
+    sb.assert_no_key_login("alice", &key);
+    sb.assert_no_password_login("alice", password);
+    let locked = sb.shadow_entry("alice").unwrap();
+    assert_eq!(locked[1], format!("!{}", before[1]), "hash behind a '!'");
+    assert_eq!(locked[7], "1", "account expired, as usermod -e 1");
+
+    // Again: ok, and nothing is written.
+    let shadow = sb.read("/etc/shadow");
+    let r = sb.cmd("lock_user").user("alice").send();
+    r.assert_ok();
+    assert_eq!(r.payload["data"]["changed"], false, "{}", r.payload);
+    assert_eq!(sb.read("/etc/shadow"), shadow);
+
+    let inv = sb.cmd("inventory").send();
+    inv.assert_ok();
+    let alice = inv.payload["data"]["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "alice")
+        .cloned()
+        .unwrap();
+    assert_eq!(alice["locked"], true, "{alice}");
+
+    sb.cmd("unlock_user").user("alice").send().assert_ok();
+    assert_eq!(
+        sb.shadow_entry("alice").unwrap(),
+        before,
+        "as before the lock"
+    );
+    sb.assert_key_login("alice", &key);
+    sb.assert_password_login("alice", password);
+    let r = sb.cmd("unlock_user").user("alice").send();
+    r.assert_ok();
+    assert_eq!(r.payload["data"]["changed"], false, "{}", r.payload);
+}
+
+#[test]
+fn lock_user_refuses_root() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    let shadow = sb.read("/etc/shadow");
+    sb.cmd("lock_user")
+        .user("root")
+        .send()
+        .assert_rejected("invalid_command");
+    assert_eq!(sb.read("/etc/shadow"), shadow);
+}
+
+#[test]
+fn a_must_change_password_is_asked_to_be_changed_at_the_next_login() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    sb.cmd("create_user").user("bob").send().assert_ok();
+    let password = "Ch4nge-Me-Soon!";
+    let r = sb
+        .cmd("set_password")
+        .user("bob")
+        .password(password)
+        .args(["--must-change"])
+        .send();
+    r.assert_ok();
+    assert_eq!(r.payload["data"]["must_change"], true, "{}", r.payload);
+    assert_eq!(sb.shadow_entry("bob").unwrap()[2], "0", "lastchg 0");
+    let chage = sb.run_ok(&["chage", "-l", "bob"]);
+    assert!(
+        chage.contains("password must be changed"),
+        "chage -l agrees: {chage}"
+    );
+    let tty = sb.password_login_on_a_tty("bob", password);
+    let shown = format!("{}{}", tty.stdout, tty.stderr);
+    // keyboard-interactive: PAM's "You are required to change your password
+    // immediately"; the password method: sshd's "Your password has expired"
+    // followed by passwd. Either way the login asks for a new password.
+    assert!(
+        shown.contains("You are required to change your password immediately")
+            || shown.contains("Your password has expired"),
+        "a new password is asked for: {shown}"
+    );
+    assert!(shown.contains("Changing password for bob"), "{shown}");
+}
