@@ -1075,8 +1075,6 @@ fn set_sshd_holds_in_every_match_block_context() {
         true,
     );
     with_accounts(&env);
-    fs::create_dir(env.p("/run/sshd")).unwrap();
-    fs::set_permissions(env.p("/run/sshd"), fs::Permissions::from_mode(0o755)).unwrap();
     // The fixture does what it says: each spec sees a value turned back on.
     for spec in HAND_SPECS {
         let t = sshd_t_c(&env, spec);
@@ -1182,8 +1180,6 @@ fn the_connection_built_for_a_match_block_is_one_sshd_applies_it_to() {
     ];
     let env = Env::new(&[("/etc/ssh/sshd_config", String::new())], true, true);
     with_accounts(&env);
-    fs::create_dir(env.p("/run/sshd")).unwrap();
-    fs::set_permissions(env.p("/run/sshd"), fs::Permissions::from_mode(0o755)).unwrap();
     let accounts = Accounts::parse(
         &fs::read(env.p("/etc/passwd")).unwrap(),
         &fs::read(env.p("/etc/group")).unwrap(),

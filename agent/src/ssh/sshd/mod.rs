@@ -233,6 +233,11 @@ pub fn set_sshd(
         }
     } else if restart {
         notes.push("no service restarted: root is not the running system".to_owned());
+    } else if sys.is_live() && !outcome.changed_files.is_empty() {
+        notes.push(
+            "sshd was not reloaded (restart: false): it serves the old settings until it is"
+                .to_owned(),
+        );
     }
     outcome.message = notes.join("; ");
     Ok(outcome)
