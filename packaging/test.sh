@@ -8,6 +8,8 @@
 #   packaging/test.sh            builds both packages (packaging/build.sh) and tests them
 #
 # What it checks, in order:
+#   0. the glibc baseline: objdump -T of both binaries names no GLIBC_
+#      version above build.sh's GLIBC_BASELINE, nor do the packages' deps
 #   1. the .deb's files, modes, owners, conffiles, control fields, scripts
 #   2. the .rpm's files, modes, config flags, requirements, scriptlets
 #   3. lintian on the .deb: no errors (warnings are listed)
@@ -22,9 +24,10 @@
 #      present (what a running system sees): which systemctl calls the .deb
 #      scripts and the .rpm scriptlets make on install, upgrade and removal
 #
-# Tools: dpkg-deb, rpm, lintian, debootstrap, systemd-analyze, python3, chroot.
+# Tools: dpkg-deb, rpm, lintian, debootstrap, systemd-analyze, python3, chroot, objdump.
 # Missing tools fail the test under CI=true; elsewhere it skips with a reason.
-# ACCESSD_PKGTEST_CACHE (default target/pkgtest-cache) keeps the debootstrap
+# ACCESSD_PKGTEST_CACHE (default /var/cache/accessd-test, outside the clone so
+# that CI keeps it between runs) keeps the debootstrap
 # tarball between runs; DEBIAN_MIRROR overrides the mirror.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +50,7 @@ skip_or_fail() {
   exit 0
 }
 [ "$(id -u)" = 0 ] || skip_or_fail "needs root (dpkg --root, chroot)"
-for tool in dpkg-deb dpkg rpm lintian debootstrap systemd-analyze python3 chroot; do
+for tool in dpkg-deb dpkg rpm lintian debootstrap systemd-analyze python3 chroot objdump; do
   command -v "$tool" >/dev/null || skip_or_fail "$tool is missing (scripts/install-test-deps installs it)"
 done
 
@@ -65,6 +68,47 @@ for f in "$deb" "$rpm" "$old_deb" "$old_rpm"; do
   [ -s "$f" ] || fail "build.sh did not produce $f"
   ok
 done
+
+# ---------------------------------------------------------------- glibc baseline
+# The packaged binaries must run on every distribution with glibc >= 2.17
+# (issue 13: the release build once needed GLIBC_2.34 and did not start on
+# Debian 11). objdump -T lists each dynamic symbol with the version it binds;
+# the highest GLIBC_ one must not be above the baseline build.sh links for.
+glibc_baseline=$(sed -n 's/^GLIBC_BASELINE=//p' packaging/build.sh)
+[ -n "$glibc_baseline" ] || fail "packaging/build.sh names no GLIBC_BASELINE"
+section "glibc baseline $glibc_baseline (objdump -T of the packaged binaries)"
+mkdir "$tmp/x-baseline"
+dpkg-deb -x "$deb" "$tmp/x-baseline"
+# newest_glibc TEXT: the highest N.N in "GLIBC_N.N" occurrences of TEXT.
+newest_glibc() { printf '%s\n' "$1" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/^GLIBC_//' | sort -V | tail -n 1; }
+# at_most A B: version A <= version B.
+at_most() { [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | tail -n 1)" = "$2" ]; }
+for b in accessd accessctl; do
+  syms=$(objdump -T "$tmp/x-baseline/usr/bin/$b") || fail "objdump -T $b"
+  newest=$(newest_glibc "$syms")
+  [ -n "$newest" ] || fail "$b: objdump -T names no GLIBC_ version (not dynamically linked against glibc?)"
+  at_most "$newest" "$glibc_baseline" \
+    || fail "$b needs GLIBC_$newest, above the baseline $glibc_baseline: $(printf '%s\n' "$syms" | grep "GLIBC_$newest" | head -n 5)"
+  ok
+  echo "  $b: newest glibc symbol version GLIBC_$newest"
+done
+# Only glibc's own libraries are needed: libc6 is the .deb's one library
+# dependency, so nothing else may appear in NEEDED.
+for b in accessd accessctl; do
+  needed=$(objdump -p "$tmp/x-baseline/usr/bin/$b" | awk '$1 == "NEEDED" { print $2 }' | sort | paste -sd' ')
+  expect_eq "$needed" "ld-linux-x86-64.so.2 libc.so.6 libdl.so.2 libpthread.so.0" "$b: NEEDED libraries (glibc's only)"
+done
+# The packages' dependencies say the same minimum: the .deb's libc6 (>= V),
+# the .rpm's libc.so.6(GLIBC_V)(64bit) requirements; and the .deb's is the
+# baseline itself, not more (a libc6 (>= 2.34) would refuse Debian 11).
+deb_libc=$(dpkg-deb -f "$deb" Depends | sed -n 's/.*libc6 (>= \([0-9.]*\)).*/\1/p')
+[ -n "$deb_libc" ] || fail "deb: no libc6 (>= V) in Depends"
+expect_eq "$deb_libc" "$glibc_baseline" "deb: Depends libc6 (>= V)"
+rpm_libc=$(newest_glibc "$(rpm -qp --nosignature --requires "$rpm")")
+[ -n "$rpm_libc" ] || fail "rpm: no libc.so.6(GLIBC_V) requirement"
+at_most "$rpm_libc" "$glibc_baseline" || fail "rpm: requires GLIBC_$rpm_libc, above the baseline $glibc_baseline"
+ok
+echo "  deb: Depends libc6 (>= $deb_libc); rpm: requires up to GLIBC_$rpm_libc"
 
 # Units and conffile as the package scripts name them; the scripts hard-code
 # them, so a renamed unit must fail here rather than ship unenabled.
@@ -95,7 +139,7 @@ expect_eq "$(dpkg-deb -f "$deb" Package)" "accessd" "deb: Package"
 expect_eq "$(dpkg-deb -f "$deb" Version)" "${crate_version}-1" "deb: Version"
 expect_eq "$(dpkg-deb -f "$old_deb" Version)" "${old_version}-1" "deb: Version of the older build"
 depends=$(dpkg-deb -f "$deb" Depends)
-expect_match "$depends" '(^|, )libc6 \(>= [0-9.]+\)' "deb: Depends on libc6 (from dpkg-shlibdeps)"
+expect_match "$depends" '(^|, )libc6 \(>= [0-9.]+\)' "deb: Depends on libc6"
 expect_match "$depends" '(^|, )init-system-helpers \(>= 1\.8\)(,|$)' "deb: Depends on init-system-helpers"
 expect_eq "$(dpkg-deb -f "$deb" Section)" "admin" "deb: Section"
 mkdir "$tmp/control"
@@ -164,7 +208,7 @@ expect_no_match "$lint" '^E: ' "lintian errors"
 # ---------------------------------------------------------------- Debian tree
 suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
 [ -n "$suite" ] || fail "cannot tell this machine's Debian suite from /etc/os-release"
-cache=${ACCESSD_PKGTEST_CACHE:-target/pkgtest-cache}
+cache=${ACCESSD_PKGTEST_CACHE:-/var/cache/accessd-test}
 # systemd: what a cloud image has, and what `systemd-analyze verify --root`
 # needs (the targets our units hang off); procps: /bin/kill, which
 # accessd.service's ExecReload names.

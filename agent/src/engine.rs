@@ -232,9 +232,22 @@ impl Engine {
         self.finish(out, received_at, result)
     }
 
-    /// Apply what `set_password` with `apply_at: next_boot` staged; each
-    /// outcome is a signed result (to be written to the outbox).
-    pub fn apply_staged(&mut self) -> Vec<Handled> {
+    /// Apply what `set_password` with `apply_at: next_boot` staged in an
+    /// earlier boot; each outcome is a signed result (to be written to the
+    /// outbox). Entries staged during the current boot stay staged, with no
+    /// result yet. An error only when the current boot cannot be told (then
+    /// nothing is applied): applying then could be applying early.
+    pub fn apply_staged(&mut self) -> Result<Vec<Handled>> {
+        let boot_id = self.sys.clock.boot_id().map_err(|e| Error::Io {
+            context: "reading the kernel's boot id (next-boot passwords wait for another boot)"
+                .into(),
+            source: e,
+        })?;
+        let boot_started = self
+            .sys
+            .clock
+            .unix_secs()
+            .saturating_sub(self.sys.clock.since_boot().as_secs());
         let received_at = self.sys.clock.now();
         let entries = match self.staging.list() {
             Ok(e) => e,
@@ -243,13 +256,22 @@ impl Engine {
                     op: Some("set_password".into()),
                     ..Outcome::default()
                 };
-                return vec![self.finish(out, received_at, Err(e))];
+                return Ok(vec![self.finish(out, received_at, Err(e))]);
             }
         };
         let mut results = Vec::new();
         for entry in entries {
             let received_at = self.sys.clock.now();
             let (file, out, result) = match entry {
+                Ok(s) if !s.is_due(&boot_id, boot_started) => {
+                    tracing::info!(
+                        command_id = s.id.as_str(),
+                        "the password staged by {} waits for the next boot \
+                         (it was staged during this one)",
+                        s.id
+                    );
+                    continue;
+                }
                 Ok(s) => {
                     let out = Outcome {
                         id: Some(s.id.clone()),
@@ -286,7 +308,7 @@ impl Engine {
             }
             results.push(handled);
         }
-        results
+        Ok(results)
     }
 
     /// Base64 of the agent's Ed25519 public key.
@@ -434,7 +456,8 @@ impl Engine {
         self.check_instance_and_times(&cmd)?;
 
         let skew = Duration::from_secs(self.cfg.clock_skew_secs);
-        if let Err(e) = self.replay.prune(self.sys.clock.now(), skew) {
+        let max_ttl = Duration::from_secs(self.cfg.max_ttl_secs);
+        if let Err(e) = self.replay.prune(&*self.sys.clock, skew, max_ttl) {
             // Pruning is housekeeping; a failure must not stop commands.
             tracing::warn!("pruning the replay record failed: {e}");
         }
@@ -442,7 +465,11 @@ impl Engine {
             return Err(Error::Replayed(cmd.id));
         }
         let ready = self.prepare(cmd.op)?;
-        self.replay.record(&cmd.id, cmd.expires_at)?;
+        let window = crate::replay::Window {
+            issued_at: cmd.issued_at,
+            expires_at: cmd.expires_at,
+        };
+        self.replay.record(&cmd.id, &window, &*self.sys.clock)?;
         self.apply(&cmd.id, ready)
     }
 
@@ -608,6 +635,16 @@ impl Engine {
         let sys = &self.sys;
         let acfg = self.cfg.accounts();
         let sshd_opts = &self.cfg.sshd;
+        // Commands name only root and regular users (PROTOCOL §3): one
+        // check, here, for every op that acts on an existing user.
+        let existing = match &ready {
+            Ready::SetPassword(u, _, _) | Ready::StagePassword(u, _) => Some(u),
+            Ready::Other(op) => op.target_user(),
+            Ready::CreateUser(..) => None,
+        };
+        if let Some(user) = existing {
+            accounts::managed_user(sys, user)?;
+        }
         match ready {
             Ready::SetPassword(user, hash, must_change) => {
                 let set = accounts::set_password_with(
@@ -631,10 +668,15 @@ impl Engine {
                 ))
             }
             Ready::StagePassword(user, hash) => {
-                // The user must exist now; a typo should fail today, not at boot.
-                accounts::lookup(sys, &user)?;
+                // The user exists now (checked above); a typo fails today, not at boot.
+                // Without the boot id, apply-staged could not tell this boot
+                // from the next one: refuse now rather than apply early.
+                let boot_id = sys.clock.boot_id().map_err(|e| Error::Io {
+                    context: "reading the kernel's boot id to stage for the next boot".into(),
+                    source: e,
+                })?;
                 self.staging
-                    .stage(id, &user, &hash, sys.clock.unix_secs())?;
+                    .stage(id, &user, &hash, sys.clock.unix_secs(), &boot_id)?;
                 Ok((
                     format!("password of {user} staged for the next boot"),
                     json!({ "apply_at": "next_boot" }),
@@ -642,44 +684,56 @@ impl Engine {
             }
             Ready::CreateUser(spec, keys, until) => {
                 let expiry = self.key_expiry(id, until);
-                let created = accounts::create_user(sys, &acfg, &spec)?;
                 let user = &spec.name;
+                // The keys are added while the new account's files are
+                // still locked; if that fails, create_user_then undoes
+                // exactly what it did (a home that was there stays), so
+                // `failed` means every file is as before.
+                let (created, keys) = accounts::create_user_then(sys, &acfg, &spec, |_| {
+                    if keys.is_empty() {
+                        Ok(None)
+                    } else {
+                        authkeys::add_keys_until(sys, user, &keys, expiry.as_ref()).map(Some)
+                    }
+                })?;
                 let mut data = json!(created);
-                if !keys.is_empty() {
-                    match authkeys::add_keys_until(sys, user, &keys, expiry.as_ref()) {
-                        Ok(k) => {
-                            data["keys"] = json!(k);
-                            if let Some(e) = &expiry {
-                                data["keys_expire_at"] = json!(format_time(
-                                    SystemTime::UNIX_EPOCH + Duration::from_secs(e.at)
-                                ));
-                                self.note_expiry(e.at);
-                            }
-                        }
-                        Err(e) => {
-                            // `failed` promises every file as before: take
-                            // the user (and the home just made) away again.
-                            return Err(match accounts::delete_user(sys, user, true) {
-                                Ok(()) => e,
-                                Err(e2) => Error::Io {
-                                    context: format!(
-                                        "adding keys for the new user {user} failed ({e}), \
-                                         and removing the user again failed too; \
-                                         the user exists"
-                                    ),
-                                    source: std::io::Error::other(e2.to_string()),
-                                },
-                            });
-                        }
+                if let Some(k) = keys {
+                    data["keys"] = json!(k);
+                    if let Some(e) = &expiry {
+                        data["keys_expire_at"] = json!(format_time(
+                            SystemTime::UNIX_EPOCH + Duration::from_secs(e.at)
+                        ));
+                        self.note_expiry(e.at);
                     }
                 }
                 Ok((format!("created user {user} (uid {})", created.uid), data))
             }
             Ready::Other(op) => match op {
-                Op::DeleteUser { user, remove_home } => {
-                    accounts::delete_user(sys, &user, remove_home)?;
+                Op::DeleteUser {
+                    user,
+                    remove_home,
+                    terminate_sessions,
+                } => {
+                    let d = accounts::delete_user_with(
+                        sys,
+                        &user,
+                        accounts::DeleteOptions {
+                            remove_home,
+                            terminate_sessions,
+                        },
+                    )?;
+                    // What lock_user remembered for this user is theirs too:
+                    // an unlock_user of a later user of the name must not
+                    // restore it.
+                    if let Err(e) = self.suspensions.forget(&user) {
+                        tracing::warn!("could not remove the lock record of {user}: {e}");
+                    }
                     let how = if remove_home { " and its home" } else { "" };
-                    Ok((format!("deleted user {user}{how}"), json!({})))
+                    let ended = match d.sessions_ended.len() {
+                        0 => String::new(),
+                        n => format!("; ended {n} process(es) of the user"),
+                    };
+                    Ok((format!("deleted user {user}{how}{ended}"), json!(d)))
                 }
                 Op::AddKeys {
                     user,

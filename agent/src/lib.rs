@@ -3,6 +3,7 @@
 //!
 //! Map (which module owns what):
 //! - [`sys`]: the seam to the machine — root directory, clock, process runner.
+//! - [`confine`]: runs a disk image's own program (its sshd) with no power over the host.
 //! - [`fsx`]: every file access below the root; symlink-safe walking and the one
 //!   atomic-write routine.
 //! - [`error`]: the error type; each variant is one protocol error code.
@@ -16,10 +17,12 @@
 //! - [`protocol`]: DSSE envelopes, typed commands, results, and the client half.
 //! - [`identity`], [`replay`], [`staging`]: the agent's state directory.
 //! - [`inventory`]: the `inventory` op's report.
+//! - [`sessions`]: a user's processes, found and ended through pidfds.
 //! - [`mqtt`]: fleet delivery through an MQTT broker (transport and client).
 
 pub mod accounts;
 pub mod config;
+pub mod confine;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
@@ -33,6 +36,7 @@ pub mod names;
 pub mod protocol;
 pub mod replay;
 pub mod secret;
+pub mod sessions;
 pub mod ssh;
 pub mod staging;
 pub mod suspensions;

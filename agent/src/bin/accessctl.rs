@@ -194,6 +194,10 @@ struct SignArgs {
     /// delete_user: remove the home directory too.
     #[arg(long)]
     remove_home: bool,
+    /// delete_user: end the user's running processes (SIGTERM, then
+    /// SIGKILL) instead of failing with user_busy.
+    #[arg(long)]
+    terminate_sessions: bool,
     /// set_sshd: PubkeyAuthentication.
     #[arg(long, value_enum)]
     pubkey_auth: Option<YesNo>,
@@ -203,7 +207,7 @@ struct SignArgs {
     /// set_sshd: PermitRootLogin.
     #[arg(long, value_enum)]
     permit_root_login: Option<RootLogin>,
-    /// set_sshd: do not restart sshd.
+    /// set_sshd: do not reload (or start) sshd.
     #[arg(long)]
     no_restart: bool,
     /// inventory: report only these users (comma-separated or repeated).
@@ -427,6 +431,9 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
             if a.remove_home {
                 args.insert("remove_home".into(), true.into());
             }
+            if a.terminate_sessions {
+                args.insert("terminate_sessions".into(), true.into());
+            }
         }
         "add_keys" | "replace_keys" | "remove_keys" => {
             args.insert("user".into(), user()?.into());
@@ -500,7 +507,10 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
             (a.sudo || a.shell.is_some()) && a.op != "create_user",
             "--sudo/--shell",
         ),
-        (a.remove_home && a.op != "delete_user", "--remove-home"),
+        (
+            (a.remove_home || a.terminate_sessions) && a.op != "delete_user",
+            "--remove-home/--terminate-sessions",
+        ),
         (
             a.keys_expire_at.is_some()
                 && !matches!(a.op.as_str(), "add_keys" | "replace_keys" | "create_user"),

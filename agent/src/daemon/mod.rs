@@ -39,6 +39,9 @@ pub trait Handler {
     fn handle(&mut self, envelope: &[u8]) -> Handled;
     /// Take a new configuration (SIGHUP).
     fn reconfigure(&mut self, cfg: Config);
+    /// The largest envelope it takes: an inbox file is read up to this + 1
+    /// bytes, enough for the handler to refuse it for its size.
+    fn max_envelope_bytes(&self) -> usize;
     /// Carry out the key expiries that are due; the next one's time, or
     /// `None` when nothing expires (then no timer is armed). Called at
     /// start, after every command and when the timer fires, so it must be
@@ -54,6 +57,9 @@ impl Handler for Engine {
     }
     fn reconfigure(&mut self, cfg: Config) {
         Engine::reconfigure(self, cfg)
+    }
+    fn max_envelope_bytes(&self) -> usize {
+        self.config().max_envelope_bytes
     }
     fn expire_keys(&mut self) -> Option<SystemTime> {
         Engine::expire_keys(self)
@@ -400,13 +406,14 @@ impl Loop<'_> {
     }
 }
 
-/// `accessd apply-staged`: apply what `next_boot` staged, answer each in the
-/// outbox (`staged-ID.json`) and the journal. Returns the outcomes.
+/// `accessd apply-staged`: apply what `next_boot` staged in an earlier boot,
+/// answer each in the outbox (`staged-ID.json`) and the journal (under the
+/// command's `COMMAND_ID`). Returns the outcomes.
 pub fn apply_staged(handler: &mut Engine, spool: &mut Spool) -> Result<Vec<Handled>> {
     // At boot, before sshd starts: keys that expired while the machine was
     // down are removed (each an audit event, no result file).
     let _ = handler.expire_keys();
-    let handled = handler.apply_staged();
+    let handled = handler.apply_staged()?;
     for (i, h) in handled.iter().enumerate() {
         let name = staged_result_name(h, i);
         logging::outcome(&name, h);
