@@ -107,6 +107,13 @@ pub fn end_all(root: &Path, uid: u32, user: &str) -> Result<(Vec<Ended>, usize)>
     Ok((ended, open))
 }
 
+/// Those of `procs` still running after up to `within`: a session that is
+/// closing (its client has gone, its processes are exiting) is not one that
+/// keeps a user busy.
+pub fn still_running(procs: Vec<Process>, within: Duration) -> Vec<Process> {
+    wait_all(procs, Instant::now() + within).1
+}
+
 /// SIGTERM each process; SIGKILL those still running after [`GRACE`].
 /// Returns the ended ones and those still running after that.
 pub fn end(procs: Vec<Process>, user: &str) -> (Vec<Ended>, Vec<Process>) {

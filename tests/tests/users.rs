@@ -432,3 +432,52 @@ fn deleting_a_user_with_a_live_ssh_session() {
     });
     sb.assert_no_key_login("busyuser", &key);
 }
+
+#[test]
+fn inventory_sudo_agrees_with_sudo_on_every_kind_of_rule() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    for u in ["u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"] {
+        sb.useradd(u);
+    }
+    sb.run_ok(&["groupadd", "-g", "4242", "ops"]);
+    sb.run_ok(&["usermod", "-aG", "ops", "u3"]);
+    let uid4 = sb.passwd_entry("u4").unwrap()[2].clone();
+    // Each line grants (or, negated, withholds) through another part of the
+    // grammar; sudo -l -U is the judge for every user.
+    let rules = format!(
+        "Defaults:u8 !requiretty\n\
+         User_Alias TEAM = u1, u2, !u2\n\
+         TEAM ALL=(ALL) ALL\n\
+         %ops ALL = (root) /usr/bin/true\n\
+         #{uid4} ALL=(ALL) NOPASSWD: ALL\n\
+         %#4242 ALL=(ALL) ALL\n\
+         u5, \\\n  u6 ALL=(ALL) ALL\n\
+         # u7 ALL=(ALL) ALL\n\
+         !u8, u7 ALL=(ALL) ALL\n"
+    );
+    sb.write("/etc/sudoers.d/mix", &rules, 0o440);
+    assert_eq!(
+        sb.run(&["visudo", "-c"]).status.code(),
+        Some(0),
+        "rules are valid"
+    );
+    let inv = inventory_sudo(&sb);
+    for u in ["root", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"] {
+        assert_eq!(
+            inv.get(u).copied(),
+            Some(sudo_grants(&sb, u)),
+            "inventory and sudo -l -U disagree about {u}: {inv:?}"
+        );
+    }
+    // Both answers occur, so the comparison above can fail either way.
+    for (u, want) in [
+        ("u1", true),
+        ("u2", false),
+        ("u4", true),
+        ("u7", true),
+        ("u8", false),
+    ] {
+        assert_eq!(inv.get(u), Some(&want), "{u}: {inv:?}");
+    }
+}

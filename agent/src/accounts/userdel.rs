@@ -16,6 +16,10 @@ use super::{DeleteOptions, Deleted, RegularUids};
 use crate::sessions;
 use crate::ssh::authkeys;
 
+/// How long processes found at a delete may take to exit on their own
+/// before they make the user busy (an SSH session whose client just left).
+const CLOSING: Duration = Duration::from_secs(1);
+
 pub fn delete(
     sys: &System,
     user: &UserName,
@@ -61,6 +65,10 @@ pub fn delete(
         // sessions would run on under a uid without a name. Checked under
         // the locks, so the uid is still this user's.
         let busy = sessions::processes_of(&sys.root, rec.uid)?;
+        let busy = match opts.terminate_sessions {
+            true => busy,
+            false => sessions::still_running(busy, CLOSING),
+        };
         if !busy.is_empty() {
             if !opts.terminate_sessions {
                 return Err(Error::UserBusy(format!(
