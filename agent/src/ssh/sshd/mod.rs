@@ -99,7 +99,8 @@ pub struct SshdOutcome {
     pub verified: Vec<String>,
     /// Match blocks for which no connection could be built, and why.
     pub unverified: Vec<UnverifiedBlock>,
-    /// The service was reloaded, restarted or started (see `message`).
+    /// The service was reloaded, restarted or started (see `message`);
+    /// false when nothing had to run (socket activation, no sshd yet).
     pub restarted: bool,
     pub message: String,
 }
@@ -216,9 +217,9 @@ pub fn set_sshd(
         Validation::Skipped(why) => notes.push(format!("not validated: {why}")),
     }
     if restart && sys.is_live() {
-        match service::restart(sys, opts, service::Why::Apply) {
-            Ok(what) => {
-                outcome.restarted = true;
+        match service::restart_acted(sys, opts, service::Why::Apply) {
+            Ok((what, acted)) => {
+                outcome.restarted = acted;
                 notes.push(what);
             }
             Err(e) => {
