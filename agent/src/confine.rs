@@ -655,9 +655,9 @@ fn run_step(step: &Step, fds: &ChildFds, st: &mut ChildState) -> Result<(), Errn
                 // No files can be written anyway; no core dumps of the image.
                 lim(libc::RLIMIT_FSIZE, 0)?;
                 lim(libc::RLIMIT_CORE, 0)?;
-                lim(libc::RLIMIT_NPROC, 16)?;
+                lim(libc::RLIMIT_NPROC, 8)?;
                 lim(libc::RLIMIT_NOFILE, 64)?;
-                lim(libc::RLIMIT_AS, 1 << 30)?;
+                lim(libc::RLIMIT_AS, 256 << 20)?;
                 lim(libc::RLIMIT_MEMLOCK, 0)?;
                 lim(libc::RLIMIT_MSGQUEUE, 0)?;
                 lim(libc::RLIMIT_CPU, *cpu_secs)
