@@ -28,13 +28,24 @@ use image_support::{c_str, compile_static, copy_host_sshd, skeleton};
 
 fn ready() -> bool {
     let root = nix::unistd::geteuid().is_root();
-    let tools = ["gcc", "ldd", "sshd", "ssh-keygen", "sleep"]
-        .iter()
-        .all(|t| find_program(t).is_some());
+    let tools = [
+        "gcc",
+        "ldd",
+        "sshd",
+        "ssh-keygen",
+        "sleep",
+        "setpriv",
+        "unshare",
+        "mount",
+    ]
+    .iter()
+    .all(|t| find_program(t).is_some());
     if root && tools {
         return true;
     }
-    let why = format!("needs root ({root}) and gcc, ldd, sshd, ssh-keygen, sleep ({tools})");
+    let why = format!(
+        "needs root ({root}) and gcc, ldd, sshd, ssh-keygen, sleep, setpriv, unshare, mount ({tools})"
+    );
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{why}");
     }
