@@ -515,6 +515,32 @@ impl Engine {
         Ok(())
     }
 
+    /// Remove what `set_password` staged for `user` (who was just deleted);
+    /// the ids of those commands.
+    fn drop_staged_of(&self, user: &UserName) -> Vec<String> {
+        let entries = match self.staging.list() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("could not list staged passwords after deleting {user}: {e}");
+                return Vec::new();
+            }
+        };
+        let mut ids = Vec::new();
+        for s in entries.into_iter().flatten() {
+            if s.user != *user {
+                continue;
+            }
+            match self.staging.remove(&s.file) {
+                Ok(()) => ids.push(s.id),
+                Err(e) => tracing::error!(
+                    "could not remove the staged password {} of deleted user {user}: {e}",
+                    s.file
+                ),
+            }
+        }
+        ids
+    }
+
     /// Open a password argument and hash it: after this no plaintext exists.
     fn password_hash(&self, arg: PasswordArg) -> Result<CryptHash> {
         match arg {
@@ -706,6 +732,12 @@ impl Engine {
                         self.note_expiry(e.at);
                     }
                 }
+                // A password staged for an earlier user of the name (removed
+                // by plain userdel) is not this user's.
+                let dropped = self.drop_staged_of(user);
+                if !dropped.is_empty() {
+                    data["staged_dropped"] = json!(dropped);
+                }
                 Ok((format!("created user {user} (uid {})", created.uid), data))
             }
             Ready::Other(op) => match op {
@@ -728,12 +760,24 @@ impl Engine {
                     if let Err(e) = self.suspensions.forget(&user) {
                         tracing::warn!("could not remove the lock record of {user}: {e}");
                     }
+                    // So is a password staged for the next boot: applied to a
+                    // later user of the name, it would give them the old
+                    // user's password.
+                    let dropped = self.drop_staged_of(&user);
                     let how = if remove_home { " and its home" } else { "" };
                     let ended = match d.sessions_ended.len() {
                         0 => String::new(),
                         n => format!("; ended {n} process(es) of the user"),
                     };
-                    Ok((format!("deleted user {user}{how}{ended}"), json!(d)))
+                    let staged = match dropped.len() {
+                        0 => String::new(),
+                        n => format!("; dropped {n} password change(s) staged for the next boot"),
+                    };
+                    let mut data = json!(d);
+                    if !dropped.is_empty() {
+                        data["staged_dropped"] = json!(dropped);
+                    }
+                    Ok((format!("deleted user {user}{how}{ended}{staged}"), data))
                 }
                 Op::AddKeys {
                     user,
