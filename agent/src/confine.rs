@@ -812,6 +812,23 @@ impl Reaper {
         }
     }
 
+    /// The status if the child has exited (then it is reaped), else `None`
+    /// (also when there is no child left to wait for: `self.0` is `None`).
+    fn try_wait(&mut self) -> Option<c_int> {
+        let pid = self.0?;
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a local status word.
+        let r = unsafe { libc::waitpid(pid.as_raw(), &mut status, libc::WNOHANG) };
+        if r == pid.as_raw() {
+            self.0 = None;
+            return Some(status);
+        }
+        if r < 0 && Errno::last() != Errno::EINTR {
+            self.0 = None;
+        }
+        None
+    }
+
     fn kill(&mut self) {
         if let Some(pid) = self.0 {
             // The child is pid 1 of its namespace: SIGKILL to it ends every
@@ -932,7 +949,19 @@ pub fn run(plan: &Plan) -> Result<Output, ConfineError> {
             }
         }
     }
-    let status = child.wait();
+    // Output closed; the process may still run (it can close its stdout
+    // and wait forever): the time limit holds here too.
+    let status = loop {
+        match child.try_wait() {
+            Some(st) => break Some(st),
+            None if child.0.is_none() => break None,
+            None if Instant::now() >= deadline => {
+                child.kill();
+                return Err(ConfineError::Timeout(limits.timeout));
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
     if report.len() == 8 {
         let index = i32::from_ne_bytes(report[0..4].try_into().expect("4 bytes")) as usize;
         let errno = Errno::from_raw(i32::from_ne_bytes(

@@ -590,3 +590,20 @@ fn mounts_under_the_image_stay_invisible_to_its_sshd() {
     assert!(!host.join("planted").exists());
     println!("done: {NAME}");
 }
+
+#[test]
+fn an_image_sshd_that_closes_its_output_and_hangs_is_killed_at_the_time_limit() {
+    if !ready() {
+        return;
+    }
+    // Closing stdout and stderr ends the reading; the time limit must
+    // still hold while waiting for the process itself.
+    let (_tmp, root) =
+        image_with("#include <unistd.h>\nint main(void){ close(1); close(2); for(;;) pause(); }\n");
+    let limits = Limits {
+        timeout: Duration::from_secs(1),
+        ..Limits::SSHD
+    };
+    let e = run_confined(&root, limits).unwrap_err();
+    assert_eq!(e, ConfineError::Timeout(Duration::from_secs(1)));
+}
