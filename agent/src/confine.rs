@@ -726,11 +726,25 @@ fn run_step(step: &Step, fds: &ChildFds, st: &mut ChildState) -> Result<(), Errn
 
 // ---- The parent. ----
 
+/// A close-on-exec pipe whose ends are never 0, 1 or 2: the child puts its
+/// stdio there, and an agent started with a closed stdin must not have a
+/// pipe end overwritten by that.
 fn pipe() -> Result<(OwnedFd, OwnedFd), ConfineError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| ConfineError::Setup {
+    let fail = |errno| ConfineError::Setup {
         step: "creating pipes",
         errno,
-    })
+    };
+    let high = |fd: OwnedFd| -> Result<OwnedFd, ConfineError> {
+        if fd.as_raw_fd() > 2 {
+            return Ok(fd);
+        }
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor we own.
+            .map(|n| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
+            .map_err(fail)
+    };
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(fail)?;
+    Ok((high(r)?, high(w)?))
 }
 
 /// A user namespace whose uid 0 and gid 0 are [`CONFINED_ID`] on the host,

@@ -732,8 +732,12 @@ impl Engine {
                         self.note_expiry(e.at);
                     }
                 }
-                // A password staged for an earlier user of the name (removed
-                // by plain userdel) is not this user's.
+                // A password staged for, or an expiry lock_user remembered
+                // of, an earlier user of the name (removed by plain userdel)
+                // is not this user's.
+                if let Err(e) = self.suspensions.forget(user) {
+                    tracing::warn!("could not remove a stale lock record of {user}: {e}");
+                }
                 let dropped = self.drop_staged_of(user);
                 if !dropped.is_empty() {
                     data["staged_dropped"] = json!(dropped);
