@@ -121,6 +121,21 @@ fn a_key_bound_until_a_time_logs_in_before_it_and_accessd_removes_it_then() {
     let at = unix_now() + AHEAD;
     let id = bind_until(&sb, &key, at);
     assert_expiry_time_written(&sb, &key, at);
+    // inventory says when accessd removes it, and nothing for the other key.
+    let inv = sb.cmd("inventory").args(["--users", "exampleuser"]).send();
+    inv.assert_ok();
+    let keys = inv.payload["data"]["users"][0]["keys"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let of = |k: &ClientKey| {
+        keys.iter()
+            .find(|e| e["fingerprint"] == k.fingerprint.as_str())
+            .unwrap_or_else(|| panic!("{} not in {keys:?}", k.fingerprint))
+            .clone()
+    };
+    assert_eq!(of(&key)["expires_at"], rfc3339_at(at).as_str());
+    assert!(of(&other).get("expires_at").is_none(), "{:?}", of(&other));
     assert_logs_in_before(&sb, &key, at);
 
     wait_until_line_gone(&sb, &key);

@@ -219,6 +219,10 @@ pub struct KeyInfo {
     pub fingerprint: String,
     pub comment: Option<String>,
     pub options: Option<String>,
+    /// When accessd removes the key (RFC 3339), for a key bound with
+    /// `expires_at`; left out otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -649,6 +653,14 @@ pub fn expire_due(sys: &System, now: u64) -> Result<Sweep> {
     Ok(sweep)
 }
 
+/// The managed expiries of `user`'s keys, by fingerprint (read only).
+fn managed_expiries(sys: &System, user: &UserName) -> Result<BTreeMap<String, Expiring>> {
+    let Some(state) = Dir::open(&sys.state_dir)?.try_open_dir(STATE_SUBDIR)? else {
+        return Ok(BTreeMap::new());
+    };
+    Ok(load_managed(&state, user)?.expiring)
+}
+
 /// When accessd removes the managed key `fingerprint` of `user`, if it does.
 pub fn managed_expiry(sys: &System, user: &UserName, fingerprint: &str) -> Result<Option<u64>> {
     let Some(state) = Dir::open(&sys.state_dir)?.try_open_dir(STATE_SUBDIR)? else {
@@ -678,6 +690,14 @@ pub fn for_each_key(sys: &System, user: &UserName, mut visit: impl FnMut(KeyInfo
     let Some(data) = file::read_keys_file(&ssh, &owner)? else {
         return Ok(());
     };
+    let expiring = match managed_expiries(sys, user) {
+        Ok(e) => e,
+        Err(e) => {
+            // The keys are still listed; only their managed expiry is not.
+            tracing::warn!("reading the managed-key record of {user}: {e}");
+            BTreeMap::new()
+        }
+    };
     let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     for raw in data.bytes.split_inclusive(|&b| b == b'\n') {
         let Entry::Key(f) = line::split(AuthKeysText::body(raw)) else {
@@ -686,10 +706,16 @@ pub fn for_each_key(sys: &System, user: &UserName, mut visit: impl FnMut(KeyInfo
         let Ok(key) = PublicKey::decode(&lossy(f.key_type), f.blob) else {
             continue;
         };
+        let fingerprint = key.fingerprint();
         visit(KeyInfo {
             key_type: key.key_type.clone(),
             bits: key.bits,
-            fingerprint: key.fingerprint(),
+            expires_at: expiring.get(&fingerprint).map(|e| {
+                crate::protocol::format_time(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.at),
+                )
+            }),
+            fingerprint,
             comment: f.comment.map(lossy),
             options: f.options.map(lossy),
         });
