@@ -1075,8 +1075,6 @@ fn set_sshd_holds_in_every_match_block_context() {
         true,
     );
     with_accounts(&env);
-    fs::create_dir(env.p("/run/sshd")).unwrap();
-    fs::set_permissions(env.p("/run/sshd"), fs::Permissions::from_mode(0o755)).unwrap();
     // The fixture does what it says: each spec sees a value turned back on.
     for spec in HAND_SPECS {
         let t = sshd_t_c(&env, spec);
@@ -1182,8 +1180,6 @@ fn the_connection_built_for_a_match_block_is_one_sshd_applies_it_to() {
     ];
     let env = Env::new(&[("/etc/ssh/sshd_config", String::new())], true, true);
     with_accounts(&env);
-    fs::create_dir(env.p("/run/sshd")).unwrap();
-    fs::set_permissions(env.p("/run/sshd"), fs::Permissions::from_mode(0o755)).unwrap();
     let accounts = Accounts::parse(
         &fs::read(env.p("/etc/passwd")).unwrap(),
         &fs::read(env.p("/etc/group")).unwrap(),
@@ -1232,4 +1228,98 @@ fn the_connection_built_for_a_match_block_is_one_sshd_applies_it_to() {
             "Match {block}"
         );
     }
+}
+
+/// A block no connection can satisfy (a group nobody is in; negations
+/// only, which sshd never matches) is still changed — a user may join the
+/// group tomorrow — and the result says it was not verified, never that it was.
+#[test]
+fn a_match_block_no_connection_satisfies_is_changed_and_reported_unverified() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new(
+        &[(
+            "/etc/ssh/sshd_config",
+            "UsePAM no\nPasswordAuthentication no\nMatch Group nosuchgroup\n\tPasswordAuthentication yes\n\
+             Match User !root\n\tPasswordAuthentication yes\n"
+                .into(),
+        )],
+        true,
+        true,
+    );
+    let change = SshdChange {
+        password_authentication: Some(false),
+        ..Default::default()
+    };
+    let out = set_sshd(&env.sys, &SshdOptions::default(), &change, false).unwrap();
+    assert_eq!(
+        fs::read_to_string(env.p("/etc/ssh/sshd_config")).unwrap(),
+        "UsePAM no\nPasswordAuthentication no\nMatch Group nosuchgroup\n\tPasswordAuthentication no\n\
+         Match User !root\n\tPasswordAuthentication no\n"
+    );
+    let reasons: Vec<(&str, &str)> = out
+        .unverified
+        .iter()
+        .map(|u| (u.criteria.as_str(), u.reason.as_str()))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert_eq!(reasons[0].0, "Group nosuchgroup");
+    assert!(reasons[0].1.contains("no user"), "{reasons:?}");
+    assert_eq!(reasons[1].0, "User !root");
+    assert!(reasons[1].1.contains("negated"), "{reasons:?}");
+    assert!(
+        out.message.contains("2 Match block(s) not verified"),
+        "{}",
+        out.message
+    );
+    // The oracle agrees for the one context sshd can be asked about.
+    assert_eq!(env.sshd_t()["passwordauthentication"], "no");
+}
+
+/// sshd expands `Include /etc/ssh/*/x.conf` with glob(3); accessd reads
+/// wildcards in the last component only. A Match block in such a file is
+/// one accessd cannot see, so it would answer ok while sshd re-enables the
+/// setting for that block: it must refuse instead and change nothing.
+#[test]
+fn set_sshd_refuses_a_config_whose_includes_it_cannot_read_instead_of_answering_ok() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new(
+        &[
+            (
+                "/etc/ssh/sshd_config",
+                "UsePAM no\nPasswordAuthentication no\nInclude /etc/ssh/*/x.conf\n".into(),
+            ),
+            (
+                "/etc/ssh/d1/x.conf",
+                "Match User alice\n\tPasswordAuthentication yes\n".into(),
+            ),
+        ],
+        true,
+        true,
+    );
+    // The fixture: sshd reads that file.
+    assert_eq!(
+        sshd_t_c(&env, "user=alice,lport=22")["passwordauthentication"],
+        "yes"
+    );
+    let before = env.snapshot();
+    let change = SshdChange {
+        password_authentication: Some(false),
+        ..Default::default()
+    };
+    match set_sshd(&env.sys, &SshdOptions::default(), &change, false) {
+        Ok(out) => panic!(
+            "ok, while sshd -T -C user=alice says passwordauthentication {}: {}",
+            sshd_t_c(&env, "user=alice,lport=22")["passwordauthentication"],
+            out.message
+        ),
+        Err(e) => {
+            assert_eq!(e.code(), Code::SshdInvalid, "{e}");
+            assert!(e.to_string().contains("/etc/ssh/*/x.conf"), "{e}");
+        }
+    }
+    assert_eq!(env.snapshot(), before);
 }
