@@ -110,7 +110,8 @@ struct Outcome {
 enum Ready {
     /// The hash, and whether it must be changed at the next login.
     SetPassword(UserName, CryptHash, bool),
-    StagePassword(UserName, CryptHash),
+    /// The hash, and whether it must be changed at the next login.
+    StagePassword(UserName, CryptHash, bool),
     /// The new user, its keys, and when they expire (seconds since the epoch).
     CreateUser(NewUser, Vec<authkeys::KeyLine>, Option<u64>),
     Other(Op),
@@ -279,13 +280,29 @@ impl Engine {
                         user: Some(s.user.to_string()),
                         claimed_id: None,
                     };
-                    let r = accounts::set_password(
+                    let r = accounts::set_password_with(
                         &self.sys,
                         &self.cfg.accounts(),
                         &s.user,
                         &Password::Crypt(s.hash),
+                        accounts::PasswordOptions {
+                            must_change: s.must_change,
+                        },
+                        accounts::lock::DEFAULT_TIMEOUT,
                     )
-                    .map(|()| (format!("staged password of {} applied", s.user), json!({})));
+                    .map(|set| {
+                        let mut msg = format!("staged password of {} applied", s.user);
+                        if set.must_change {
+                            msg.push_str("; it must be changed at the next login");
+                        }
+                        if set.kept_locked {
+                            msg.push_str("; the account stays locked until unlock_user");
+                        }
+                        (
+                            msg,
+                            json!({ "must_change": set.must_change, "locked": set.kept_locked }),
+                        )
+                    });
                     (s.file, out, r)
                 }
                 Err((file, e)) => {
@@ -590,17 +607,10 @@ impl Engine {
                 apply_at,
                 must_change,
             } => {
-                if must_change && apply_at == ApplyAt::NextBoot {
-                    // Staged entries do not carry the flag yet; refusing is
-                    // true, applying it without the flag would not be.
-                    return Err(Error::invalid(
-                        "must_change with apply_at next_boot is not supported by this agent yet",
-                    ));
-                }
                 let hash = self.password_hash(password)?;
                 match apply_at {
                     ApplyAt::Now => Ready::SetPassword(user, hash, must_change),
-                    ApplyAt::NextBoot => Ready::StagePassword(user, hash),
+                    ApplyAt::NextBoot => Ready::StagePassword(user, hash, must_change),
                 }
             }
             Op::LockUser {
@@ -664,7 +674,7 @@ impl Engine {
         // Commands name only root and regular users (PROTOCOL §3): one
         // check, here, for every op that acts on an existing user.
         let existing = match &ready {
-            Ready::SetPassword(u, _, _) | Ready::StagePassword(u, _) => Some(u),
+            Ready::SetPassword(u, _, _) | Ready::StagePassword(u, _, _) => Some(u),
             Ready::Other(op) => op.target_user(),
             Ready::CreateUser(..) => None,
         };
@@ -693,7 +703,7 @@ impl Engine {
                     json!({ "must_change": set.must_change, "locked": set.kept_locked }),
                 ))
             }
-            Ready::StagePassword(user, hash) => {
+            Ready::StagePassword(user, hash, must_change) => {
                 // The user exists now (checked above); a typo fails today, not at boot.
                 // Without the boot id, apply-staged could not tell this boot
                 // from the next one: refuse now rather than apply early.
@@ -701,11 +711,17 @@ impl Engine {
                     context: "reading the kernel's boot id to stage for the next boot".into(),
                     source: e,
                 })?;
-                self.staging
-                    .stage(id, &user, &hash, sys.clock.unix_secs(), &boot_id)?;
+                self.staging.stage(
+                    id,
+                    &user,
+                    &hash,
+                    sys.clock.unix_secs(),
+                    &boot_id,
+                    must_change,
+                )?;
                 Ok((
                     format!("password of {user} staged for the next boot"),
-                    json!({ "apply_at": "next_boot" }),
+                    json!({ "apply_at": "next_boot", "must_change": must_change }),
                 ))
             }
             Ready::CreateUser(spec, keys, until) => {
