@@ -146,9 +146,22 @@ impl Engine {
         self.finish(out, received_at, result)
     }
 
-    /// Apply what `set_password` with `apply_at: next_boot` staged; each
-    /// outcome is a signed result (to be written to the outbox).
-    pub fn apply_staged(&mut self) -> Vec<Handled> {
+    /// Apply what `set_password` with `apply_at: next_boot` staged in an
+    /// earlier boot; each outcome is a signed result (to be written to the
+    /// outbox). Entries staged during the current boot stay staged, with no
+    /// result yet. An error only when the current boot cannot be told (then
+    /// nothing is applied): applying then could be applying early.
+    pub fn apply_staged(&mut self) -> Result<Vec<Handled>> {
+        let boot_id = self.sys.clock.boot_id().map_err(|e| Error::Io {
+            context: "reading the kernel's boot id (next-boot passwords wait for another boot)"
+                .into(),
+            source: e,
+        })?;
+        let boot_started = self
+            .sys
+            .clock
+            .unix_secs()
+            .saturating_sub(self.sys.clock.since_boot().as_secs());
         let received_at = self.sys.clock.now();
         let entries = match self.staging.list() {
             Ok(e) => e,
@@ -157,13 +170,22 @@ impl Engine {
                     op: Some("set_password".into()),
                     ..Outcome::default()
                 };
-                return vec![self.finish(out, received_at, Err(e))];
+                return Ok(vec![self.finish(out, received_at, Err(e))]);
             }
         };
         let mut results = Vec::new();
         for entry in entries {
             let received_at = self.sys.clock.now();
             let (file, out, result) = match entry {
+                Ok(s) if !s.is_due(&boot_id, boot_started) => {
+                    tracing::info!(
+                        command_id = s.id.as_str(),
+                        "the password staged by {} waits for the next boot \
+                         (it was staged during this one)",
+                        s.id
+                    );
+                    continue;
+                }
                 Ok(s) => {
                     let out = Outcome {
                         id: Some(s.id.clone()),
@@ -200,7 +222,7 @@ impl Engine {
             }
             results.push(handled);
         }
-        results
+        Ok(results)
     }
 
     /// Base64 of the agent's Ed25519 public key.
@@ -348,7 +370,8 @@ impl Engine {
         self.check_instance_and_times(&cmd)?;
 
         let skew = Duration::from_secs(self.cfg.clock_skew_secs);
-        if let Err(e) = self.replay.prune(self.sys.clock.now(), skew) {
+        let max_ttl = Duration::from_secs(self.cfg.max_ttl_secs);
+        if let Err(e) = self.replay.prune(&*self.sys.clock, skew, max_ttl) {
             // Pruning is housekeeping; a failure must not stop commands.
             tracing::warn!("pruning the replay record failed: {e}");
         }
@@ -356,7 +379,11 @@ impl Engine {
             return Err(Error::Replayed(cmd.id));
         }
         let ready = self.prepare(cmd.op)?;
-        self.replay.record(&cmd.id, cmd.expires_at)?;
+        let window = crate::replay::Window {
+            issued_at: cmd.issued_at,
+            expires_at: cmd.expires_at,
+        };
+        self.replay.record(&cmd.id, &window, &*self.sys.clock)?;
         self.apply(&cmd.id, ready)
     }
 
@@ -516,8 +543,14 @@ impl Engine {
             Ready::StagePassword(user, hash) => {
                 // The user must exist now; a typo should fail today, not at boot.
                 accounts::lookup(sys, &user)?;
+                // Without the boot id, apply-staged could not tell this boot
+                // from the next one: refuse now rather than apply early.
+                let boot_id = sys.clock.boot_id().map_err(|e| Error::Io {
+                    context: "reading the kernel's boot id to stage for the next boot".into(),
+                    source: e,
+                })?;
                 self.staging
-                    .stage(id, &user, &hash, sys.clock.unix_secs())?;
+                    .stage(id, &user, &hash, sys.clock.unix_secs(), &boot_id)?;
                 Ok((
                     format!("password of {user} staged for the next boot"),
                     json!({ "apply_at": "next_boot" }),

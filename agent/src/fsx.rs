@@ -60,13 +60,27 @@ impl Meta {
     }
 }
 
-/// A regular file read through [`Dir::read`].
+/// A regular file read through [`Dir::read`] or [`Dir::read_at_most`].
 #[derive(Debug, Clone)]
 pub struct FileData {
     pub bytes: Vec<u8>,
     pub meta: Meta,
     pub nlink: u64,
+    /// `st_size` of the opened descriptor when it was read.
+    pub size: u64,
 }
+
+impl FileData {
+    /// Was the file larger than `limit` (then `bytes` is not all of it)?
+    pub fn over(&self, limit: usize) -> bool {
+        self.size > limit as u64 || self.bytes.len() > limit
+    }
+}
+
+/// What [`Dir::read`] reads at most: far above any passwd, shadow,
+/// sshd_config or state file a real machine has (100,000 users make a
+/// passwd of ~6 MiB), and a bound on what a wrong or hostile file can cost.
+pub const DEFAULT_READ_LIMIT: usize = 64 << 20;
 
 /// An opened directory. `path` is for messages only; every operation uses `fd`.
 #[derive(Debug)]
@@ -220,8 +234,32 @@ impl Dir {
     }
 
     /// Read the regular file `name`. A symlink, FIFO, device or directory is
-    /// `unsafe_path` (and a FIFO is never blocked on). `None` if absent.
+    /// `unsafe_path` (and a FIFO is never blocked on). `None` if absent. A
+    /// file over [`DEFAULT_READ_LIMIT`] is an `io_error` (see
+    /// [`Dir::read_at_most`] for files with their own limit).
     pub fn read(&self, name: &str) -> Result<Option<FileData>> {
+        let Some(data) = self.read_at_most(name, DEFAULT_READ_LIMIT)? else {
+            return Ok(None);
+        };
+        if data.over(DEFAULT_READ_LIMIT) {
+            return Err(Error::Io {
+                context: format!("reading {}", self.display(name).display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::FileTooLarge,
+                    format!("larger than {DEFAULT_READ_LIMIT} bytes"),
+                ),
+            });
+        }
+        Ok(Some(data))
+    }
+
+    /// Read at most `limit + 1` bytes of the regular file `name`, through one
+    /// descriptor: type, owner, links and size come from `fstat` of that
+    /// descriptor, never from a name someone can swap, and no buffer is ever
+    /// sized from what the file claims. [`FileData::over`] says whether the
+    /// file holds more than `limit` bytes (by its size or by what was read,
+    /// for a file growing meanwhile); then `bytes` are only its start.
+    pub fn read_at_most(&self, name: &str, limit: usize) -> Result<Option<FileData>> {
         check_name(name)?;
         let path = self.display(name);
         let fd = match openat(
@@ -244,14 +282,20 @@ impl Dir {
             return Err(Error::unsafe_path(path, "is not a regular file"));
         }
         let meta = Meta::of_fd(fd.as_fd(), &st);
-        let mut bytes = Vec::with_capacity(st.st_size.max(0) as usize);
+        let size = st.st_size.max(0) as u64;
+        // At most limit + 1 bytes whatever the file says it holds: a
+        // reader that must answer an oversized input (the inbox) still gets
+        // its start, and the one byte more tells a file that grew.
+        let mut bytes = Vec::new();
         File::from(fd)
+            .take(limit as u64 + 1)
             .read_to_end(&mut bytes)
             .ctx(|| format!("reading {}", path.display()))?;
         Ok(Some(FileData {
             bytes,
             meta,
             nlink: st.st_nlink as u64,
+            size,
         }))
     }
 
@@ -525,6 +569,20 @@ mod tests {
         let d = Dir::open(t.path()).unwrap();
         d.backup("f", "f-").unwrap();
         assert_eq!(d.list().unwrap(), vec!["f".to_string(), "f-".to_string()]);
+    }
+
+    #[test]
+    fn read_at_most_reads_one_byte_past_the_limit_and_no_more() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), [7u8; 100]).unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        let data = d.read_at_most("f", 10).unwrap().unwrap();
+        assert_eq!(
+            (data.bytes.len(), data.size, data.over(10)),
+            (11, 100, true)
+        );
+        let data = d.read_at_most("f", 100).unwrap().unwrap();
+        assert_eq!((data.bytes.len(), data.over(100)), (100, false));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! Map (which module owns what):
 //! - [`sys`]: the seam to the machine — root directory, clock, process runner.
+//! - [`confine`]: runs a disk image's own program (its sshd) with no power over the host.
 //! - [`fsx`]: every file access below the root; symlink-safe walking and the one
 //!   atomic-write routine.
 //! - [`error`]: the error type; each variant is one protocol error code.
@@ -20,6 +21,7 @@
 
 pub mod accounts;
 pub mod config;
+pub mod confine;
 pub mod daemon;
 pub mod demo;
 pub mod engine;

@@ -3,6 +3,11 @@
 //! arrives and only the hash is kept, in `<state_dir>/staged/`, one file
 //! per command (mode 0600, in a 0700 directory). `accessd apply-staged`
 //! applies each once, before sshd starts, and removes it.
+//!
+//! "Next boot" means a boot other than the one the command arrived in: each
+//! entry records the kernel's boot id, and `apply-staged` leaves entries of
+//! the current boot staged, whoever runs it (a restarted unit, an upgrade,
+//! an operator). The units are the other, independent barrier.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -23,6 +28,10 @@ struct Record {
     hash: String,
     /// Seconds since the epoch.
     staged_at: u64,
+    /// The kernel's boot id when the command arrived. Absent only in
+    /// entries written before it was recorded.
+    #[serde(default)]
+    boot_id: Option<String>,
 }
 
 /// One staged password change.
@@ -33,6 +42,23 @@ pub struct Staged {
     pub id: String,
     pub user: UserName,
     pub hash: CryptHash,
+    /// Seconds since the epoch, by the wall clock when it was staged.
+    pub staged_at: u64,
+    /// The boot it was staged in (`None`: an entry from before boot ids
+    /// were recorded).
+    pub boot_id: Option<String>,
+}
+
+impl Staged {
+    /// May this entry be applied now? Only in a boot other than the one it
+    /// was staged in. An entry without a boot id counts as staged in this
+    /// boot unless the wall clock puts it before this boot's start.
+    pub fn is_due(&self, current_boot: &str, boot_started_secs: u64) -> bool {
+        match &self.boot_id {
+            Some(b) => b != current_boot,
+            None => self.staged_at < boot_started_secs,
+        }
+    }
 }
 
 pub struct Staging {
@@ -48,12 +74,20 @@ impl Staging {
 
     /// Store the hash for `user`. Files sort by staging time, so a later
     /// command for the same user is applied last and wins.
-    pub fn stage(&self, id: &str, user: &UserName, hash: &CryptHash, now_secs: u64) -> Result<()> {
+    pub fn stage(
+        &self,
+        id: &str,
+        user: &UserName,
+        hash: &CryptHash,
+        now_secs: u64,
+        boot_id: &str,
+    ) -> Result<()> {
         let rec = Record {
             id: id.to_owned(),
             user: user.as_str().to_owned(),
             hash: hash.as_str().to_owned(),
             staged_at: now_secs,
+            boot_id: Some(boot_id.to_owned()),
         };
         let digest: String = Sha256::digest(id.as_bytes())[..8]
             .iter()
@@ -90,6 +124,8 @@ impl Staging {
                             Error::invalid(format!("staged file {name}: not a crypt hash"))
                         })?,
                         id: r.id,
+                        staged_at: r.staged_at,
+                        boot_id: r.boot_id,
                     })
                 });
             out.push(parsed.map_err(|e| (name, e)));
@@ -104,5 +140,32 @@ impl Staging {
 
     pub fn dir(&self) -> &Dir {
         &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(boot_id: Option<&str>, staged_at: u64) -> Staged {
+        Staged {
+            file: "f".into(),
+            id: "c-1".into(),
+            user: UserName::parse("alice").unwrap(),
+            hash: CryptHash::parse("$6$saltsaltsaltsalt$O2HS/QLzw2LXNAuEEjzBCvpTtT4/qqIzkH/QWm9fEK8jpOPPP.cUucXonsJZdFdRiwQcmf6l9V6QcO14VJNDj1").unwrap(),
+            staged_at,
+            boot_id: boot_id.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn an_entry_is_due_only_in_another_boot() {
+        assert!(!entry(Some("b1"), 100).is_due("b1", 50));
+        assert!(entry(Some("b1"), 100).is_due("b2", 500));
+        // Another boot id decides, whatever the wall clock says.
+        assert!(entry(Some("b1"), 900).is_due("b2", 500));
+        // Without a boot id, only an entry older than this boot's start.
+        assert!(entry(None, 100).is_due("b1", 500));
+        assert!(!entry(None, 600).is_due("b1", 500));
     }
 }

@@ -13,8 +13,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The time source. Passed in so that expiry, replay windows and `lastchg`
 /// are testable.
+///
+/// Besides the wall clock (which can be stepped, by NTP or by hand) it tells
+/// which boot this is and how long ago the boot was by a clock that is never
+/// stepped. The two together say whether time has really passed: next-boot
+/// passwords wait for another boot id, and replay records are kept until
+/// the command's window has passed by the step-free clock too.
 pub trait Clock: Send + Sync {
     fn now(&self) -> SystemTime;
+
+    /// The kernel's id of the current boot
+    /// (`/proc/sys/kernel/random/boot_id`; a new random UUID at every boot).
+    fn boot_id(&self) -> std::io::Result<String>;
+
+    /// Time since this boot, including suspend (`CLOCK_BOOTTIME`): never
+    /// stepped, only meaningful together with [`Clock::boot_id`].
+    fn since_boot(&self) -> Duration;
 
     /// Seconds since the epoch (negative times are clamped to 0).
     fn unix_secs(&self) -> u64 {
@@ -33,17 +47,57 @@ pub trait Clock: Send + Sync {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
+/// Where the running kernel publishes its boot id. Not under `root`: an
+/// image being edited has no boot of its own; the boot is the host's.
+const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
+
+    fn boot_id(&self) -> std::io::Result<String> {
+        let text = std::fs::read_to_string(BOOT_ID_PATH)?;
+        parse_boot_id(&text).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{BOOT_ID_PATH} does not hold a UUID"),
+            )
+        })
+    }
+
+    fn since_boot(&self) -> Duration {
+        match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+            Ok(ts) => Duration::new(ts.tv_sec().max(0) as u64, ts.tv_nsec().max(0) as u32),
+            // Cannot fail on Linux; zero errs on the side of keeping records.
+            Err(_) => Duration::ZERO,
+        }
+    }
 }
 
-/// A clock that always says the same time (tests, and replaying a recorded run).
+/// A boot id as the kernel writes it: a UUID (36 characters of hex and
+/// dashes) and a newline.
+pub fn parse_boot_id(text: &str) -> Option<String> {
+    let id = text.trim_end_matches('\n');
+    let ok = id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        });
+    ok.then(|| id.to_ascii_lowercase())
+}
+
+/// A clock that always says the same time (tests, and replaying a recorded run):
+/// one boot that never ends ([`FixedClock::BOOT_ID`]) in which no time passes.
 #[derive(Debug, Clone, Copy)]
 pub struct FixedClock(pub SystemTime);
 
 impl FixedClock {
+    pub const BOOT_ID: &'static str = "00000000-0000-4000-8000-000000000000";
+
     pub fn at_unix(secs: u64) -> Self {
         FixedClock(UNIX_EPOCH + Duration::from_secs(secs))
     }
@@ -52,6 +106,77 @@ impl FixedClock {
 impl Clock for FixedClock {
     fn now(&self) -> SystemTime {
         self.0
+    }
+    fn boot_id(&self) -> std::io::Result<String> {
+        Ok(Self::BOOT_ID.to_owned())
+    }
+    fn since_boot(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// A clock a test moves: the wall clock can be stepped either way (as NTP
+/// or an operator does), time can pass (both clocks advance), and the
+/// machine can reboot (a new boot id, time since boot back to zero).
+#[derive(Debug)]
+pub struct TestClock {
+    state: std::sync::Mutex<TestClockState>,
+}
+
+#[derive(Debug, Clone)]
+struct TestClockState {
+    wall: SystemTime,
+    since_boot: Duration,
+    boot: u64,
+}
+
+impl TestClock {
+    pub fn at(wall: SystemTime) -> Self {
+        TestClock {
+            state: std::sync::Mutex::new(TestClockState {
+                wall,
+                since_boot: Duration::from_secs(60),
+                boot: 1,
+            }),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut TestClockState) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// `d` really passes: both clocks move.
+    pub fn pass(&self, d: Duration) {
+        self.with(|s| {
+            s.wall += d;
+            s.since_boot += d;
+        })
+    }
+
+    /// The wall clock is set to `wall`; no time passes.
+    pub fn set_wall(&self, wall: SystemTime) {
+        self.with(|s| s.wall = wall)
+    }
+
+    /// A reboot that takes `d` of wall-clock time.
+    pub fn reboot(&self, d: Duration) {
+        self.with(|s| {
+            s.wall += d;
+            s.since_boot = Duration::from_secs(5);
+            s.boot += 1;
+        })
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> SystemTime {
+        self.with(|s| s.wall)
+    }
+    fn boot_id(&self) -> std::io::Result<String> {
+        Ok(self.with(|s| format!("00000000-0000-4000-8000-{:012x}", s.boot)))
+    }
+    fn since_boot(&self) -> Duration {
+        self.with(|s| s.since_boot)
     }
 }
 

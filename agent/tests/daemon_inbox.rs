@@ -157,3 +157,50 @@ fn the_journal_fields_are_logged_without_secrets() {
     assert!(hash.starts_with("$6$"));
     assert!(!log.contains(&hash), "the hash must not be logged");
 }
+
+/// Issue 12.4: `accessd apply FILE` reads at most the envelope limit + 1
+/// bytes of FILE, whatever it claims to hold, and answers a signed
+/// `bad_envelope` for it; it used to allocate the file's size (a 64 GiB
+/// sparse file: no result at all). The child runs with a 2 GiB address
+/// space so that the old behaviour fails here instead of eating the
+/// machine's memory.
+#[test]
+fn accessd_apply_of_a_sparse_64_gib_file_reads_only_to_the_envelope_limit() {
+    use std::os::unix::process::CommandExt;
+    if !require_root() {
+        return;
+    }
+    let m = Machine::new();
+    let big = m.tmp.path().join("big.json");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    let mut cmd = std::process::Command::new(Machine::bin());
+    cmd.arg("apply").arg("--config").arg(&m.config).arg(&big);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 2 << 30,
+                rlim_max: 2 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stdout {text} stderr {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r =
+        accessd::protocol::client::verify_result(&m.agent_key(), text.trim().as_bytes()).unwrap();
+    assert_eq!(r.code.as_str(), "bad_envelope", "{}", r.message);
+    assert!(r.message.contains("over the limit"), "{}", r.message);
+}

@@ -214,3 +214,66 @@ fn an_unverified_envelope_is_logged_only_as_claimed_command_id() {
         ]
     );
 }
+
+/// `journalctl COMMAND_ID=ID` without `-u` is a next-boot command's whole
+/// story: the staging (daemon or `accessd apply`) and the boot unit's
+/// outcome — applied, or failed with an error event — carry the same id.
+#[test]
+fn the_boot_time_part_of_a_next_boot_command_is_logged_under_its_command_id() {
+    if !require_root() {
+        return;
+    }
+    let m = Machine::new();
+    let hash = "$6$saltsaltsaltsalt$O2HS/QLzw2LXNAuEEjzBCvpTtT4/qqIzkH/QWm9fEK8jpOPPP.cUucXonsJZdFdRiwQcmf6l9V6QcO14VJNDj1";
+    let bob = m.apply(&[m.sign("mk-bob", "create_user", json!({"user": "bob"}))]);
+    assert_eq!(bob[0].code.as_str(), "ok", "{}", bob[0].message);
+    let stage = |id: &str, user: &str| {
+        write_envelope(
+            &m,
+            &format!("{id}.json"),
+            &m.sign(
+                id,
+                "set_password",
+                json!({"user": user, "password": {"crypt": hash}, "apply_at": "next_boot"}),
+            ),
+        )
+    };
+    let (ok, gone) = (stage("nb-ok", USER), stage("nb-gone", "bob"));
+    let staging = journal_of(&m, &format!("apply {ok} {gone}"), None);
+    let st = std::process::Command::new("userdel")
+        .arg("--root")
+        .arg(&m.root)
+        .arg("bob")
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let boot = journal_of(&m, "apply-staged", Some(NEXT_BOOT_ID));
+    for id in ["nb-ok", "nb-gone"] {
+        let story: Vec<&Entry> = staging
+            .iter()
+            .chain(&boot)
+            .filter(|e| field(e, "COMMAND_ID") == Some(id))
+            .collect();
+        let kinds: Vec<_> = story.iter().map(|e| field(e, "MESSAGE_ID")).collect();
+        let want_last = if id == "nb-ok" {
+            accessd::logging::message_id::APPLIED
+        } else {
+            accessd::logging::message_id::FAILED
+        };
+        assert_eq!(
+            kinds,
+            [Some(accessd::logging::message_id::APPLIED), Some(want_last)],
+            "{id}: staged, then its boot-time outcome: {story:?}"
+        );
+        let last = story.last().unwrap();
+        assert_eq!(
+            field(last, "SOURCE"),
+            Some(format!("staged-{id}.json").as_str())
+        );
+        assert_eq!(field(last, "OP"), Some("set_password"));
+    }
+    let failed = find(&boot, accessd::logging::message_id::FAILED);
+    assert_eq!(field(failed, "PRIORITY"), Some("3"), "an error event");
+    assert_eq!(field(failed, "RESULT_CODE"), Some("user_not_found"));
+}

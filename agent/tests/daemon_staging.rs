@@ -9,14 +9,33 @@ use serde_json::json;
 /// `openssl passwd -6 -salt saltsaltsaltsalt Next-Boot-pw1`
 const HASH: &str = "$6$saltsaltsaltsalt$O2HS/QLzw2LXNAuEEjzBCvpTtT4/qqIzkH/QWm9fEK8jpOPPP.cUucXonsJZdFdRiwQcmf6l9V6QcO14VJNDj1";
 
-/// What a boot runs: `accessd apply-staged`, which must succeed.
+/// What a boot runs: `accessd apply-staged`, in a boot whose id is
+/// `boot_id` (`None`: this one, as a restart of the units would run it).
+/// It must succeed: a boot unit that fails leaves the boot `degraded`.
+fn apply_staged_in(m: &Machine, boot_id: Option<&str>) {
+    let out = m.run_in_boot(boot_id, &["apply-staged"]);
+    assert!(
+        out.status.success(),
+        "apply-staged: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn boot_apply_staged(m: &Machine) {
-    let st = std::process::Command::new(Machine::bin())
-        .args(["apply-staged", "--config"])
-        .arg(&m.config)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    apply_staged_in(m, Some(NEXT_BOOT_ID));
+}
+
+fn stage(m: &Machine, name: &str, id: &str) {
+    m.drop_cmd(
+        name,
+        &m.sign(
+            id,
+            "set_password",
+            json!({"user": USER, "password": {"crypt": HASH}, "apply_at": "next_boot"}),
+        ),
+    );
+    let r = m.result(name);
+    assert_eq!(r.code.as_str(), "ok", "{}", r.message);
 }
 
 #[test]
@@ -27,16 +46,7 @@ fn next_boot_password_is_applied_once_by_apply_staged_and_never_again() {
     let m = Machine::new();
     let before = m.shadow_line(USER);
     let d = m.start();
-    m.drop_cmd(
-        "stage.json",
-        &m.sign(
-            "stage-1",
-            "set_password",
-            json!({"user": USER, "password": {"crypt": HASH}, "apply_at": "next_boot"}),
-        ),
-    );
-    let r = m.result("stage.json");
-    assert_eq!(r.code.as_str(), "ok", "{}", r.message);
+    stage(&m, "stage.json", "stage-1");
     assert!(d.stop().success());
     assert_eq!(m.shadow_line(USER), before, "staged, not applied yet");
 
@@ -57,12 +67,140 @@ fn next_boot_password_is_applied_once_by_apply_staged_and_never_again() {
     // Someone changes the password afterwards; a second boot must not undo it.
     let after_first = m.shadow_line(USER);
     let outbox_before = Machine::names(&m.outbox());
-    boot_apply_staged(&m);
+    apply_staged_in(&m, Some("0e6f3b7a-1c2d-4e5f-8a9b-0c1d2e3f4a5b"));
     assert_eq!(m.shadow_line(USER), after_first);
     assert_eq!(
         Machine::names(&m.outbox()),
         outbox_before,
         "nothing applied the second time"
+    );
+}
+
+/// Barrier 2 of two: whatever runs `apply-staged` during the boot in which
+/// a password was staged (`systemctl restart accessd` pulling in the boot
+/// unit, `Restart=on-failure`, a package upgrade, an operator), the entry
+/// stays staged for the next boot.
+#[test]
+fn a_restart_of_accessd_does_not_apply_next_boot_passwords() {
+    if !require_root() {
+        return;
+    }
+    let m = Machine::new();
+    let before = m.shadow_line(USER);
+    let d = m.start();
+    stage(&m, "stage.json", "stage-2");
+    assert!(d.stop().success());
+    let staged = Machine::names(&m.state.join("staged"));
+    assert_eq!(staged.len(), 1);
+    let outbox = Machine::names(&m.outbox());
+
+    // The same boot, twice, as every restart of the units used to do.
+    apply_staged_in(&m, None);
+    apply_staged_in(&m, None);
+    assert_eq!(m.shadow_line(USER), before, "applied without a reboot");
+    assert_eq!(
+        Machine::names(&m.state.join("staged")),
+        staged,
+        "still staged"
+    );
+    assert_eq!(Machine::names(&m.outbox()), outbox, "no result yet");
+
+    // And the daemon restarting applies nothing either.
+    let d = m.start();
+    assert!(d.stop().success());
+    assert_eq!(m.shadow_line(USER), before);
+
+    boot_apply_staged(&m);
+    assert_eq!(m.shadow_line(USER).split(':').nth(1), Some(HASH));
+}
+
+/// A staged password whose user was deleted since gets its signed `failed`
+/// result, is removed (it would fail at every boot), and the boot unit
+/// still succeeds: a failed entry is an answer, not a broken boot.
+#[test]
+fn a_staged_password_for_a_deleted_user_is_answered_failed_without_failing_the_boot() {
+    if !require_root() {
+        return;
+    }
+    let m = Machine::new();
+    let d = m.start();
+    stage(&m, "stage.json", "stage-3");
+    assert!(d.stop().success());
+    // Deleted by other means than accessd, with the real tool.
+    let st = std::process::Command::new("userdel")
+        .arg("--root")
+        .arg(&m.root)
+        .arg(USER)
+        .status()
+        .unwrap();
+    assert!(st.success(), "userdel --root");
+
+    boot_apply_staged(&m);
+    let r = m.result("staged-stage-3.json");
+    assert_eq!(
+        (r.status, r.code.as_str(), r.id.as_deref()),
+        (
+            accessd::engine::Status::Failed,
+            "user_not_found",
+            Some("stage-3")
+        ),
+        "{}",
+        r.message
+    );
+    assert!(
+        Machine::names(&m.state.join("staged")).is_empty(),
+        "removed"
+    );
+}
+
+/// Barrier 1 of two: the units. `accessd.service` must not pull the boot
+/// unit in (a `Wants=` re-ran the oneshot at every start of the daemon),
+/// only order itself after it; the boot unit stays active once run, so
+/// nothing that starts it again in the same boot runs it again.
+#[test]
+fn the_daemon_unit_does_not_pull_in_the_boot_unit_and_the_boot_unit_runs_once_per_boot() {
+    let unit = |name: &str| -> Vec<(String, String)> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../systemd")
+            .join(name);
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#') && !l.starts_with('[') && !l.is_empty())
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect()
+    };
+    let daemon = unit("accessd.service");
+    for (k, v) in &daemon {
+        let pulls = matches!(
+            k.as_str(),
+            "Wants" | "Requires" | "Requisite" | "BindsTo" | "PartOf" | "Upholds"
+        );
+        assert!(
+            !(pulls && v.split_whitespace().any(|u| u == "accessd-boot.service")),
+            "accessd.service {k}={v} starts the boot unit with the daemon"
+        );
+    }
+    assert!(
+        daemon
+            .iter()
+            .any(|(k, v)| k == "After" && v.split_whitespace().any(|u| u == "accessd-boot.service")),
+        "at boot the daemon still starts after the boot unit"
+    );
+    let boot = unit("accessd-boot.service");
+    let get = |k: &str| {
+        boot.iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(get("Type"), Some("oneshot"));
+    assert_eq!(get("RemainAfterExit"), Some("yes"), "active until shutdown");
+    assert!(
+        get("WantedBy").is_some_and(|v| v.split_whitespace().any(|u| u == "multi-user.target")),
+        "started by the boot itself"
     );
 }
 

@@ -100,6 +100,18 @@ impl Env {
     }
 }
 
+impl Env {
+    /// One of four fixed Ed25519 key lines (made once by ssh-keygen).
+    fn keygen_cached(&self, i: usize) -> String {
+        let name = format!("cached{i}");
+        let public = self.keys.join(format!("{name}.pub"));
+        if !public.exists() {
+            return self.keygen(&name, &["-t", "ed25519"]).0;
+        }
+        fs::read_to_string(public).unwrap().trim_end().to_owned()
+    }
+}
+
 /// `ssh-keygen -lf FILE`: (bits, fingerprint) per key line it accepts.
 fn keygen_l(file: &Path) -> Vec<(u32, String)> {
     let out = Command::new("ssh-keygen")
@@ -582,4 +594,79 @@ fn a_key_line_whose_expiry_time_has_passed_is_refused() {
         check_unexpired(&[key(&ed)], u64::MAX).is_ok(),
         "no expiry-time"
     );
+}
+
+/// Issue 12.4: alice swaps her tiny authorized_keys with a 64 GiB sparse
+/// file (renameat2 RENAME_EXCHANGE, in a loop) while add_keys runs. The
+/// agent checked the size by name and then read the reopened name whole,
+/// allocating what the new inode's st_size said: "memory allocation of
+/// 68719476736 bytes failed" and an abort. Every add_keys must instead be
+/// `ok` (it read the tiny file) or `unsafe_path` (it saw the big one) — and
+/// the test process must still be alive to count them.
+#[test]
+fn a_swapped_in_sparse_authorized_keys_is_refused_not_allocated() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    if !ready() {
+        return;
+    }
+    let env = Env::new();
+    let (a, ..) = env.keygen("a", &["-t", "ed25519"]);
+    let alice = user("alice");
+    add_keys(&env.sys, &alice, &[key(&a)]).unwrap();
+    let ssh = env.root.join("home/alice/.ssh");
+    let (ak, big) = (ssh.join("authorized_keys"), ssh.join("big"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, ak, big) = (stop.clone(), ak.clone(), big.clone());
+        std::thread::spawn(move || {
+            let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            let (cak, cbig) = (c(&ak), c(&big));
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // An agent write replaces whichever inode held the name, so
+                // make sure one of the two is a 64 GiB file again.
+                let len = |p: &Path| fs::metadata(p).map_or(0, |m| m.len());
+                if len(&ak) < (1 << 30) && len(&big) < (1 << 30) {
+                    let f = fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&big)
+                        .unwrap();
+                    f.set_len(64 << 30).unwrap();
+                    chown_alice(&big);
+                }
+                // SAFETY: valid C strings; a plain syscall.
+                let rc = unsafe {
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        cak.as_ptr(),
+                        libc::AT_FDCWD,
+                        cbig.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..2000 {
+        let k = env.keygen_cached(i % 4);
+        match add_keys(&env.sys, &alice, &[key(&k)]) {
+            Ok(_) => ok += 1,
+            Err(e) if e.code() == Code::UnsafePath => refused += 1,
+            Err(e) => panic!("add_keys #{i}: {e}"),
+        }
+        if ok >= 20 && refused >= 20 {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    eprintln!("{ok} ok, {refused} refused, {swaps} swaps");
+    assert!(refused > 0, "the big file was never in place ({ok} ok)");
 }

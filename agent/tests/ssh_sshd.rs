@@ -2,11 +2,14 @@
 //! the real `sshd -t`/`sshd -T`.
 //!
 //! How sshd sees a temp root without touching this machine: the root is an
-//! "image that has an sshd" (PROTOCOL §6), so accessd runs
-//! `chroot ROOT /usr/sbin/sshd ...` through its Runner. The test Runner wraps
-//! that in `unshare -m --propagation private` (a child process: the test
-//! binary is multithreaded) and bind-mounts the host's /usr read-only and
-//! /dev/null into the root first. The mounts vanish with the namespace.
+//! "image that has an sshd" (PROTOCOL §6) — a copy of the host's real sshd
+//! and its libraries (`image_support`) — so accessd runs that copy confined
+//! to the root (`accessd::confine`), exactly as it would a mounted image's.
+//! The independent oracle (`Env::sshd_t`) runs the host's sshd chrooted into
+//! the root inside `unshare -m --propagation private` (a child process: the
+//! test binary is multithreaded), with the host's /usr bound read-only,
+//! /dev/null bound and a tmpfs /run holding /run/sshd. The mounts vanish
+//! with the namespace.
 //!
 //! Restart is tested with a recording Runner (systemctl is never run) and a
 //! restart_command pointing at a test script.
@@ -20,20 +23,23 @@ use std::process::{ExitStatus, Output};
 use std::sync::{Arc, Mutex};
 
 use accessd::error::Code;
+use accessd::ssh::sshd::service::{self, Why};
 use accessd::ssh::sshd::{
     effective, restart_sshd, set_sshd, PermitRootLogin, SshdChange, SshdOptions,
 };
 use accessd::sys::{find_program, Cmd, ProcessRunner, Runner, System};
 
+mod image_support;
+
 fn ready() -> bool {
     let root = nix::unistd::geteuid().is_root();
-    let tools = ["sshd", "ssh-keygen", "unshare", "chroot"]
+    let tools = ["sshd", "ssh-keygen", "unshare", "chroot", "ldd"]
         .iter()
         .all(|t| find_program(t).is_some());
     if root && tools {
         return true;
     }
-    let why = format!("needs root ({root}) and sshd, ssh-keygen, unshare, chroot ({tools})");
+    let why = format!("needs root ({root}) and sshd, ssh-keygen, unshare, chroot, ldd ({tools})");
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{why}");
     }
@@ -46,10 +52,13 @@ r=$1; shift
 mount --bind /usr "$r/usr"
 mount -o remount,bind,ro "$r/usr"
 mount --bind /dev/null "$r/dev/null"
+mount -t tmpfs -o size=64k tmpfs "$r/run"
+mkdir -m 0755 "$r/run/sshd"
 exec "$@""#;
 
-/// Runs `chroot ROOT ...` inside a private mount namespace where ROOT has the
-/// host's /usr. Anything else is refused: a test must never reach systemctl.
+/// The oracle: runs `chroot ROOT ...` inside a private mount namespace where
+/// ROOT has the host's /usr. Anything else is refused: a test must never
+/// reach systemctl.
 struct NsRunner;
 
 impl Runner for NsRunner {
@@ -103,9 +112,7 @@ impl Env {
             symlink(format!("usr/{l}"), root.join(l)).unwrap();
         }
         if with_sshd {
-            // Hidden by the bind mount of /usr; its presence is what makes
-            // accessd treat the root as an image with its own sshd.
-            fs::write(root.join("usr/sbin/sshd"), "").unwrap();
+            image_support::copy_host_sshd(&root);
         }
         fs::write(root.join("dev/null"), "").unwrap();
         fs::write(
@@ -428,7 +435,7 @@ fn effective_value_equals_request_for_real_layouts() {
         assert_eq!(env.snapshot(), after, "{}", layout.name);
 
         let eff = effective(&env.sys, &SshdOptions::default()).unwrap();
-        assert_eq!(eff.source, "sshd -T");
+        assert_eq!(eff.source, "image sshd -T, confined");
         assert_eq!(eff.password_authentication.as_deref(), Some("no"));
     }
 }
@@ -513,9 +520,9 @@ fn missing_host_keys_are_reported_and_nothing_changes() {
     assert_eq!(e.code(), Code::SshdInvalid);
     assert!(e.to_string().contains("ssh-keygen -A"), "{e}");
     assert_eq!(env.snapshot(), before);
-    // /run/sshd was created for sshd, 0755 (sshd refuses a writable one).
-    let md = fs::metadata(env.p("/run/sshd")).unwrap();
-    assert_eq!(md.permissions().mode() & 0o777, 0o755);
+    // The image's sshd got its /run/sshd in a tmpfs of its confinement:
+    // the image itself is not written for it.
+    assert!(!env.p("/run/sshd").exists());
 }
 
 #[test]
@@ -541,29 +548,44 @@ fn image_without_sshd_is_changed_without_validation_and_says_so() {
     assert_eq!(eff.source, "parsed");
     assert_eq!(eff.password_authentication.as_deref(), Some("no"));
     assert_eq!(eff.permit_root_login.as_deref(), Some("no"));
-    // The parse agrees with the real sshd on the same files.
-    let with_sshd = Env {
-        sys: System::new(&env.root, env.root.join("..").join("state"))
-            .with_runner(Arc::new(NsRunner)),
-        ..env
-    };
-    fs::write(with_sshd.root.join("usr/sbin/sshd"), "").unwrap();
-    fs::create_dir(with_sshd.root.join("run/sshd")).unwrap();
-    fs::set_permissions(
-        with_sshd.root.join("run/sshd"),
-        fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    let t = with_sshd.sshd_t();
+    // The parse agrees with the real sshd on the same files (the oracle
+    // brings the host's /usr, so the image needs no sshd of its own).
+    let t = env.sshd_t();
     assert_eq!(t["passwordauthentication"], "no");
     assert_eq!(t["permitrootlogin"], "no");
 }
 
-/// Answers `systemctl show` from a table and records every command.
+/// A systemd that knows a few units, records every command, and changes a
+/// unit's state as `systemctl start/restart/reload` would. It also answers
+/// `sshd -t` (accessd checks the files before a restart). Nothing real is
+/// ever run.
 struct Systemctl {
-    show: BTreeMap<String, String>,
-    fail_restart: bool,
+    /// unit → `systemctl show` text (Id, ActiveState, LoadState, CanReload, SubState)
+    units: Mutex<BTreeMap<String, String>>,
+    /// The start/restart/reload job fails (exit 1).
+    fail_job: bool,
+    /// The job succeeds, but the unit is `failed` afterwards (sshd died).
+    dies: bool,
+    /// `sshd -t` refuses the files.
+    bad_config: bool,
     log: Mutex<Vec<String>>,
+}
+
+impl Systemctl {
+    fn new(units: &[(&str, &str)]) -> Systemctl {
+        Systemctl {
+            units: Mutex::new(
+                units
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            fail_job: false,
+            dies: false,
+            bad_config: false,
+            log: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 fn output(code: i32, stdout: &str, stderr: &str) -> Output {
@@ -578,31 +600,60 @@ fn output(code: i32, stdout: &str, stderr: &str) -> Output {
 impl Runner for Systemctl {
     fn run(&self, cmd: &Cmd) -> std::io::Result<Output> {
         self.log.lock().unwrap().push(cmd.display());
+        let args: Vec<String> = cmd
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        if cmd.program == "/usr/sbin/sshd" {
+            assert_eq!(args[0], "-t", "{}", cmd.display());
+            return Ok(if self.bad_config {
+                output(
+                    255,
+                    "",
+                    "/etc/ssh/sshd_config line 3: Bad configuration option: Nonsense",
+                )
+            } else {
+                output(0, "", "")
+            });
+        }
         assert_eq!(
             cmd.program,
             OsString::from("systemctl"),
             "{}",
             cmd.display()
         );
-        let args: Vec<String> = cmd
-            .args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let mut units = self.units.lock().unwrap();
         match args[0].as_str() {
             "show" => Ok(output(
                 0,
-                self.show.get(&args[3]).map_or(
+                units.get(&args[3]).map_or(
                     "LoadState=not-found\nActiveState=inactive\n",
                     String::as_str,
                 ),
                 "",
             )),
-            "try-reload-or-restart" if self.fail_restart => Ok(output(
+            "start" | "restart" | "reload" if self.fail_job => Ok(output(
                 1,
                 "",
                 "Job for ssh.service failed because the control process exited",
             )),
+            "start" | "restart" | "reload" => {
+                let unit = units.get_mut(&args[1]).expect("a known unit");
+                let state = if self.dies {
+                    "ActiveState=failed\nSubState=failed"
+                } else {
+                    "ActiveState=active\nSubState=running"
+                };
+                *unit = unit
+                    .lines()
+                    .filter(|l| !l.starts_with("ActiveState=") && !l.starts_with("SubState="))
+                    .chain([state])
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                Ok(output(0, "", ""))
+            }
+            // What systemd does with it: a stopped unit stays stopped.
             "try-reload-or-restart" => Ok(output(0, "", "")),
             other => panic!("unexpected systemctl {other}"),
         }
@@ -614,87 +665,209 @@ fn live(runner: Arc<dyn Runner>) -> System {
     System::new("/", "/nonexistent-state").with_runner(runner)
 }
 
-/// (case, `systemctl show` answers, reload fails, commands run or error text)
+const SSH_ACTIVE: &str = "Id=ssh.service\nActiveState=active\nLoadState=loaded\nCanReload=yes\n";
+const SSH_STOPPED: &str = "Id=ssh.service\nActiveState=inactive\nLoadState=loaded\nCanReload=yes\n";
+const DETECT_SSH: &str = "systemctl show -p Id,ActiveState,LoadState,CanReload ssh.service";
+const DETECT_SSHD: &str = "systemctl show -p Id,ActiveState,LoadState,CanReload sshd.service";
+const SSHD_T: &str = "/usr/sbin/sshd -t -f /etc/ssh/sshd_config";
+
+/// (case, units, why, commands run, message)
 type RestartCase<'a> = (
     &'a str,
     &'a [(&'a str, &'a str)],
-    bool,
-    Result<&'a [&'a str], &'a str>,
+    Why,
+    &'a [&'a str],
+    &'a str,
 );
 
 #[test]
-fn restart_detects_the_unit_and_never_reaches_the_real_systemctl() {
+fn restart_detects_the_unit_says_what_it_did_and_never_reaches_the_real_systemctl() {
     let cases: &[RestartCase] = &[
         (
-            "Debian/Ubuntu: ssh.service",
-            &[(
-                "ssh.service",
-                "Id=ssh.service\nActiveState=active\nLoadState=loaded\n",
-            )],
-            false,
-            Ok(&[
-                "systemctl show -p Id,ActiveState,LoadState ssh.service",
-                "systemctl try-reload-or-restart ssh.service",
-            ]),
+            "set_sshd, Debian/Ubuntu: a running ssh.service is reloaded",
+            &[("ssh.service", SSH_ACTIVE)],
+            Why::Apply,
+            &[
+                DETECT_SSH,
+                "systemctl reload ssh.service",
+                "systemctl show -p ActiveState,SubState ssh.service",
+            ],
+            "reloaded ssh.service; it is running",
         ),
         (
-            "RHEL/SUSE/Alibaba: sshd.service",
+            "set_sshd, RHEL/SUSE/Alibaba: sshd.service",
             &[(
                 "sshd.service",
-                "Id=sshd.service\nActiveState=active\nLoadState=loaded\n",
+                "Id=sshd.service\nActiveState=active\nLoadState=loaded\nCanReload=yes\n",
             )],
-            false,
-            Ok(&[
-                "systemctl show -p Id,ActiveState,LoadState ssh.service",
-                "systemctl show -p Id,ActiveState,LoadState sshd.service",
-                "systemctl try-reload-or-restart sshd.service",
-            ]),
+            Why::Apply,
+            &[
+                DETECT_SSH,
+                DETECT_SSHD,
+                "systemctl reload sshd.service",
+                "systemctl show -p ActiveState,SubState sshd.service",
+            ],
+            "reloaded sshd.service; it is running",
+        ),
+        (
+            "set_sshd, a unit that cannot reload is restarted",
+            &[(
+                "ssh.service",
+                "Id=ssh.service\nActiveState=active\nLoadState=loaded\nCanReload=no\n",
+            )],
+            Why::Apply,
+            &[
+                DETECT_SSH,
+                "systemctl restart ssh.service",
+                "systemctl show -p ActiveState,SubState ssh.service",
+            ],
+            "restarted ssh.service; it is running",
+        ),
+        (
+            "restart_sshd restarts a running sshd after sshd -t",
+            &[("ssh.service", SSH_ACTIVE)],
+            Why::Restart,
+            &[
+                DETECT_SSH,
+                SSHD_T,
+                "systemctl restart ssh.service",
+                "systemctl show -p ActiveState,SubState ssh.service",
+            ],
+            "restarted ssh.service; it is running",
         ),
         (
             "Ubuntu 22.10+: socket-activated, no sshd running yet",
             &[
-                (
-                    "ssh.service",
-                    "Id=ssh.service\nActiveState=inactive\nLoadState=loaded\n",
-                ),
+                ("ssh.service", SSH_STOPPED),
                 ("ssh.socket", "ActiveState=active\n"),
             ],
-            false,
-            Ok(&[
-                "systemctl show -p Id,ActiveState,LoadState ssh.service",
-                "systemctl show -p ActiveState ssh.socket",
-            ]),
+            Why::Restart,
+            &[DETECT_SSH, "systemctl show -p ActiveState ssh.socket"],
+            "ssh.socket is active: the next connection starts sshd",
         ),
-        (
-            "reload fails",
-            &[(
-                "ssh.service",
-                "Id=ssh.service\nActiveState=active\nLoadState=loaded\n",
-            )],
-            true,
-            Err("control process exited"),
-        ),
-        ("no unit", &[], false, Err("restart_command")),
     ];
-    for (name, show, fail, want) in cases {
-        let runner = Arc::new(Systemctl {
-            show: show
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            fail_restart: *fail,
-            log: Mutex::new(Vec::new()),
-        });
-        let r = restart_sshd(&live(runner.clone()), &SshdOptions::default());
-        match want {
-            Ok(cmds) => {
-                r.unwrap_or_else(|e| panic!("{name}: {e}"));
-                assert_eq!(*runner.log.lock().unwrap(), *cmds, "{name}");
-            }
-            Err(text) => {
-                let e = r.unwrap_err();
-                assert_eq!(e.code(), Code::RestartFailed, "{name}");
-                assert!(e.to_string().contains(text), "{name}: {e}");
+    for (name, units, why, cmds, message) in cases {
+        let runner = Arc::new(Systemctl::new(units));
+        let what = service::restart(&live(runner.clone()), &SshdOptions::default(), *why)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(*runner.log.lock().unwrap(), *cmds, "{name}");
+        assert!(what.contains(message), "{name}: {what}");
+    }
+}
+
+#[test]
+fn restart_sshd_starts_a_stopped_sshd() {
+    let runner = Arc::new(Systemctl::new(&[("ssh.service", SSH_STOPPED)]));
+    let what = restart_sshd(&live(runner.clone()), &SshdOptions::default()).unwrap();
+    assert_eq!(
+        *runner.log.lock().unwrap(),
+        [
+            DETECT_SSH,
+            "systemctl show -p ActiveState ssh.socket",
+            "systemctl start ssh.service",
+            "systemctl show -p ActiveState,SubState ssh.service",
+        ]
+    );
+    assert_eq!(
+        what,
+        "started ssh.service (it was not running); it is running"
+    );
+}
+
+#[test]
+fn restart_sshd_whose_sshd_does_not_stay_up_is_restart_failed() {
+    for (name, fail_job, dies, text) in [
+        ("the job fails", true, false, "control process exited"),
+        (
+            "the job succeeds, sshd dies",
+            false,
+            true,
+            "not running afterwards (ActiveState=failed",
+        ),
+    ] {
+        for units in [SSH_ACTIVE, SSH_STOPPED] {
+            let runner = Arc::new(Systemctl {
+                fail_job,
+                dies,
+                ..Systemctl::new(&[("ssh.service", units)])
+            });
+            let e = restart_sshd(&live(runner), &SshdOptions::default()).unwrap_err();
+            assert_eq!(e.code(), Code::RestartFailed, "{name}");
+            assert!(e.to_string().contains(text), "{name}: {e}");
+        }
+    }
+    let e = restart_sshd(
+        &live(Arc::new(Systemctl::new(&[]))),
+        &SshdOptions::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), Code::RestartFailed);
+    assert!(e.to_string().contains("restart_command"), "{e}");
+}
+
+/// A restart stops the listener before ExecStartPre's `sshd -t` runs: with
+/// files sshd refuses, the remedy would take sshd down.
+#[test]
+fn restart_sshd_never_restarts_a_running_sshd_into_files_sshd_refuses() {
+    let runner = Arc::new(Systemctl {
+        bad_config: true,
+        ..Systemctl::new(&[("ssh.service", SSH_ACTIVE)])
+    });
+    let e = restart_sshd(&live(runner.clone()), &SshdOptions::default()).unwrap_err();
+    assert_eq!(e.code(), Code::RestartFailed);
+    assert!(
+        e.to_string()
+            .contains("keeps serving the configuration it read before")
+            && e.to_string().contains("Bad configuration option"),
+        "{e}"
+    );
+    assert_eq!(*runner.log.lock().unwrap(), [DETECT_SSH, SSHD_T]);
+}
+
+/// A restart_command in a temp dir, and an sshd_config naming a PidFile
+/// there (the check after the command reads it; nothing of the host's).
+struct RestartCommand {
+    tmp: tempfile::TempDir,
+}
+
+impl RestartCommand {
+    fn new() -> RestartCommand {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(
+            tmp.path().join("sshd_config"),
+            format!("PidFile {}/sshd.pid\n", tmp.path().display()),
+        )
+        .unwrap();
+        // A process whose name is sshd: a copy of sleep(1).
+        fs::copy("/bin/sleep", tmp.path().join("sshd")).unwrap();
+        RestartCommand { tmp }
+    }
+
+    fn script(&self, name: &str, body: &str) -> SshdOptions {
+        let p = self.tmp.path().join(name);
+        fs::write(
+            &p,
+            format!("#!/bin/sh\nd={}\n{body}", self.tmp.path().display()),
+        )
+        .unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        SshdOptions {
+            config: self.tmp.path().join("sshd_config"),
+            restart_command: Some(vec![p.display().to_string(), "arg1".into()]),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for RestartCommand {
+    fn drop(&mut self) {
+        // End the fake sshd this test started, by its pid.
+        if let Ok(pid) = fs::read_to_string(self.tmp.path().join("sshd.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -702,39 +875,48 @@ fn restart_detects_the_unit_and_never_reaches_the_real_systemctl() {
 
 #[test]
 fn restart_command_wins_and_its_stderr_is_reported() {
-    let tmp = tempfile::tempdir().unwrap();
-    let marker = tmp.path().join("ran");
-    let ok = tmp.path().join("ok.sh");
-    fs::write(
-        &ok,
-        format!("#!/bin/sh\necho \"$1\" > {}\n", marker.display()),
-    )
-    .unwrap();
-    let bad = tmp.path().join("bad.sh");
-    fs::write(&bad, "#!/bin/sh\necho 'sshd: cannot bind' >&2\nexit 3\n").unwrap();
-    for p in [&ok, &bad] {
-        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let rc = RestartCommand::new();
     let sys = live(Arc::new(ProcessRunner));
-    let opts = |script: &Path| SshdOptions {
-        restart_command: Some(vec![script.display().to_string(), "arg1".into()]),
-        ..Default::default()
-    };
-    let what = restart_sshd(&sys, &opts(&ok)).unwrap();
+    let ok = rc.script(
+        "ok.sh",
+        "echo \"$1\" > \"$d/ran\"\n\"$d/sshd\" 60 </dev/null >/dev/null 2>&1 &\necho $! > \"$d/sshd.pid\"\n",
+    );
+    let what = restart_sshd(&sys, &ok).unwrap();
     assert!(what.contains("ok.sh arg1"), "{what}");
-    assert_eq!(fs::read_to_string(&marker).unwrap(), "arg1\n");
-    let e = restart_sshd(&sys, &opts(&bad)).unwrap_err();
+    assert!(what.contains("sshd is running (pid "), "{what}");
+    assert_eq!(
+        fs::read_to_string(rc.tmp.path().join("ran")).unwrap(),
+        "arg1\n"
+    );
+    let bad = rc.script("bad.sh", "echo 'sshd: cannot bind' >&2\nexit 3\n");
+    let e = restart_sshd(&sys, &bad).unwrap_err();
     assert_eq!(e.code(), Code::RestartFailed);
     assert!(e.to_string().contains("sshd: cannot bind"), "{e}");
 }
 
+/// Exit status 0 is the command's word, not sshd's: with no live sshd in
+/// the PidFile afterwards the result is restart_failed.
+#[test]
+fn restart_command_that_leaves_no_sshd_running_is_restart_failed() {
+    let rc = RestartCommand::new();
+    let sys = live(Arc::new(ProcessRunner));
+    for (name, body) in [
+        ("no pid file", "exit 0\n"),
+        ("a pid that is not sshd", "echo $$ > \"$d/sshd.pid\"\n"),
+    ] {
+        let opts = rc.script("noop.sh", body);
+        let e = restart_sshd(&sys, &opts).unwrap_err();
+        assert_eq!(e.code(), Code::RestartFailed, "{name}");
+        assert!(
+            e.to_string().contains("sshd is not running afterwards"),
+            "{name}: {e}"
+        );
+    }
+}
+
 #[test]
 fn not_live_never_restarts() {
-    let runner = Arc::new(Systemctl {
-        show: BTreeMap::new(),
-        fail_restart: false,
-        log: Mutex::new(Vec::new()),
-    });
+    let runner = Arc::new(Systemctl::new(&[]));
     let sys = System::new("/tmp/not-root", "/tmp/s").with_runner(runner.clone());
     let msg = restart_sshd(&sys, &SshdOptions::default()).unwrap();
     assert!(msg.contains("no service restarted"), "{msg}");

@@ -531,13 +531,21 @@ fn sshd_version() -> (u32, u32) {
 /// What cloud-init writes on images that enable password logins.
 pub const CLOUD_INIT_DROPIN: &str = "PasswordAuthentication yes\n";
 
-/// accessd's `[sshd] restart_command` in the sandbox. It does what Debian's
-/// `systemctl reload ssh` does (ExecReload: `sshd -t`, then SIGHUP, on which
-/// sshd re-executes itself and re-reads its configuration), then waits until
-/// the new listener has written its pid file, which sshd does only after its
-/// sockets are bound — so a login right after a restart is not racing it.
-/// Every run is counted in `restarts.log` so tests can tell whether accessd
-/// restarted sshd.
+/// accessd's `[sshd] restart_command` in the sandbox. With sshd running it
+/// does what Debian's `systemctl reload ssh` does (ExecReload: `sshd -t`,
+/// then SIGHUP, on which sshd re-executes itself and re-reads its
+/// configuration); with sshd stopped it starts it, as `systemctl start`
+/// does. Then it waits until the listener has written its pid file, which
+/// sshd does only after its sockets are bound — so a login right after a
+/// restart is not racing it. Every run is counted in `restarts.log` so
+/// tests can tell whether accessd restarted sshd.
+///
+/// Two switches (files under the sandbox's /run, see
+/// [`Sandbox::restart_does_nothing`] and
+/// [`Sandbox::fail_next_restart_after_reload`]) make it misbehave the ways
+/// a real service manager can: succeed without starting anything (what
+/// `systemctl try-reload-or-restart` does to a stopped unit), or fail after
+/// sshd has already re-read its files.
 fn restart_script(log_dir: &Path) -> String {
     let log = log_dir.display();
     format!(
@@ -545,19 +553,33 @@ fn restart_script(log_dir: &Path) -> String {
 # accessd e2e: restart the sandbox's sshd (never the host's)
 set -eu
 echo restart >> "{log}/restarts.log"
+if [ -e {NOOP_SWITCH} ]; then exit 0; fi
 {SSHD} -t
-pid=$(cat /run/sshd.pid)
+pid=$(cat /run/sshd.pid 2>/dev/null || true)
 rm -f /run/sshd.pid
-kill -HUP "$pid"
+if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+  kill -HUP "$pid"
+else
+  {SSHD} -E "{log}/sshd.log"
+fi
 i=0
 while [ ! -s /run/sshd.pid ]; do
   i=$((i + 1))
   if [ "$i" -gt 400 ]; then echo "sshd did not come back after SIGHUP" >&2; exit 1; fi
   sleep 0.05
 done
+if [ -e {FAIL_SWITCH} ]; then
+  rm -f {FAIL_SWITCH}
+  echo "restart-sshd: failing on purpose after sshd re-read its files" >&2
+  exit 1
+fi
 "#
     )
 }
+
+/// See [`restart_script`].
+const NOOP_SWITCH: &str = "/run/accessd-e2e-restart-does-nothing";
+const FAIL_SWITCH: &str = "/run/accessd-e2e-fail-next-restart";
 
 /// A port for a sandbox's sshd. It is chosen below the kernel's ephemeral
 /// range: a port from `bind(0)` could be taken by any parallel test's
@@ -838,6 +860,34 @@ impl Sandbox {
         fs::read_to_string(self.log_dir().join("restarts.log"))
             .map(|s| s.lines().count())
             .unwrap_or(0)
+    }
+
+    /// Stop the sandbox's sshd (SIGTERM to the listener; sessions stay),
+    /// and wait until nothing listens on its port.
+    pub fn stop_sshd(&self) {
+        let pid = self.sshd_pid();
+        // SAFETY: kill(2) with a pid this sandbox's sshd wrote; no memory is shared.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+        self.wait_for("sshd to stop listening", || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        });
+    }
+
+    /// Is anything accepting connections on the sandbox's sshd port?
+    pub fn sshd_listening(&self) -> bool {
+        TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+
+    /// From now on the restart command exits 0 and does nothing.
+    pub fn restart_does_nothing(&self) {
+        self.write(NOOP_SWITCH, "", 0o644);
+    }
+
+    /// The next restart command reloads sshd and then fails (once).
+    pub fn fail_next_restart_after_reload(&self) {
+        self.write(FAIL_SWITCH, "", 0o644);
     }
 
     /// Run the sandbox's restart command as accessd would.
@@ -1723,14 +1773,43 @@ impl Sandbox {
         Reply { exit, payload }
     }
 
-    /// `accessd apply-staged` inside the namespace (what the boot unit runs).
+    /// `accessd apply-staged` inside the namespace as the boot unit runs it
+    /// at the *next* boot: the kernel's boot id reads as a new one (a bind
+    /// mount in a mount namespace of its own, so only this run sees it).
+    /// The agent leaves entries staged during the current boot alone.
     pub fn apply_staged(&self) -> Out {
-        self.run(&[
-            &self.accessd_inside(),
-            "apply-staged",
-            "--config",
-            AGENT_CONFIG,
+        static BOOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = self.dir.path().join("next-boot-id");
+        fs::write(
+            &file,
+            format!("{:08x}-0000-4000-8000-{n:012x}\n", std::process::id()),
+        )
+        .unwrap();
+        self.apply_staged_same_boot_with(&[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount --bind \"$1\" /proc/sys/kernel/random/boot_id && shift && exec \"$@\"",
+            "sh",
+            &file.to_string_lossy(),
         ])
+    }
+
+    /// `accessd apply-staged` inside the namespace in this very boot (what
+    /// a restart of the units would run).
+    pub fn apply_staged_same_boot(&self) -> Out {
+        self.apply_staged_same_boot_with(&[])
+    }
+
+    fn apply_staged_same_boot_with(&self, prefix: &[&str]) -> Out {
+        let bin = self.accessd_inside();
+        let mut argv: Vec<&str> = prefix.to_vec();
+        argv.extend([bin.as_str(), "apply-staged", "--config", AGENT_CONFIG]);
+        self.run(&argv)
     }
 
     /// The accessd binary as the namespace sees it. A target directory under

@@ -82,6 +82,18 @@ fn a_next_boot_password_waits_for_apply_staged() {
     // At boot the staged change is applied before sshd starts and before
     // the daemon runs; do it the same way.
     sb.stop_agent();
+    // Not in the boot it was staged in, whatever runs apply-staged (a
+    // restart of the units did, issue 11 item 7): the old password still
+    // logs in.
+    let same = sb.apply_staged_same_boot();
+    assert!(
+        same.ok(),
+        "apply-staged, same boot: {}{}",
+        same.stdout,
+        same.stderr
+    );
+    sb.assert_password_login("exampleuser", old);
+    sb.assert_no_password_login("exampleuser", new);
     let out = sb.apply_staged();
     assert!(
         out.ok(),

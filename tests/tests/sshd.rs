@@ -334,3 +334,126 @@ fn set_sshd_root_login_off_holds_inside_a_match_address_block() {
     assert_eq!(loopback_option(&sb, "root", "permitrootlogin"), "no");
     sb.assert_no_key_login("root", &key);
 }
+
+/// Issue 11 case 6: "restart the SSH service" is the remedy when logins
+/// fail, so afterwards sshd serves.
+#[test]
+fn restart_sshd_starts_a_stopped_sshd() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    let key = user_with_key_and_password(&sb);
+    sb.stop_sshd();
+
+    let r = sb.cmd("restart_sshd").send();
+    r.assert_ok();
+
+    assert!(r.message().contains("sshd is running"), "{}", r.payload);
+    sb.assert_key_login("exampleuser", &key);
+}
+
+/// A restart command that succeeds without starting sshd (as `systemctl
+/// try-reload-or-restart` does to a stopped unit) is not an `ok`.
+#[test]
+fn restart_sshd_that_leaves_sshd_down_is_restart_failed() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    sb.stop_sshd();
+    sb.restart_does_nothing();
+
+    let r = sb.cmd("restart_sshd").send();
+    r.assert_failed("restart_failed");
+
+    assert!(r.message().contains("not running"), "{}", r.payload);
+    assert!(!sb.sshd_listening());
+}
+
+/// Issue 11 case 10: the restart after set_sshd fails once sshd has
+/// already read the new files; the files are restored, and sshd must be
+/// made to read them again, or it serves a configuration no file holds.
+#[test]
+fn failed_restart_leaves_sshd_serving_the_old_config() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    let key = user_with_key_and_password(&sb);
+    let etc_before = HostSnapshot::tree_under(&sb.path("/"), "/etc");
+    sb.fail_next_restart_after_reload();
+
+    let r = sb.cmd("set_sshd").args(["--password-auth", "no"]).send();
+    r.assert_failed("restart_failed");
+
+    let diff = etc_before.diff(&HostSnapshot::tree_under(&sb.path("/"), "/etc"));
+    assert!(diff.is_empty(), "files changed: {diff:?}");
+    // The old configuration (passwords on) is what sshd serves.
+    sb.assert_password_login("exampleuser", PASSWORD);
+    sb.assert_key_login("exampleuser", &key);
+    assert!(r.message().contains("restored"), "{}", r.payload);
+}
+
+/// The same through a drop-in: a Match block whose Include reads another
+/// file, as configuration managers split them. The line that must change
+/// is in the inner file, and the block is listed by where its Match is.
+#[test]
+fn set_sshd_password_off_holds_inside_a_match_block_of_an_included_file() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    let key = user_with_key_and_password(&sb);
+    sb.run_ok(&["mkdir", "-p", "/etc/ssh/lan.d"]);
+    sb.write(
+        "/etc/ssh/sshd_config.d/60-lan.conf",
+        "Match Address 127.0.0.1\n\tInclude /etc/ssh/lan.d/*.conf\n",
+        0o644,
+    );
+    sb.write(
+        "/etc/ssh/lan.d/pw.conf",
+        "PasswordAuthentication yes\n",
+        0o644,
+    );
+    // Global passwords off by hand, so that only the block turns them on.
+    sb.write(
+        "/etc/ssh/sshd_config.d/50-cloud-init.conf",
+        "PasswordAuthentication no\n",
+        0o600,
+    );
+    sb.restart_sshd();
+    sb.assert_password_login("exampleuser", PASSWORD);
+
+    let r = sb.cmd("set_sshd").args(["--password-auth", "no"]).send();
+    r.assert_ok();
+    let block = &r.payload["data"]["match_blocks"][0];
+    assert_eq!(
+        block["file"], "/etc/ssh/sshd_config.d/60-lan.conf",
+        "{}",
+        r.payload
+    );
+    assert_eq!(block["line"], 1);
+    assert_eq!(block["criteria"], "Address 127.0.0.1");
+    assert_eq!(
+        block["lines"],
+        serde_json::json!(["/etc/ssh/lan.d/pw.conf:1"])
+    );
+
+    let r = sb.cmd("set_sshd").args(["--password-auth", "no"]).send();
+    r.assert_ok();
+    assert!(
+        r.payload["data"]["match_blocks"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "a second identical request changes nothing: {}",
+        r.payload
+    );
+
+    assert_eq!(
+        loopback_option(&sb, "exampleuser", "passwordauthentication"),
+        "no"
+    );
+    sb.assert_no_password_login("exampleuser", PASSWORD);
+    sb.assert_key_login("exampleuser", &key);
+    assert_eq!(
+        sb.read("/etc/ssh/lan.d/pw.conf"),
+        "PasswordAuthentication no\n"
+    );
+    assert_eq!(
+        sb.read("/etc/ssh/lan.d/pw.conf.bak"),
+        "PasswordAuthentication yes\n"
+    );
+}

@@ -196,7 +196,7 @@ struct SignArgs {
     /// set_sshd: PermitRootLogin.
     #[arg(long, value_enum)]
     permit_root_login: Option<RootLogin>,
-    /// set_sshd: do not restart sshd.
+    /// set_sshd: do not reload (or start) sshd.
     #[arg(long)]
     no_restart: bool,
     /// inventory: report only these users (comma-separated or repeated).

@@ -36,6 +36,9 @@ pub trait Handler {
     fn handle(&mut self, envelope: &[u8]) -> Handled;
     /// Take a new configuration (SIGHUP).
     fn reconfigure(&mut self, cfg: Config);
+    /// The largest envelope it takes: an inbox file is read up to this + 1
+    /// bytes, enough for the handler to refuse it for its size.
+    fn max_envelope_bytes(&self) -> usize;
 }
 
 impl Handler for Engine {
@@ -44,6 +47,9 @@ impl Handler for Engine {
     }
     fn reconfigure(&mut self, cfg: Config) {
         Engine::reconfigure(self, cfg)
+    }
+    fn max_envelope_bytes(&self) -> usize {
+        self.config().max_envelope_bytes
     }
 }
 
@@ -379,10 +385,11 @@ impl Loop<'_> {
     }
 }
 
-/// `accessd apply-staged`: apply what `next_boot` staged, answer each in the
-/// outbox (`staged-ID.json`) and the journal. Returns the outcomes.
+/// `accessd apply-staged`: apply what `next_boot` staged in an earlier boot,
+/// answer each in the outbox (`staged-ID.json`) and the journal (under the
+/// command's `COMMAND_ID`). Returns the outcomes.
 pub fn apply_staged(handler: &mut Engine, spool: &mut Spool) -> Result<Vec<Handled>> {
-    let handled = handler.apply_staged();
+    let handled = handler.apply_staged()?;
     for (i, h) in handled.iter().enumerate() {
         let name = staged_result_name(h, i);
         logging::outcome(&name, h);

@@ -179,7 +179,10 @@ impl Spool {
                 return Ok(Outcome::AlreadyAnswered);
             }
         }
-        let bytes = match self.inbox.read(name) {
+        // At most the envelope limit + 1 bytes, whatever size the file
+        // claims: enough for the handler to answer `bad_envelope` for its
+        // size, never an allocation a writer of the inbox chooses.
+        let bytes = match self.inbox.read_at_most(name, handler.max_envelope_bytes()) {
             Ok(Some(data)) => data.bytes,
             Ok(None) => return Ok(Outcome::Vanished),
             // A symlink, FIFO or directory: never followed or read. It still

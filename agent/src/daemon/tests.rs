@@ -51,6 +51,9 @@ impl Handler for Recorder {
     fn reconfigure(&mut self, cfg: Config) {
         self.configs.lock().unwrap().push(cfg);
     }
+    fn max_envelope_bytes(&self) -> usize {
+        64 * 1024
+    }
 }
 
 fn config(state: &Path) -> Config {
@@ -487,4 +490,25 @@ fn removing_the_inbox_stops_the_loop_with_an_error() {
         err.to_string().contains("inbox directory was removed"),
         "{err}"
     );
+}
+
+/// Issue 12.4: an inbox file is read through one descriptor and at most
+/// the envelope limit + 1 bytes of it reach the handler (which then answers
+/// `bad_envelope` for its size), whatever size the file claims: a 64 GiB
+/// sparse file made the agent allocate its st_size and abort.
+#[test]
+fn a_sparse_64_gib_inbox_file_is_read_only_to_the_envelope_limit() {
+    let (_t, state) = new_state();
+    let big = std::fs::File::create(state.join("inbox/big.json")).unwrap();
+    big.set_len(64 << 30).unwrap();
+    let mut spool = Spool::open(&state, OutboxConfig::default()).unwrap();
+    let mut rec = Recorder::default();
+    assert_eq!(
+        spool.process("big.json", &mut rec).unwrap(),
+        Outcome::Answered
+    );
+    let seen = rec.seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].len(), rec.max_envelope_bytes() + 1);
+    assert!(!state.join("inbox/big.json").exists());
 }

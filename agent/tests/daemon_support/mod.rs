@@ -356,3 +356,33 @@ fn rand_suffix() -> String {
     getrandom::getrandom(&mut b).unwrap();
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// A boot id other than this machine's, as the kernel would make one.
+pub const NEXT_BOOT_ID: &str = "5d1c7a0e-93b2-4c4e-8f07-2b6f1e9a4c31";
+
+impl Machine {
+    /// `accessd ARGS --config CONFIG`, with the kernel's boot id reading as
+    /// `boot_id` (a bind mount over /proc/sys/kernel/random/boot_id in a
+    /// private mount namespace: what the agent sees after a reboot), or
+    /// this machine's real one with `None`.
+    pub fn run_in_boot(&self, boot_id: Option<&str>, args: &[&str]) -> std::process::Output {
+        let mut script = String::from("set -e; ");
+        if let Some(id) = boot_id {
+            let f = self.tmp.path().join("boot_id");
+            std::fs::write(&f, format!("{id}\n")).unwrap();
+            script.push_str(&format!(
+                "mount --bind {} /proc/sys/kernel/random/boot_id; ",
+                f.display()
+            ));
+        }
+        script.push_str("exec \"$@\"");
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
+            .arg(Self::bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+}

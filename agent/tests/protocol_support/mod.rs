@@ -139,6 +139,18 @@ impl Rig {
         Engine::new(self.config(), self.system()).unwrap()
     }
 
+    /// An engine on a clock the test moves (steps, passing time, reboots),
+    /// starting at `NOW` in a boot other than [`Rig::engine`]'s.
+    pub fn engine_on(&self, clock: Arc<accessd::sys::TestClock>) -> Engine {
+        let sys = System::new(&self.root, &self.state).with_clock(clock);
+        Engine::new(self.config(), sys).unwrap()
+    }
+
+    /// The engine after a reboot: same state, another boot id.
+    pub fn engine_after_reboot(&self) -> Engine {
+        self.engine_on(Arc::new(accessd::sys::TestClock::at(self.now)))
+    }
+
     /// A command valid at `NOW` (issued a minute before, 10 minutes long).
     pub fn spec(&self, id: &str, op: &str, args: Value) -> CommandSpec {
         CommandSpec {

@@ -21,7 +21,7 @@ use crate::sys::System;
 pub const SSH_DIR: &str = ".ssh";
 pub const KEYS_FILE: &str = "authorized_keys";
 /// 8 MiB: a thousand 8 KiB lines, far beyond any real authorized_keys.
-const MAX_FILE_BYTES: i64 = 8 << 20;
+pub const MAX_FILE_BYTES: usize = 8 << 20;
 
 /// Who a home belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,21 +111,20 @@ pub fn open_ssh_dir(sys: &System, owner: &Owner, create: bool) -> Result<Option<
 /// Read `authorized_keys` in an opened `.ssh`. Refuses symlinks, non-regular
 /// files, hard links and foreign owners; absent is `None`.
 pub fn read_keys_file(ssh: &Dir, owner: &Owner) -> Result<Option<FileData>> {
-    // The user controls the file's size; a root daemon should not read a
-    // multi-gigabyte file into memory because a user made one. (A file that
-    // grows between this check and the read is still read whole: the check
-    // stops the cheap case, a sparse file, not a determined racer.)
-    if let Some(st) = ssh.stat_at(KEYS_FILE)? {
-        if st.st_size > MAX_FILE_BYTES {
-            return Err(Error::unsafe_path(
-                ssh.display(KEYS_FILE),
-                format!("is larger than {MAX_FILE_BYTES} bytes"),
-            ));
-        }
-    }
-    let Some(data) = ssh.read(KEYS_FILE)? else {
+    // The user controls the file, its size and which inode the name holds
+    // from one moment to the next: size, type, links and owner are judged
+    // on the one descriptor read, and at most MAX_FILE_BYTES + 1 bytes are
+    // ever read or allocated (a 64 GiB sparse file swapped in by rename
+    // once made the agent abort on allocating its st_size).
+    let Some(data) = ssh.read_at_most(KEYS_FILE, MAX_FILE_BYTES)? else {
         return Ok(None);
     };
+    if data.over(MAX_FILE_BYTES) {
+        return Err(Error::unsafe_path(
+            ssh.display(KEYS_FILE),
+            format!("is larger than {MAX_FILE_BYTES} bytes"),
+        ));
+    }
     let path = ssh.display(KEYS_FILE);
     if data.nlink > 1 {
         // Replacing a hard link by rename is harmless to the other name, but

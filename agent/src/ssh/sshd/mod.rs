@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: the one parser that reads and edits sshd_config and its
 //!   Include files, and decides where a value must be written.
-//! - [`service`]: unit detection and restart.
+//! - [`service`]: unit detection, reload/restart/start, and the check that
+//!   sshd runs afterwards.
 //!
 //! - [`matching`]: a connection that satisfies each Match block, for
 //!   `sshd -T -C`.
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::confine;
 use crate::error::{Error, IoContext, Result};
 use crate::fsx::{Dir, Meta};
 use crate::sys::{Cmd, System};
@@ -44,7 +46,8 @@ pub struct SshdOptions {
     pub config: PathBuf,
     /// The sshd binary used for `sshd -t` and `sshd -T`.
     pub binary: PathBuf,
-    /// Run instead of `systemctl try-reload-or-restart <detected unit>`.
+    /// Run instead of `systemctl reload/restart/start <detected unit>`; a
+    /// live sshd in the PidFile must follow.
     pub restart_command: Option<Vec<String>>,
 }
 
@@ -180,8 +183,10 @@ pub fn set_sshd(
         Validation::Checked {
             verified,
             unverified,
+            who,
         } => {
             outcome.validated = true;
+            notes.push(format!("validated by {who}"));
             notes.push(format!(
                 "sshd -T reports the requested values in {} connection context(s)",
                 verified.len()
@@ -201,15 +206,29 @@ pub fn set_sshd(
         Validation::Skipped(why) => notes.push(format!("not validated: {why}")),
     }
     if restart && sys.is_live() {
-        match service::restart(sys, opts) {
+        match service::restart(sys, opts, service::Why::Apply) {
             Ok(what) => {
                 outcome.restarted = true;
                 notes.push(what);
             }
             Err(e) => {
                 // PROTOCOL §4: a failed command leaves every file as it was.
+                // The reload may have failed after sshd had re-read the new
+                // files (or it died on them): it must read the old ones
+                // again, or it serves a configuration no file holds.
                 let rollback = undo.rollback(&root);
-                return Err(with_rollback(e, rollback));
+                if rollback.is_err() {
+                    return Err(with_rollback(e, rollback));
+                }
+                let again = service::restart(sys, opts, service::Why::Apply);
+                return Err(Error::RestartFailed(match again {
+                    Ok(what) => format!(
+                        "{e}; every file was restored, and then the old configuration was applied: {what}"
+                    ),
+                    Err(e2) => format!(
+                        "{e}; every file was restored, but applying the old configuration failed too: {e2}"
+                    ),
+                }));
             }
         }
     } else if restart {
@@ -222,13 +241,23 @@ pub fn set_sshd(
 /// Restart the ssh service (detected unit, or the configured command).
 /// Returns a short description of what was run.
 pub fn restart_sshd(sys: &System, opts: &SshdOptions) -> Result<String> {
-    service::restart(sys, opts)
+    service::restart(sys, opts, service::Why::Restart)
+}
+
+/// `sshd -t` of the live configuration, before a restart would act on it.
+/// /run/sshd is not created here: a running sshd under systemd has it.
+fn check_config(sys: &System, opts: &SshdOptions) -> Result<()> {
+    let root = Dir::open(&sys.root)?;
+    if let Some(base) = sshd_command(sys, &root, opts)? {
+        run_sshd(sys, &base, opts, "-t")?;
+    }
+    Ok(())
 }
 
 pub fn effective(sys: &System, opts: &SshdOptions) -> Result<Effective> {
     let root = Dir::open(&sys.root)?;
     if let Some(base) = sshd_command(sys, &root, opts)? {
-        prepare_runtime(&root)?;
+        prepare_runtime(&root, &base)?;
         let spec = Config::load(&root, &opts.config)
             .ok()
             .and_then(|cfg| base_spec(&match_chains(&cfg)));
@@ -238,7 +267,7 @@ pub fn effective(sys: &System, opts: &SshdOptions) -> Result<Effective> {
                 pubkey_authentication: get("pubkeyauthentication"),
                 password_authentication: get("passwordauthentication"),
                 permit_root_login: get("permitrootlogin"),
-                source: "sshd -T".into(),
+                source: base.source().into(),
             });
         }
     }
@@ -480,16 +509,73 @@ enum Validation {
     Checked {
         verified: Vec<String>,
         unverified: Vec<UnverifiedBlock>,
+        /// Which sshd answered (see [`SshdCmd::who`]).
+        who: String,
     },
     Skipped(String),
 }
 
+/// How this root's sshd is run (PROTOCOL §6). Every invocation (`-t`, `-T`,
+/// `-T -C ...`) goes through [`run_sshd`], so an image's binary is always
+/// confined.
+#[derive(Debug, Clone)]
+enum SshdCmd {
+    /// The running system's configured sshd, through the [`System`]'s runner.
+    Host(Cmd),
+    /// The image's own binary: untrusted code, run by [`crate::confine`]
+    /// with no power over the host, never chrooted as root.
+    Image {
+        program: PathBuf,
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+impl SshdCmd {
+    fn arg(self, a: impl Into<std::ffi::OsString>) -> Self {
+        match self {
+            SshdCmd::Host(c) => SshdCmd::Host(c.arg(a)),
+            SshdCmd::Image { program, mut args } => {
+                args.push(a.into());
+                SshdCmd::Image { program, args }
+            }
+        }
+    }
+
+    fn display(&self) -> String {
+        match self {
+            SshdCmd::Host(c) => c.display(),
+            SshdCmd::Image { program, args } => {
+                format!("the image's {} (confined)", confine::display(program, args))
+            }
+        }
+    }
+
+    /// Which sshd answered, for results: an image's binary may print
+    /// anything, so its word is never passed off as the host's sshd.
+    fn who(&self) -> String {
+        match self {
+            SshdCmd::Host(c) => c.program.to_string_lossy().into_owned(),
+            SshdCmd::Image { program, .. } => {
+                format!("the image's own {}, confined", program.display())
+            }
+        }
+    }
+
+    /// [`Effective::source`] for values this sshd's `-T` printed.
+    fn source(&self) -> &'static str {
+        match self {
+            SshdCmd::Host(_) => "sshd -T",
+            SshdCmd::Image { .. } => "image sshd -T, confined",
+        }
+    }
+}
+
 /// How to run this root's sshd: the configured binary on the live system;
-/// the image's own sshd chrooted into the root otherwise (PROTOCOL §6);
+/// the image's own sshd, confined to the image, otherwise (PROTOCOL §6);
 /// `None` when the image has none.
-fn sshd_command(sys: &System, root: &Dir, opts: &SshdOptions) -> Result<Option<Cmd>> {
+fn sshd_command(sys: &System, root: &Dir, opts: &SshdOptions) -> Result<Option<SshdCmd>> {
     if sys.is_live() {
-        return Ok(Some(Cmd::new(&opts.binary)));
+        return Ok(Some(SshdCmd::Host(Cmd::new(&opts.binary))));
     }
     let (dir, name) = split_path(&opts.binary)?;
     let present = match root.try_open_dir(&dir) {
@@ -499,12 +585,20 @@ fn sshd_command(sys: &System, root: &Dir, opts: &SshdOptions) -> Result<Option<C
         }),
         Ok(None) | Err(_) => false,
     };
-    Ok(present.then(|| Cmd::new("chroot").arg(&sys.root).arg(&opts.binary)))
+    Ok(present.then(|| SshdCmd::Image {
+        program: opts.binary.clone(),
+        args: Vec::new(),
+    }))
 }
 
 /// sshd refuses to start (even for -t) without its privilege separation
-/// directory, which systemd creates only while ssh.service runs.
-fn prepare_runtime(root: &Dir) -> Result<()> {
+/// directory, which systemd creates only while ssh.service runs. An image's
+/// sshd gets one in a tmpfs of its confinement instead: the image is not
+/// written for it.
+fn prepare_runtime(root: &Dir, cmd: &SshdCmd) -> Result<()> {
+    if let SshdCmd::Image { .. } = cmd {
+        return Ok(());
+    }
     if let Some(run) = root.try_open_dir("run")? {
         if run.stat_at("sshd")?.is_none() {
             run.create_dir("sshd", &Meta::new(0, 0, 0o755))?;
@@ -513,28 +607,102 @@ fn prepare_runtime(root: &Dir) -> Result<()> {
     Ok(())
 }
 
+/// An image's sshd that never ran (it could not be confined, or not be
+/// executed): carried inside [`Error::Io`] so that [`validate`] can tell
+/// "not validated" from "sshd said no".
+#[derive(Debug)]
+struct NotRun(String);
+
+impl std::fmt::Display for NotRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotRun {}
+
+fn not_run(e: &Error) -> Option<&NotRun> {
+    match e {
+        Error::Io { source, .. } => source.get_ref()?.downcast_ref::<NotRun>(),
+        _ => None,
+    }
+}
+
+/// At most this much of sshd's stderr goes into a message: an image's
+/// binary chooses those bytes.
+const STDERR_IN_MESSAGE: usize = 2000;
+
 fn explain_sshd_failure(stderr: &str) -> String {
-    let s = stderr.trim();
+    let mut s: String = stderr
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
+        .take(STDERR_IN_MESSAGE)
+        .collect();
+    if stderr.trim().chars().count() > STDERR_IN_MESSAGE {
+        s.push_str(" [...]");
+    }
     if s.contains("no hostkeys available") || s.contains("Unable to load host key") {
         format!("sshd has no usable host keys (create them with `ssh-keygen -A`): {s}")
     } else if s.contains("privilege separation directory") {
         format!("sshd's /run/sshd is missing or unsafe: {s}")
     } else {
-        s.to_owned()
+        s
     }
 }
 
-fn run_sshd(sys: &System, base: &Cmd, opts: &SshdOptions, flag: &str) -> Result<Vec<u8>> {
+fn run_sshd(sys: &System, base: &SshdCmd, opts: &SshdOptions, flag: &str) -> Result<Vec<u8>> {
     run_sshd_args(sys, base, opts, &[flag])
 }
 
-/// `sshd ARGS -f CONFIG` through the command [`sshd_command`] built.
-fn run_sshd_args(sys: &System, base: &Cmd, opts: &SshdOptions, args: &[&str]) -> Result<Vec<u8>> {
-    let cmd = base.clone().args(args).arg("-f").arg(&opts.config);
-    let out = sys
-        .runner
-        .run(&cmd)
-        .ctx(|| format!("running {}", cmd.display()))?;
+/// `sshd ARGS -f CONFIG` through the command [`sshd_command`] built: the
+/// runner for the running system's sshd, [`confine`] for an image's.
+fn run_sshd_args(
+    sys: &System,
+    base: &SshdCmd,
+    opts: &SshdOptions,
+    args: &[&str],
+) -> Result<Vec<u8>> {
+    let cmd = args
+        .iter()
+        .fold(base.clone(), |c, a| c.arg(*a))
+        .arg("-f")
+        .arg(&opts.config);
+    let out = match &cmd {
+        SshdCmd::Host(c) => sys
+            .runner
+            .run(c)
+            .ctx(|| format!("running {}", cmd.display()))?,
+        SshdCmd::Image { program, args } => {
+            match confine::run_in_image(&sys.root, program, args, confine::Limits::SSHD) {
+                Ok(out) => out,
+                Err(e) if e.not_run() => {
+                    let why = if let confine::ConfineError::Exec(errno) = e {
+                        format!(
+                            "the image's {} could not be executed ({errno}), so sshd did not run",
+                            program.display()
+                        )
+                    } else {
+                        format!(
+                            "the image's {} could not be confined, so it was not run: {e}",
+                            program.display()
+                        )
+                    };
+                    return Err(Error::Io {
+                        context: format!("running {}", cmd.display()),
+                        source: std::io::Error::other(NotRun(why)),
+                    });
+                }
+                // It ran and misbehaved (too long, too much output): no answer.
+                Err(e) => {
+                    return Err(Error::SshdInvalid(format!(
+                        "{} gave no answer: {e}",
+                        cmd.display()
+                    )))
+                }
+            }
+        }
+    };
     if !out.status.success() {
         return Err(Error::SshdInvalid(format!(
             "{} failed: {}",
@@ -545,10 +713,16 @@ fn run_sshd_args(sys: &System, base: &Cmd, opts: &SshdOptions, args: &[&str]) ->
     Ok(out.stdout)
 }
 
-/// `sshd -T [-C SPEC]` as keyword → first value.
+/// Longest `sshd -T` value kept. Real ones are short words; an image's
+/// binary could print a megabyte that would then land in a result.
+const MAX_DUMP_VALUE: usize = 256;
+
+/// `sshd -T [-C SPEC]` as keyword → first value. A line whose value is too
+/// long or holds control characters is dropped (as if sshd had not
+/// printed it).
 fn sshd_dump(
     sys: &System,
-    base: &Cmd,
+    base: &SshdCmd,
     opts: &SshdOptions,
     spec: Option<&str>,
 ) -> Result<BTreeMap<String, String>> {
@@ -560,6 +734,7 @@ fn sshd_dump(
         .lines()
         .filter_map(|l| l.split_once(' '))
         .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
+        .filter(|(_, v)| v.len() <= MAX_DUMP_VALUE && !v.chars().any(char::is_control))
         .collect())
 }
 
@@ -657,8 +832,15 @@ fn validate(
             opts.binary.display()
         )));
     };
-    prepare_runtime(root)?;
-    run_sshd(sys, &base, opts, "-t")?;
+    prepare_runtime(root, &base)?;
+    match run_sshd(sys, &base, opts, "-t") {
+        Err(e) if not_run(&e).is_some() => {
+            return Ok(Validation::Skipped(
+                not_run(&e).map(ToString::to_string).unwrap_or_default(),
+            ))
+        }
+        r => r?,
+    };
     let chains = match_chains(cfg);
     let global = base_spec(&chains);
     let mut verified = Vec::new();
@@ -674,6 +856,7 @@ fn validate(
         return Ok(Validation::Checked {
             verified,
             unverified,
+            who: base.who(),
         });
     }
     let accounts = accounts(root);
@@ -708,5 +891,6 @@ fn validate(
     Ok(Validation::Checked {
         verified,
         unverified,
+        who: base.who(),
     })
 }
