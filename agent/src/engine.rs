@@ -518,6 +518,16 @@ impl Engine {
         let sys = &self.sys;
         let acfg = self.cfg.accounts();
         let sshd_opts = &self.cfg.sshd;
+        // Commands name only root and regular users (PROTOCOL §3): one
+        // check, here, for every op that acts on an existing user.
+        let existing = match &ready {
+            Ready::SetPassword(u, _, _) | Ready::StagePassword(u, _) => Some(u),
+            Ready::Other(op) => op.target_user(),
+            Ready::CreateUser(..) => None,
+        };
+        if let Some(user) = existing {
+            accounts::managed_user(sys, user)?;
+        }
         match ready {
             Ready::SetPassword(user, hash, must_change) => {
                 let set = accounts::set_password_with(
@@ -541,8 +551,7 @@ impl Engine {
                 ))
             }
             Ready::StagePassword(user, hash) => {
-                // The user must exist now; a typo should fail today, not at boot.
-                accounts::lookup(sys, &user)?;
+                // The user exists now (checked above); a typo fails today, not at boot.
                 // Without the boot id, apply-staged could not tell this boot
                 // from the next one: refuse now rather than apply early.
                 let boot_id = sys.clock.boot_id().map_err(|e| Error::Io {
@@ -557,36 +566,50 @@ impl Engine {
                 ))
             }
             Ready::CreateUser(spec, keys) => {
-                let created = accounts::create_user(sys, &acfg, &spec)?;
                 let user = &spec.name;
-                let mut data = json!(created);
-                if !keys.is_empty() {
-                    match authkeys::add_keys(sys, user, &keys) {
-                        Ok(k) => data["keys"] = json!(k),
-                        Err(e) => {
-                            // `failed` promises every file as before: take
-                            // the user (and the home just made) away again.
-                            return Err(match accounts::delete_user(sys, user, true) {
-                                Ok(()) => e,
-                                Err(e2) => Error::Io {
-                                    context: format!(
-                                        "adding keys for the new user {user} failed ({e}), \
-                                         and removing the user again failed too; \
-                                         the user exists"
-                                    ),
-                                    source: std::io::Error::other(e2.to_string()),
-                                },
-                            });
-                        }
+                // The keys are added while the new account's files are
+                // still locked; if that fails, create_user_then undoes
+                // exactly what it did (a home that was there stays), so
+                // `failed` means every file is as before.
+                let (created, keys) = accounts::create_user_then(sys, &acfg, &spec, |_| {
+                    if keys.is_empty() {
+                        Ok(None)
+                    } else {
+                        authkeys::add_keys(sys, user, &keys).map(Some)
                     }
+                })?;
+                let mut data = json!(created);
+                if let Some(k) = keys {
+                    data["keys"] = json!(k);
                 }
                 Ok((format!("created user {user} (uid {})", created.uid), data))
             }
             Ready::Other(op) => match op {
-                Op::DeleteUser { user, remove_home } => {
-                    accounts::delete_user(sys, &user, remove_home)?;
+                Op::DeleteUser {
+                    user,
+                    remove_home,
+                    terminate_sessions,
+                } => {
+                    let d = accounts::delete_user_with(
+                        sys,
+                        &user,
+                        accounts::DeleteOptions {
+                            remove_home,
+                            terminate_sessions,
+                        },
+                    )?;
+                    // What lock_user remembered for this user is theirs too:
+                    // an unlock_user of a later user of the name must not
+                    // restore it.
+                    if let Err(e) = self.suspensions.forget(&user) {
+                        tracing::warn!("could not remove the lock record of {user}: {e}");
+                    }
                     let how = if remove_home { " and its home" } else { "" };
-                    Ok((format!("deleted user {user}{how}"), json!({})))
+                    let ended = match d.sessions_ended.len() {
+                        0 => String::new(),
+                        n => format!("; ended {n} process(es) of the user"),
+                    };
+                    Ok((format!("deleted user {user}{how}{ended}"), json!(d)))
                 }
                 Op::AddKeys { user, keys } => {
                     let o = authkeys::add_keys(sys, &user, &keys)?;

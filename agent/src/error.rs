@@ -26,6 +26,8 @@ pub enum Code {
     WeakPassword,
     UserNotFound,
     UserExists,
+    UserBusy,
+    ForeignGrant,
     UnsafePath,
     LockTimeout,
     SshdInvalid,
@@ -48,6 +50,8 @@ impl Code {
             Code::WeakPassword => "weak_password",
             Code::UserNotFound => "user_not_found",
             Code::UserExists => "user_exists",
+            Code::UserBusy => "user_busy",
+            Code::ForeignGrant => "foreign_grant",
             Code::UnsafePath => "unsafe_path",
             Code::LockTimeout => "lock_timeout",
             Code::SshdInvalid => "sshd_invalid",
@@ -104,6 +108,12 @@ pub enum Error {
     UserNotFound(String),
     #[error("user {0:?} already exists")]
     UserExists(String),
+    /// The user has running processes (as `userdel` refuses them).
+    #[error("{0}")]
+    UserBusy(String),
+    /// A sudo rule accessd did not write would contradict the result.
+    #[error("{0}")]
+    ForeignGrant(String),
     #[error("unsafe path {path}: {reason}")]
     UnsafePath { path: PathBuf, reason: String },
     #[error("timed out waiting for the lock on {0}; another tool (useradd, passwd, vipw) holds it, try again")]
@@ -134,6 +144,8 @@ impl Error {
             Error::WeakPassword(_) => Code::WeakPassword,
             Error::UserNotFound(_) => Code::UserNotFound,
             Error::UserExists(_) => Code::UserExists,
+            Error::UserBusy(_) => Code::UserBusy,
+            Error::ForeignGrant(_) => Code::ForeignGrant,
             Error::UnsafePath { .. } => Code::UnsafePath,
             Error::LockTimeout(_) => Code::LockTimeout,
             Error::SshdInvalid(_) => Code::SshdInvalid,

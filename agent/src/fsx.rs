@@ -21,7 +21,7 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, OFlag};
-use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
+use nix::sys::stat::{fchmod, fstat, mkdirat, FileStat, Mode, SFlag};
 use nix::unistd::{fchown, fsync, unlinkat, Gid, Uid, UnlinkatFlags};
 
 use crate::error::{Error, IoContext, Result};
@@ -87,6 +87,9 @@ pub const DEFAULT_READ_LIMIT: usize = 64 << 20;
 pub struct Dir {
     fd: OwnedFd,
     path: PathBuf,
+    /// Its file system (`st_dev`): what is on the same one is as trusted
+    /// as this directory; see [`check_fs`].
+    dev: u64,
 }
 
 fn dir_flags() -> OFlag {
@@ -112,9 +115,13 @@ impl Dir {
             Mode::empty(),
         )
         .ctx(|| format!("opening directory {}", path.display()))?;
+        let dev = fstat(fd.as_fd())
+            .ctx(|| format!("stat {}", path.display()))?
+            .st_dev;
         Ok(Dir {
             fd,
             path: path.to_path_buf(),
+            dev,
         })
     }
 
@@ -143,6 +150,7 @@ impl Dir {
                 .try_clone()
                 .ctx(|| format!("duplicating descriptor of {}", self.path.display()))?,
             path: self.path.clone(),
+            dev: self.dev,
         };
         for comp in rel.components() {
             let name = match comp {
@@ -156,24 +164,41 @@ impl Dir {
                 }
             };
             let next_path = cur.path.join(name);
-            match openat(cur.fd.as_fd(), name, dir_flags(), Mode::empty()) {
-                Ok(fd) => {
-                    cur = Dir {
-                        fd,
-                        path: next_path,
-                    }
-                }
+            // O_PATH first: nothing reaches the file system behind the
+            // name (no open, no getattr) until check_fs has judged it.
+            let pfd = match openat(
+                cur.fd.as_fd(),
+                name,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => fd,
                 Err(Errno::ENOENT) => return Ok(None),
                 Err(Errno::ELOOP) => {
                     return Err(Error::unsafe_path(next_path, "is a symbolic link"))
                 }
                 Err(Errno::ENOTDIR) => {
-                    return Err(Error::unsafe_path(next_path, "is not a directory"))
+                    let link = statx_nosync(cur.fd.as_fd(), name.as_bytes())
+                        .is_ok_and(|(mode, _)| mode & libc::S_IFMT == libc::S_IFLNK);
+                    let why = if link {
+                        "is a symbolic link"
+                    } else {
+                        "is not a directory"
+                    };
+                    return Err(Error::unsafe_path(next_path, why));
                 }
                 Err(e) => {
                     return Err(e).ctx(|| format!("opening directory {}", next_path.display()))
                 }
-            }
+            };
+            let dev = check_fs(cur.dev, pfd.as_fd(), &next_path)?;
+            let fd = openat(pfd.as_fd(), ".", dir_flags(), Mode::empty())
+                .ctx(|| format!("opening directory {}", next_path.display()))?;
+            cur = Dir {
+                fd,
+                path: next_path,
+                dev,
+            };
         }
         Ok(Some(cur))
     }
@@ -220,17 +245,30 @@ impl Dir {
     }
 
     /// lstat of `name` (a symlink is reported as a symlink). `None` if absent.
+    /// Taken with `AT_STATX_DONT_SYNC`: a FUSE or network mount at `name`
+    /// answers from the kernel's cache instead of being asked (and hanging).
     pub fn stat_at(&self, name: &str) -> Result<Option<FileStat>> {
         check_name(name)?;
-        match fstatat(
-            self.fd.as_fd(),
-            name,
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
-            Ok(st) => Ok(Some(st)),
-            Err(Errno::ENOENT) => Ok(None),
-            Err(e) => Err(e).ctx(|| format!("stat {}", self.display(name).display())),
+        let cname = CString::new(name).map_err(|_| Error::unsafe_path(name, "contains NUL"))?;
+        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: valid descriptor, C string and output buffer.
+        let rc = unsafe {
+            libc::statx(
+                self.fd.as_raw_fd(),
+                cname.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
+                libc::STATX_BASIC_STATS,
+                &mut stx,
+            )
+        };
+        if rc != 0 {
+            let e = Errno::last();
+            if e == Errno::ENOENT {
+                return Ok(None);
+            }
+            return Err(e).ctx(|| format!("stat {}", self.display(name).display()));
         }
+        Ok(Some(filestat_of(&stx)))
     }
 
     /// Read the regular file `name`. A symlink, FIFO, device or directory is
@@ -262,21 +300,35 @@ impl Dir {
     pub fn read_at_most(&self, name: &str, limit: usize) -> Result<Option<FileData>> {
         check_name(name)?;
         let path = self.display(name);
-        let fd = match openat(
+        // O_PATH first, as in try_open_dir: a file that is a FUSE or NFS
+        // mount of its own is refused before anything is asked of it.
+        let pfd = match openat(
             self.fd.as_fd(),
             name,
-            OFlag::O_RDONLY
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_CLOEXEC
-                | OFlag::O_NONBLOCK
-                | OFlag::O_NOCTTY,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         ) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(None),
-            Err(Errno::ELOOP) => return Err(Error::unsafe_path(path, "is a symbolic link")),
             Err(e) => return Err(e).ctx(|| format!("opening {}", path.display())),
         };
+        let (mode, _) = statx_nosync(pfd.as_fd(), b"")
+            .map_err(Errno::from_raw)
+            .ctx(|| format!("stat {}", path.display()))?;
+        match mode & libc::S_IFMT {
+            libc::S_IFLNK => return Err(Error::unsafe_path(path, "is a symbolic link")),
+            libc::S_IFREG => {}
+            _ => return Err(Error::unsafe_path(path, "is not a regular file")),
+        }
+        check_fs(self.dev, pfd.as_fd(), &path)?;
+        // The inode just judged, opened for reading through /proc (the
+        // name may hold another one by now).
+        let fd = nix::fcntl::open(
+            format!("/proc/self/fd/{}", pfd.as_raw_fd()).as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+            Mode::empty(),
+        )
+        .ctx(|| format!("opening {}", path.display()))?;
         let st = fstat(fd.as_fd()).ctx(|| format!("stat {}", path.display()))?;
         if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
             return Err(Error::unsafe_path(path, "is not a regular file"));
@@ -473,6 +525,144 @@ impl Dir {
     }
 }
 
+/// `statx(fd, path, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC)` (`path`
+/// empty: `fd` itself): mode and `st_dev`, from the kernel's cached
+/// attributes, so a FUSE or NFS server is never asked.
+fn statx_nosync(fd: BorrowedFd<'_>, path: &[u8]) -> std::result::Result<(u32, u64), i32> {
+    let cpath = CString::new(path).map_err(|_| libc::EINVAL)?;
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC;
+    if path.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    // SAFETY: an all-zero statx is a valid output buffer.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor, C string and output buffer.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            cpath.as_ptr(),
+            flags,
+            libc::STATX_TYPE | libc::STATX_MODE,
+            &mut stx,
+        )
+    };
+    if rc != 0 {
+        return Err(Errno::last_raw());
+    }
+    Ok((
+        u32::from(stx.stx_mode),
+        libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+    ))
+}
+
+fn filestat_of(stx: &libc::statx) -> FileStat {
+    // SAFETY: an all-zero `stat` is a valid value; the fields set below are
+    // the ones callers read.
+    let mut st: FileStat = unsafe { std::mem::zeroed() };
+    st.st_dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    st.st_ino = stx.stx_ino;
+    st.st_mode = u32::from(stx.stx_mode);
+    st.st_nlink = stx.stx_nlink as _;
+    st.st_uid = stx.stx_uid;
+    st.st_gid = stx.stx_gid;
+    st.st_size = stx.stx_size as _;
+    st.st_blocks = stx.stx_blocks as _;
+    st.st_atime = stx.stx_atime.tv_sec as _;
+    st.st_atime_nsec = stx.stx_atime.tv_nsec as _;
+    st.st_mtime = stx.stx_mtime.tv_sec as _;
+    st.st_mtime_nsec = stx.stx_mtime.tv_nsec as _;
+    st.st_ctime = stx.stx_ctime.tv_sec as _;
+    st.st_ctime_nsec = stx.stx_ctime.tv_nsec as _;
+    st
+}
+
+/// File systems a user's home may be on: local disk (and memory) file
+/// systems, where every operation completes. FUSE (a user's own server,
+/// or sshfs, virtiofs...), NFS, SMB/CIFS, 9p, Ceph, AFS and the like can
+/// make a call block for as long as their server likes, and the agent
+/// applies commands one at a time: one such home would stop them all.
+pub const LOCAL_FILE_SYSTEMS: &[&str] = &[
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "jfs", "reiserfs", "bcachefs", "tmpfs",
+    "ramfs", "overlay", "squashfs", "erofs",
+];
+
+/// The same set as `statfs` magic numbers, for a directory on another
+/// `st_dev` than its parent that is not a mount point of its own (a nested
+/// btrfs subvolume); such a directory cannot be a FUSE or network mount.
+const LOCAL_MAGICS: &[i64] = &[
+    0xEF53,      // ext2/3/4
+    0x5846_5342, // xfs
+    0x9123_683E, // btrfs
+    0x2FC1_2FC1, // zfs
+    0xF2F5_2010, // f2fs
+    0x3153_464A, // jfs
+    0x5265_4973, // reiserfs
+    0xCA45_1A4E, // bcachefs
+    0x0102_1994, // tmpfs
+    0x8584_58F6, // ramfs
+    0x794C_7630, // overlay
+    0x7371_7368, // squashfs
+    0xE0F5_E1E2, // erofs
+];
+
+/// Judge the file system of the opened (O_PATH) `fd` at `path`, whose
+/// parent is on `parent_dev`. The same device is fine (as trusted as the
+/// parent, and so the configured root's own file system, whatever it is);
+/// another is looked up in the kernel's mount table and must be one of
+/// [`LOCAL_FILE_SYSTEMS`], else `unsafe_path`. Nothing here reaches the
+/// file system's server. Returns `fd`'s device.
+fn check_fs(parent_dev: u64, fd: BorrowedFd<'_>, path: &Path) -> Result<u64> {
+    let (_, dev) = statx_nosync(fd, b"")
+        .map_err(Errno::from_raw)
+        .ctx(|| format!("stat {}", path.display()))?;
+    if dev == parent_dev {
+        return Ok(dev);
+    }
+    let fstype = match mount_fs_type(dev) {
+        Some(t) => t,
+        None => {
+            // Not a mount point: the parent's file system (btrfs and zfs
+            // give subvolumes and datasets their own st_dev).
+            let st = nix::sys::statfs::fstatfs(fd).ctx(|| format!("statfs {}", path.display()))?;
+            let magic = st.filesystem_type().0 as i64;
+            if LOCAL_MAGICS.contains(&magic) {
+                return Ok(dev);
+            }
+            format!("0x{magic:x}")
+        }
+    };
+    if LOCAL_FILE_SYSTEMS.contains(&fstype.as_str()) {
+        return Ok(dev);
+    }
+    Err(Error::unsafe_path(
+        path,
+        format!(
+            "is on a {fstype} file system, not a local disk one \
+             (FUSE and network file systems can block the agent)"
+        ),
+    ))
+}
+
+/// The type (`ext4`, `fuse.sshfs`, `nfs4`...) of the mount whose device is
+/// `dev`, from `/proc/self/mountinfo` (kernel data; read at most 16 MiB).
+fn mount_fs_type(dev: u64) -> Option<String> {
+    let want = format!("{}:{}", libc::major(dev), libc::minor(dev));
+    let mut text = String::new();
+    File::open("/proc/self/mountinfo")
+        .ok()?
+        .take(16 << 20)
+        .read_to_string(&mut text)
+        .ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(' ');
+        if f.nth(2)? != want {
+            return None;
+        }
+        let mut after = l.split(" - ").nth(1)?.split(' ');
+        after.next().map(str::to_owned)
+    })
+}
+
 fn random_suffix() -> String {
     let mut b = [0u8; 6];
     getrandom::getrandom(&mut b).expect("the OS random number generator failed");
@@ -583,6 +773,17 @@ mod tests {
         );
         let data = d.read_at_most("f", 100).unwrap().unwrap();
         assert_eq!((data.bytes.len(), data.over(100)), (100, false));
+    }
+
+    #[test]
+    fn the_mount_table_names_the_file_system_of_the_root() {
+        let dev = std::fs::metadata("/").map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.dev()
+        });
+        let t = mount_fs_type(dev.unwrap()).expect("/ is in /proc/self/mountinfo");
+        assert!(!t.is_empty() && !t.contains(' '), "{t:?}");
+        assert_eq!(mount_fs_type(u64::MAX), None);
     }
 
     #[test]

@@ -133,7 +133,7 @@ pub fn collect(
                 None => {
                     // Missing from the local users: unknown, or a system
                     // account that commands may not name.
-                    accounts::lookup(sys, name)?;
+                    accounts::managed_user(sys, name)?;
                     return Err(Error::invalid(format!(
                         "inventory: {name} is not a local user (uid 0 or UID_MIN..UID_MAX)"
                     )));

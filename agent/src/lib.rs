@@ -17,6 +17,7 @@
 //! - [`protocol`]: DSSE envelopes, typed commands, results, and the client half.
 //! - [`identity`], [`replay`], [`staging`]: the agent's state directory.
 //! - [`inventory`]: the `inventory` op's report.
+//! - [`sessions`]: a user's processes, found and ended through pidfds.
 //! - [`mqtt`]: fleet delivery through an MQTT broker (transport and client).
 
 pub mod accounts;
@@ -35,6 +36,7 @@ pub mod names;
 pub mod protocol;
 pub mod replay;
 pub mod secret;
+pub mod sessions;
 pub mod ssh;
 pub mod staging;
 pub mod suspensions;

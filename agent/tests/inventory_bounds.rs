@@ -9,93 +9,15 @@
 mod daemon_support;
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use accessd::protocol::client::verify_result;
 use accessd::protocol::result::ResultPayload;
-use base64::Engine as _;
-use daemon_support::{require_root, Machine, USER};
+use daemon_support::{add_users, fake_key, require_root, uid_of, write_keys, Machine, USER};
 use serde_json::{json, Value};
 
 /// PROTOCOL §4: 60 KiB, so that a result fits a 64 KiB broker limit.
 const DEFAULT_RESULT_LIMIT: usize = 60 * 1024;
-
-/// A syntactically valid ed25519 key line (any 32 bytes are a blob sshd
-/// parses), distinct per `n`, with `comment`.
-fn fake_key(n: u64, comment: &str) -> String {
-    let mut blob = Vec::new();
-    let mut key = [0x5au8; 32];
-    key[..8].copy_from_slice(&n.to_be_bytes());
-    for part in [b"ssh-ed25519".as_slice(), key.as_slice()] {
-        blob.extend_from_slice(&(part.len() as u32).to_be_bytes());
-        blob.extend_from_slice(part);
-    }
-    let b64 = base64::engine::general_purpose::STANDARD.encode(blob);
-    if comment.is_empty() {
-        format!("ssh-ed25519 {b64}")
-    } else {
-        format!("ssh-ed25519 {b64} {comment}")
-    }
-}
-
-/// Write `text` as `user`'s authorized_keys, owned by them, 0600 in a 0700 ~/.ssh.
-fn write_keys(root: &Path, user: &str, uid: u32, text: &[u8]) {
-    let ssh = root.join("home").join(user).join(".ssh");
-    std::fs::create_dir_all(&ssh).unwrap();
-    let f = ssh.join("authorized_keys");
-    std::fs::write(&f, text).unwrap();
-    for (p, mode) in [(&ssh, 0o700), (&f, 0o600)] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-        std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
-    }
-    let home = root.join("home").join(user);
-    std::os::unix::fs::chown(&home, Some(uid), Some(uid)).unwrap();
-}
-
-fn uid_of(root: &Path, user: &str) -> u32 {
-    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
-    passwd
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f[0] == user).then(|| f[2].parse().unwrap())
-        })
-        .unwrap()
-}
-
-/// Add `n` users `u00000`.. to the temp root's passwd/shadow/group (as
-/// useradd would leave them), each with `keys` keys; returns their names.
-fn add_users(root: &Path, n: usize, keys: usize) -> Vec<String> {
-    let mut passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
-    let mut shadow = std::fs::read_to_string(root.join("etc/shadow")).unwrap();
-    let mut group = std::fs::read_to_string(root.join("etc/group")).unwrap();
-    let mut names = Vec::new();
-    for i in 0..n {
-        let name = format!("u{i:05}");
-        let uid = 20_000 + i as u32;
-        passwd.push_str(&format!("{name}:x:{uid}:{uid}::/home/{name}:/bin/sh\n"));
-        shadow.push_str(&format!("{name}:!:20000:0:99999:7:::\n"));
-        group.push_str(&format!("{name}:x:{uid}:\n"));
-        names.push(name);
-    }
-    std::fs::write(root.join("etc/passwd"), passwd).unwrap();
-    std::fs::write(root.join("etc/shadow"), shadow).unwrap();
-    std::fs::write(root.join("etc/group"), group).unwrap();
-    for (i, name) in names.iter().enumerate() {
-        let mut text = String::new();
-        for k in 0..keys {
-            text.push_str(&fake_key(
-                (i * 1000 + k) as u64,
-                &format!("{name}-key{k}@laptop"),
-            ));
-            text.push('\n');
-        }
-        write_keys(root, name, 20_000 + i as u32, text.as_bytes());
-    }
-    names
-}
 
 /// One `accessd apply` run: the raw result envelope lines, their verified
 /// payloads, and the process's peak RSS in KiB as GNU time reports it (the

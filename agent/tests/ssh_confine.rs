@@ -121,6 +121,15 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// What the image has at /dev.
+#[derive(Debug, Clone, Copy)]
+enum Dev {
+    Dir,
+    Missing,
+    /// A symlink to a host directory: mounting on it would cover the host's.
+    HostLink,
+}
+
 /// A root holding the hostile sshd, with passwords on in its config.
 struct Hostile {
     tmp: tempfile::TempDir,
@@ -134,10 +143,10 @@ struct Hostile {
 
 impl Hostile {
     fn new() -> Hostile {
-        Hostile::build(true)
+        Hostile::build(Dev::Dir)
     }
 
-    fn build(with_dev: bool) -> Hostile {
+    fn build(dev: Dev) -> Hostile {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("image");
         let host_dir = tmp.path().join("host");
@@ -146,8 +155,13 @@ impl Hostile {
         fs::create_dir_all(&state).unwrap();
         fs::write(host_dir.join("secret"), "host secret\n").unwrap();
         skeleton(&root);
-        if !with_dev {
-            fs::remove_dir(root.join("dev")).unwrap();
+        match dev {
+            Dev::Dir => {}
+            Dev::Missing => fs::remove_dir(root.join("dev")).unwrap(),
+            Dev::HostLink => {
+                fs::remove_dir(root.join("dev")).unwrap();
+                std::os::unix::fs::symlink(&host_dir, root.join("dev")).unwrap();
+            }
         }
         fs::write(
             root.join("etc/ssh/sshd_config"),
@@ -200,6 +214,10 @@ impl Hostile {
             .collect();
         v.sort();
         v
+    }
+
+    fn victim_alive(&mut self) -> bool {
+        self.victim.try_wait().unwrap().is_none()
     }
 
     fn image_file(&self, p: &str) -> PathBuf {
@@ -279,10 +297,7 @@ fn an_image_sshd_cannot_signal_host_processes() {
     }
     let mut h = Hostile::new();
     h.run();
-    assert!(
-        h.victim.try_wait().unwrap().is_none(),
-        "the image's binary killed a host process"
-    );
+    assert!(h.victim_alive(), "the image's binary killed a host process");
 }
 
 #[test]
@@ -308,16 +323,18 @@ fn an_image_sshd_that_cannot_be_confined_is_not_run() {
     if !ready() {
         return;
     }
-    // Without /dev in the image there is nowhere to put /dev/null, which
-    // sshd needs: confinement cannot be set up, so the binary must not run
-    // at all (never a plain chroot instead).
-    let h = Hostile::build(false);
-    let (eff, msg, validated) = h.run();
-    assert_eq!(h.host_files(), vec!["secret".to_string()]);
-    assert!(!validated, "{msg}");
-    assert_eq!(eff.source, "parsed", "{eff:?}");
-    assert!(msg.contains("could not be confined"), "{msg}");
-    assert!(!h.image_file("/etc/ssh/planted").exists());
+    // Without a /dev directory in the image there is nowhere to put
+    // /dev/null, which sshd needs: confinement cannot be set up, so the
+    // binary must not run at all (never a plain chroot instead).
+    for dev in [Dev::Missing, Dev::HostLink] {
+        let h = Hostile::build(dev);
+        let (eff, msg, validated) = h.run();
+        assert_eq!(h.host_files(), vec!["secret".to_string()], "{dev:?}");
+        assert!(!validated, "{dev:?}: {msg}");
+        assert_eq!(eff.source, "parsed", "{dev:?}: {eff:?}");
+        assert!(msg.contains("could not be confined"), "{dev:?}: {msg}");
+        assert!(!h.image_file("/etc/ssh/planted").exists(), "{dev:?}");
+    }
 }
 
 fn ssh_keygen(root: &Path) {
@@ -447,4 +464,118 @@ fn an_image_sshd_leaves_no_process_behind() {
     let out = run_confined(&root, Limits::SSHD).unwrap();
     assert!(out.status.success());
     assert_eq!(out.stdout, b"port 22\n");
+}
+
+/// Set by [`run_half`] for the child half of a test that needs a process of
+/// its own (fewer privileges, or a private mount namespace).
+const HALF: &str = "ACCESSD_CONFINE_TEST_HALF";
+
+/// Run the test `name` of this binary again, under `wrapper`, as its child
+/// half; it must pass and print `done: NAME`, so a half that silently did
+/// nothing fails the outer test.
+fn run_half(name: &str, wrapper: &[&str]) {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(wrapper[0])
+        .args(&wrapper[1..])
+        .arg(&exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(HALF, name)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{name} under {wrapper:?}: {text}");
+    assert!(text.contains(&format!("done: {name}")), "{name}: {text}");
+}
+
+fn is_half(name: &str) -> bool {
+    std::env::var(HALF).as_deref() == Ok(name)
+}
+
+#[test]
+fn an_image_sshd_is_not_run_without_the_privilege_to_confine_it() {
+    if !ready() {
+        return;
+    }
+    const NAME: &str = "an_image_sshd_is_not_run_without_the_privilege_to_confine_it";
+    if !is_half(NAME) {
+        // Root without CAP_SYS_ADMIN, as under a unit that forbids
+        // namespaces: chroot would still work, confinement cannot.
+        run_half(
+            NAME,
+            &[
+                "setpriv",
+                "--bounding-set",
+                "-sys_admin",
+                "--inh-caps",
+                "-sys_admin",
+                "--",
+            ],
+        );
+        return;
+    }
+    let mut h = Hostile::new();
+    let (eff, msg, validated) = h.run();
+    assert_eq!(h.host_files(), vec!["secret".to_string()], "{msg}");
+    assert!(h.victim_alive(), "the binary ran and killed a host process");
+    assert!(!validated, "{msg}");
+    assert!(
+        msg.contains("could not be confined, so it was not run"),
+        "{msg}"
+    );
+    assert_eq!(eff.source, "parsed");
+    println!("done: {NAME}");
+}
+
+/// Reads /mnt/secret and tries to write /mnt/planted; for -T prints what
+/// it read.
+const PEEK: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    char buf[256] = {0};
+    int fd = open("/mnt/secret", O_RDONLY);
+    if (fd >= 0) { (void)!read(fd, buf, sizeof buf - 1); close(fd); }
+    int w = open("/mnt/planted", O_WRONLY | O_CREAT, 0644);
+    printf("read [%s] write %d\n", buf, w);
+    return 0;
+}
+"#;
+
+#[test]
+fn mounts_under_the_image_stay_invisible_to_its_sshd() {
+    if !ready() {
+        return;
+    }
+    const NAME: &str = "mounts_under_the_image_stay_invisible_to_its_sshd";
+    if !is_half(NAME) {
+        // The bind mount below is made in a private mount namespace of the
+        // child half, never in this machine's.
+        run_half(NAME, &["unshare", "-m", "--propagation", "private", "--"]);
+        return;
+    }
+    // An operator on a rescue host bind-mounts a host directory under the
+    // image (as for /dev, /proc or a separate partition): the image's sshd
+    // sees only the image's own filesystem, not what is mounted on it.
+    let (tmp, root) = image_with(PEEK);
+    let host = tmp.path().join("host");
+    fs::create_dir_all(&host).unwrap();
+    fs::write(host.join("secret"), "host secret").unwrap();
+    fs::create_dir_all(root.join("mnt")).unwrap();
+    let st = Command::new("mount")
+        .arg("--bind")
+        .arg(&host)
+        .arg(root.join("mnt"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = run_confined(&root, Limits::SSHD).unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.starts_with("read [] write -1"), "{said}");
+    assert!(!host.join("planted").exists());
+    println!("done: {NAME}");
 }

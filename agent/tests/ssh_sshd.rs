@@ -1075,8 +1075,6 @@ fn set_sshd_holds_in_every_match_block_context() {
         true,
     );
     with_accounts(&env);
-    fs::create_dir(env.p("/run/sshd")).unwrap();
-    fs::set_permissions(env.p("/run/sshd"), fs::Permissions::from_mode(0o755)).unwrap();
     // The fixture does what it says: each spec sees a value turned back on.
     for spec in HAND_SPECS {
         let t = sshd_t_c(&env, spec);
@@ -1182,8 +1180,6 @@ fn the_connection_built_for_a_match_block_is_one_sshd_applies_it_to() {
     ];
     let env = Env::new(&[("/etc/ssh/sshd_config", String::new())], true, true);
     with_accounts(&env);
-    fs::create_dir(env.p("/run/sshd")).unwrap();
-    fs::set_permissions(env.p("/run/sshd"), fs::Permissions::from_mode(0o755)).unwrap();
     let accounts = Accounts::parse(
         &fs::read(env.p("/etc/passwd")).unwrap(),
         &fs::read(env.p("/etc/group")).unwrap(),
@@ -1232,4 +1228,51 @@ fn the_connection_built_for_a_match_block_is_one_sshd_applies_it_to() {
             "Match {block}"
         );
     }
+}
+
+/// A block no connection can satisfy (a group nobody is in; negations
+/// only, which sshd never matches) is still changed — a user may join the
+/// group tomorrow — and the result says it was not verified, never that it was.
+#[test]
+fn a_match_block_no_connection_satisfies_is_changed_and_reported_unverified() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new(
+        &[(
+            "/etc/ssh/sshd_config",
+            "UsePAM no\nPasswordAuthentication no\nMatch Group nosuchgroup\n\tPasswordAuthentication yes\n\
+             Match User !root\n\tPasswordAuthentication yes\n"
+                .into(),
+        )],
+        true,
+        true,
+    );
+    let change = SshdChange {
+        password_authentication: Some(false),
+        ..Default::default()
+    };
+    let out = set_sshd(&env.sys, &SshdOptions::default(), &change, false).unwrap();
+    assert_eq!(
+        fs::read_to_string(env.p("/etc/ssh/sshd_config")).unwrap(),
+        "UsePAM no\nPasswordAuthentication no\nMatch Group nosuchgroup\n\tPasswordAuthentication no\n\
+         Match User !root\n\tPasswordAuthentication no\n"
+    );
+    let reasons: Vec<(&str, &str)> = out
+        .unverified
+        .iter()
+        .map(|u| (u.criteria.as_str(), u.reason.as_str()))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert_eq!(reasons[0].0, "Group nosuchgroup");
+    assert!(reasons[0].1.contains("no user"), "{reasons:?}");
+    assert_eq!(reasons[1].0, "User !root");
+    assert!(reasons[1].1.contains("negated"), "{reasons:?}");
+    assert!(
+        out.message.contains("2 Match block(s) not verified"),
+        "{}",
+        out.message
+    );
+    // The oracle agrees for the one context sshd can be asked about.
+    assert_eq!(env.sshd_t()["passwordauthentication"], "no");
 }

@@ -357,3 +357,76 @@ fn key_options_are_accepted_exactly_when_the_real_sshd_accepts_them() {
     sb.assert_sshd_serving();
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// Ends a FUSE mount made inside the sandbox, even when the test fails:
+/// the daemon is continued, the mount detached and the daemon killed (by
+/// its pid, which the test started).
+struct FuseMount<'a> {
+    sb: &'a Sandbox,
+    pid: String,
+    at: &'static str,
+}
+
+impl Drop for FuseMount<'_> {
+    fn drop(&mut self) {
+        let _ = self.sb.run(&["kill", "-CONT", &self.pid]);
+        let _ = self.sb.run(&["umount", "-l", self.at]);
+        let _ = self.sb.run(&["kill", "-KILL", &self.pid]);
+    }
+}
+
+/// Issue 12.11: a home on FUSE (here bindfs, whose daemon is then stopped,
+/// as a user's hung or hostile FUSE server would be) made the serial loop
+/// hang in open(2) of the home for ever, and with it every later command.
+/// accessd decides from the kernel's mount table, before anything reaches
+/// the file system, that the home is not on a local disk file system: the
+/// command is answered `unsafe_path` at once and the agent keeps serving.
+#[test]
+fn a_home_on_a_stopped_fuse_file_system_is_refused_without_hanging() {
+    let Some(sb) = sandbox_with_exampleuser() else {
+        return;
+    };
+    if sb.run(&["sh", "-c", "command -v bindfs"]).code() != Some(0) {
+        assert!(
+            !accessd_e2e::in_ci(),
+            "bindfs is missing (scripts/install-test-deps)"
+        );
+        eprintln!("SKIPPED: bindfs is not installed");
+        return;
+    }
+    let key = sb.client_key("fuse", KeyKind::Ed25519);
+    let home = "/home/exampleuser";
+    sb.run_ok(&["cp", "-a", home, "/home/.backing"]);
+    let pid = sb.run_ok(&[
+        "sh",
+        "-c",
+        &format!(
+            "bindfs -f -o nonempty /home/.backing {home} </dev/null >/dev/null 2>&1 & echo $!"
+        ),
+    ]);
+    let mount = FuseMount {
+        sb: &sb,
+        pid: pid.trim().to_string(),
+        at: home,
+    };
+    sb.wait_for("the bindfs mount", || {
+        sb.run_ok(&["cat", "/proc/self/mountinfo"])
+            .lines()
+            .any(|l| l.contains(&format!(" {home} ")) && l.contains("fuse"))
+    });
+    sb.run_ok(&["kill", "-STOP", &mount.pid]);
+
+    for op in ["add_keys", "replace_keys", "remove_keys"] {
+        let r = sb.cmd(op).user("exampleuser").keys(&[&key]).send();
+        assert_eq!(r.code(), "unsafe_path", "{op}: {}", r.payload);
+        assert!(r.message().contains("fuse"), "{op}: {}", r.message());
+    }
+    // The loop is free: a command about another user is applied.
+    sb.cmd("add_keys")
+        .user("root")
+        .keys(&[&key])
+        .send()
+        .assert_ok();
+    drop(mount);
+    assert!(sb.lstat("/home/.backing/.ssh/authorized_keys").is_none());
+}

@@ -231,3 +231,253 @@ fn deleting_a_user_with_its_home_locks_it_out_and_leaves_root_alone() {
     assert_eq!(sb.read("/root/.ssh/authorized_keys"), root_keys_before);
     sb.assert_key_login("root", &root_key);
 }
+
+/// `sudo -l -U user` in the sandbox: does sudo itself grant `user` anything?
+fn sudo_grants(sb: &Sandbox, user: &str) -> bool {
+    let out = sb.run(&["sudo", "-l", "-U", user]);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    if text.contains("may run the following commands") {
+        true
+    } else {
+        assert!(
+            text.contains("is not allowed to run sudo"),
+            "sudo -l -U {user} said neither: {text}"
+        );
+        false
+    }
+}
+
+/// Inventory's `sudo` for each user it lists.
+fn inventory_sudo(sb: &Sandbox) -> std::collections::BTreeMap<String, bool> {
+    let r = sb.cmd("inventory").send();
+    r.assert_ok();
+    r.payload["data"]["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|u| {
+            (
+                u["name"].as_str().unwrap().to_owned(),
+                u["sudo"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_user_created_without_sudo_never_inherits_sudo() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+
+    // carol had sudo (a key-only admin: accessd's NOPASSWD drop-in), and was
+    // removed with plain userdel, which leaves the drop-in.
+    sb.cmd("create_user")
+        .user("carol")
+        .args(["--sudo"])
+        .send()
+        .assert_ok();
+    assert!(sudo_grants(&sb, "carol"));
+    sb.run_ok(&["userdel", "-r", "carol"]);
+    assert!(
+        sb.lstat("/etc/sudoers.d/carol").is_some(),
+        "userdel left it"
+    );
+
+    let r = sb.cmd("create_user").user("carol").send();
+    r.assert_ok();
+    assert!(r.payload["data"]["sudo"].is_null(), "{}", r.payload);
+    assert!(
+        !sudo_grants(&sb, "carol"),
+        "the new carol inherited the old carol's sudo"
+    );
+
+    // A stale sudo group membership (a hand edit, another tool) for a name
+    // that does not exist yet is not inherited either.
+    sb.sh("sed -i 's/^\\(sudo:[^:]*:[^:]*:\\)\\(.*\\)$/\\1\\2,dave/; s/^\\(sudo:[^:]*:[^:]*:\\),dave$/\\1dave/' /etc/group");
+    assert!(sb.group_entry("sudo").unwrap()[3]
+        .split(',')
+        .any(|m| m == "dave"));
+    sb.cmd("create_user").user("dave").send().assert_ok();
+    assert!(
+        !sudo_grants(&sb, "dave"),
+        "dave got sudo from a stale membership"
+    );
+
+    // A rule accessd did not write: no user is created whose result would
+    // say "no sudo" while sudo says otherwise.
+    sb.write(
+        "/etc/sudoers.d/90-cloud-init-users",
+        "# Created by cloud-init\nerin ALL=(ALL) NOPASSWD:ALL\n",
+        0o440,
+    );
+    let passwd = sb.read("/etc/passwd");
+    let r = sb.cmd("create_user").user("erin").send();
+    r.assert_failed("foreign_grant");
+    assert!(r.message().contains("90-cloud-init-users"), "{}", r.payload);
+    assert_eq!(sb.read("/etc/passwd"), passwd, "failed, yet passwd changed");
+
+    // And the inventory's sudo is what sudo itself says, for every user,
+    // a grant through a foreign rule included.
+    sb.useradd("frank");
+    sb.write(
+        "/etc/sudoers.d/ops",
+        "User_Alias OPS = frank\nOPS ALL=(ALL) ALL\n",
+        0o440,
+    );
+    sb.cmd("create_user")
+        .user("gina")
+        .args(["--sudo"])
+        .password("Ex4mple-Passw0rd!")
+        .send()
+        .assert_ok();
+    let inv = inventory_sudo(&sb);
+    for user in ["root", "carol", "dave", "frank", "gina"] {
+        assert_eq!(
+            inv.get(user).copied(),
+            Some(sudo_grants(&sb, user)),
+            "inventory and sudo -l -U disagree about {user}: {inv:?}"
+        );
+    }
+    assert_eq!(inv.get("frank"), Some(&true));
+}
+
+#[test]
+fn deleting_a_user_with_a_live_ssh_session() {
+    let Some(mut sb) = sandbox() else { return };
+    // pgrep sees every process of the machine, parallel sandboxes' users
+    // included: give this user a uid nobody else is likely to have.
+    let uid_min = 30_000 + u32::from(sb.port) % 20_000;
+    assert!(sb
+        .sh(&format!(
+            "sed -i 's/^UID_MIN.*/UID_MIN {uid_min}/' /etc/login.defs"
+        ))
+        .ok());
+    sb.start_agent();
+    let key = sb.client_key("busyuser", KeyKind::Ed25519);
+    sb.cmd("create_user")
+        .user("busyuser")
+        .keys(&[&key])
+        .send()
+        .assert_ok();
+    sb.assert_key_login("busyuser", &key);
+    let uid = sb.passwd_entry("busyuser").unwrap()[2].clone();
+    assert_eq!(uid, uid_min.to_string(), "login.defs' UID_MIN was not used");
+
+    // A session that stays: a remote sleep, started in the background
+    // inside the sandbox (its teardown kills whatever is left).
+    let ssh = format!(
+        "setsid ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+         -o BatchMode=yes -o IdentitiesOnly=yes -o PasswordAuthentication=no -i {} -p {} \
+         busyuser@127.0.0.1 exec sleep 600 </dev/null >/dev/null 2>&1 &",
+        key.private.display(),
+        sb.port
+    );
+    assert!(sb.sh(&ssh).ok());
+    sb.wait_for("the session's remote sleep", || {
+        sb.run(&["pgrep", "-u", "busyuser", "-x", "sleep"]).ok()
+    });
+
+    let passwd = sb.read("/etc/passwd");
+    let shadow = sb.read("/etc/shadow");
+    let r = sb.cmd("delete_user").user("busyuser").send();
+    r.assert_failed("user_busy");
+    assert_eq!(
+        sb.read("/etc/passwd"),
+        passwd,
+        "user_busy, yet passwd changed"
+    );
+    assert_eq!(sb.read("/etc/shadow"), shadow);
+    assert!(
+        sb.run(&["pgrep", "-u", "busyuser", "-x", "sleep"]).ok(),
+        "the session was ended without terminate_sessions"
+    );
+
+    let r = sb
+        .cmd("delete_user")
+        .user("busyuser")
+        .args(["--remove-home", "--terminate-sessions"])
+        .send();
+    r.assert_ok();
+    let ended = r.payload["data"]["sessions_ended"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(!ended.is_empty(), "{}", r.payload);
+    assert!(
+        ended.iter().all(|s| s["user"] == "busyuser"),
+        "{}",
+        r.payload
+    );
+    assert!(
+        ended.iter().any(|s| s["from"] == "127.0.0.1"),
+        "the sshd session and where it came from: {}",
+        r.payload
+    );
+    assert_eq!(r.payload["data"]["sessions_open"], 0);
+    assert!(sb.passwd_entry("busyuser").is_none());
+    assert!(sb.lstat("/home/busyuser").is_none());
+    // Nothing runs under the deleted uid, and the client saw its session end.
+    // (an ended process may be a zombie for a moment, until its root-owned
+    // sshd parent reaps it)
+    let left = sb.run(&["ps", "-o", "pid,stat,comm", "-U", &uid]);
+    eprintln!(
+        "processes of uid {uid} right after the delete:\n{}",
+        left.stdout
+    );
+    sb.wait_for("no process of the deleted uid", || {
+        !sb.run(&["pgrep", "-U", &uid]).ok()
+    });
+    sb.wait_for("the ssh client to see its session end", || {
+        !sb.run(&["pgrep", "-f", "busyuser@127.0.0.1"]).ok()
+    });
+    sb.assert_no_key_login("busyuser", &key);
+}
+
+#[test]
+fn inventory_sudo_agrees_with_sudo_on_every_kind_of_rule() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    for u in ["u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"] {
+        sb.useradd(u);
+    }
+    sb.run_ok(&["groupadd", "-g", "4242", "ops"]);
+    sb.run_ok(&["usermod", "-aG", "ops", "u3"]);
+    let uid4 = sb.passwd_entry("u4").unwrap()[2].clone();
+    // Each line grants (or, negated, withholds) through another part of the
+    // grammar; sudo -l -U is the judge for every user.
+    let rules = format!(
+        "Defaults:u8 !requiretty\n\
+         User_Alias TEAM = u1, u2, !u2\n\
+         TEAM ALL=(ALL) ALL\n\
+         %ops ALL = (root) /usr/bin/true\n\
+         #{uid4} ALL=(ALL) NOPASSWD: ALL\n\
+         %#4242 ALL=(ALL) ALL\n\
+         u5, \\\n  u6 ALL=(ALL) ALL\n\
+         # u7 ALL=(ALL) ALL\n\
+         !u8, u7 ALL=(ALL) ALL\n"
+    );
+    sb.write("/etc/sudoers.d/mix", &rules, 0o440);
+    assert_eq!(
+        sb.run(&["visudo", "-c"]).status.code(),
+        Some(0),
+        "rules are valid"
+    );
+    let inv = inventory_sudo(&sb);
+    for u in ["root", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"] {
+        assert_eq!(
+            inv.get(u).copied(),
+            Some(sudo_grants(&sb, u)),
+            "inventory and sudo -l -U disagree about {u}: {inv:?}"
+        );
+    }
+    // Both answers occur, so the comparison above can fail either way.
+    for (u, want) in [
+        ("u1", true),
+        ("u2", false),
+        ("u4", true),
+        ("u7", true),
+        ("u8", false),
+    ] {
+        assert_eq!(inv.get(u), Some(&want), "{u}: {inv:?}");
+    }
+}

@@ -60,6 +60,30 @@ pub fn create(
     Ok(true)
 }
 
+/// Whether the directory `home` has an entry `name`. When that cannot be
+/// told (a symlinked or unreadable home), the answer is yes: callers use it
+/// to decide what they may remove again, and must not remove what was there.
+pub fn has_entry(root: &Dir, home: &Path, name: &str) -> bool {
+    match root.try_open_dir(home) {
+        Ok(Some(d)) => !matches!(d.stat_at(name), Ok(None)),
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}
+
+/// Remove `home/name` if it is an empty directory (what a failed key step
+/// may leave in a home that existed before).
+pub fn remove_empty(root: &Dir, home: &Path, name: &str) -> Result<()> {
+    if let Some(d) = root.try_open_dir(home)? {
+        if d.stat_at(name)?
+            .is_some_and(|st| kind(st.st_mode) == SFlag::S_IFDIR)
+        {
+            d.remove_dir(name)?;
+        }
+    }
+    Ok(())
+}
+
 /// Copy directories, regular files and symlinks, keeping each mode and
 /// giving everything to uid:gid. Other file types are skipped.
 fn copy_tree(src: &Dir, dst: &Dir, uid: u32, gid: u32) -> Result<()> {

@@ -260,11 +260,53 @@ pub fn set_password_with(
 }
 
 pub fn create_user(sys: &System, cfg: &AccountsConfig, spec: &NewUser) -> Result<CreatedUser> {
-    useradd::create(sys, cfg, spec, lock::DEFAULT_TIMEOUT)
+    create_user_then(sys, cfg, spec, |_| Ok(())).map(|(c, ())| c)
 }
 
-pub fn delete_user(sys: &System, user: &UserName, remove_home: bool) -> Result<()> {
-    userdel::delete(sys, user, remove_home, lock::DEFAULT_TIMEOUT)
+/// [`create_user`], then `then` (the new user's keys) while the account
+/// files are still locked. When `then` fails, the create is undone: every
+/// file this command changed gets its old bytes back (their `FILE-`
+/// backups too), a home it made is removed — and one that was there before
+/// is kept, as `useradd -m` keeps it — and `then`'s error is returned.
+pub fn create_user_then<T>(
+    sys: &System,
+    cfg: &AccountsConfig,
+    spec: &NewUser,
+    then: impl FnOnce(&CreatedUser) -> Result<T>,
+) -> Result<(CreatedUser, T)> {
+    useradd::create(sys, cfg, spec, lock::DEFAULT_TIMEOUT, then)
+}
+
+/// What `delete_user` is asked to do besides removing the account.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    /// `userdel -r`: the home (when it is the user's) and the mail spool.
+    pub remove_home: bool,
+    /// End the user's processes instead of failing with `user_busy`.
+    pub terminate_sessions: bool,
+}
+
+/// What `delete_user` did about the user's processes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Deleted {
+    pub sessions_ended: Vec<crate::sessions::Ended>,
+    /// Processes of the user still running (0 on success).
+    pub sessions_open: usize,
+}
+
+pub fn delete_user(sys: &System, user: &UserName, remove_home: bool) -> Result<Deleted> {
+    delete_user_with(
+        sys,
+        user,
+        DeleteOptions {
+            remove_home,
+            terminate_sessions: false,
+        },
+    )
+}
+
+pub fn delete_user_with(sys: &System, user: &UserName, opts: DeleteOptions) -> Result<Deleted> {
+    userdel::delete(sys, user, opts, lock::DEFAULT_TIMEOUT)
 }
 
 /// The user's passwd entry (`user_not_found` if absent).
@@ -277,19 +319,66 @@ pub fn lookup(sys: &System, user: &UserName) -> Result<UserRecord> {
     record(&passwd.fields(i)).ok_or_else(|| malformed(&etc, "passwd", user.as_str()))
 }
 
-/// Users with uid 0 or uid >= UID_MIN, in passwd order.
-pub fn list_users(sys: &System) -> Result<Vec<UserSummary>> {
+/// The uids commands may name (PROTOCOL §3): 0 and login.defs'
+/// UID_MIN..=UID_MAX (useradd's defaults 1000 and 60000 when unset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegularUids {
+    pub min: u32,
+    pub max: u32,
+}
+
+impl RegularUids {
+    pub fn load(etc: &Dir) -> Result<RegularUids> {
+        let defs = logindefs::Defs::load(etc, "login.defs", ' ')?;
+        let clamp = |v: i64| v.clamp(1, i64::from(u32::MAX)) as u32;
+        Ok(RegularUids {
+            min: clamp(defs.num_or("UID_MIN", 1000)),
+            max: clamp(defs.num_or("UID_MAX", 60000)),
+        })
+    }
+
+    /// Root, or a regular (not a system) account.
+    pub fn names(&self, uid: u32) -> bool {
+        uid == 0 || (self.min..=self.max).contains(&uid)
+    }
+
+    /// Why an account with `uid` is not one a command may name.
+    fn refusal(&self, name: &str, uid: u32) -> Error {
+        Error::invalid(format!(
+            "refusing {name}: uid {uid} is a system account, outside \
+             UID_MIN..UID_MAX ({}..{}) of login.defs; commands name only root and regular users",
+            self.min, self.max
+        ))
+    }
+}
+
+/// The passwd entry of a user that a command may name: root or a regular
+/// user (`invalid_command` for any other account — daemon, www-data,
+/// nobody —, `user_not_found` when there is none). Every op that acts on
+/// an existing user checks it through here.
+pub fn managed_user(sys: &System, user: &UserName) -> Result<UserRecord> {
     let etc = open_etc(sys)?;
-    let defs = logindefs::Defs::load(&etc, "login.defs", ' ')?;
-    let uid_min = defs.num_or("UID_MIN", 1000).max(1) as u32;
+    let range = RegularUids::load(&etc)?;
+    let rec = lookup(sys, user)?;
+    if !range.names(rec.uid) {
+        return Err(range.refusal(user.as_str(), rec.uid));
+    }
+    Ok(rec)
+}
+
+/// Users with uid 0 or UID_MIN..=UID_MAX, in passwd order.
+pub fn list_users(sys: &System) -> Result<Vec<UserSummary>> {
+    let root = Dir::open(&sys.root)?;
+    let etc = root.open_dir("etc")?;
+    let range = RegularUids::load(&etc)?;
     let (_, passwd) = load_required(&etc, "passwd")?;
     let shadow = load(&etc, "shadow")?.map(|(_, t)| t);
     let group = load(&etc, "group")?.map(|(_, t)| t);
-    let admin = sudo::enabled_admin_groups(&etc, group.as_ref())?;
+    let sudoers = sudo::Sudoers::load(&root)?;
     let mut out = Vec::new();
     for (_, f) in passwd.entries() {
         let Some(rec) = record(&f) else { continue };
-        if rec.uid != 0 && rec.uid < uid_min {
+        if !range.names(rec.uid) {
             continue;
         }
         let sf = shadow
@@ -308,12 +397,8 @@ pub fn list_users(sys: &System) -> Result<Vec<UserSummary>> {
         let locked = sf.as_deref().is_some_and(lifecycle::is_locked);
         let expires = db::parse_num(field(7)).and_then(day_to_date);
         let must_change = field(2) == lifecycle::MUST_CHANGE_LASTCHG;
-        let sudo = admin
-            .iter()
-            .any(|g| g.gid == rec.gid || db::is_member(&g.members, &rec.name))
-            || UserName::parse(&rec.name)
-                .map(|n| sudo::has_dropin(&etc, &n))
-                .unwrap_or(Ok(false))?;
+        let who = sudo::Who::new(&rec.name, rec.uid, rec.gid, group.as_ref());
+        let sudo = !sudoers.rules_for(&who).is_empty();
         out.push(UserSummary {
             record: rec,
             sudo,

@@ -11,6 +11,10 @@
 //! Our drop-ins start with [`MARKER`], so that `delete_user` and the
 //! inventory only ever treat files accessd wrote as accessd's.
 
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::SFlag;
+
 use crate::error::{Error, IoContext, Result};
 use crate::fsx::{Dir, Meta};
 use crate::names::UserName;
@@ -161,4 +165,387 @@ pub fn validate(sys: &System, d: &Dir, user: &UserName, content: &[u8]) -> Resul
         });
     }
     Ok(())
+}
+
+/// Who sudoers rules are matched against: the user's name, uid and every
+/// group they are in (primary and supplementary), as sudo resolves them.
+#[derive(Debug, Clone)]
+pub struct Who {
+    pub name: String,
+    pub uid: u32,
+    /// (name, gid) of each group.
+    pub groups: Vec<(String, u32)>,
+}
+
+impl Who {
+    /// `name` with uid and primary gid, and the groups of `group` that have
+    /// that gid or list `name` as a member.
+    pub fn new(name: &str, uid: u32, gid: u32, group: Option<&Table>) -> Who {
+        let mut groups = Vec::new();
+        if let Some(t) = group {
+            for (_, f) in t.entries() {
+                let Some(g) = f.get(2).and_then(|g| db::parse_num(g)) else {
+                    continue;
+                };
+                let member = f.get(3).is_some_and(|m| db::is_member(m, name));
+                if g == u64::from(gid) || member {
+                    groups.push((String::from_utf8_lossy(&f[0]).into_owned(), g as u32));
+                }
+            }
+        }
+        Who {
+            name: name.to_owned(),
+            uid,
+            groups,
+        }
+    }
+}
+
+/// A sudoers user specification that applies to a user: where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// The file as the system names it (`/etc/sudoers.d/NAME`).
+    pub file: PathBuf,
+    pub line: usize,
+    /// In a drop-in that accessd wrote (it starts with [`MARKER`]).
+    pub ours: bool,
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} line {}", self.file.display(), self.line)
+    }
+}
+
+/// The user specifications of /etc/sudoers and every file it includes,
+/// read under the root as sudo reads them, so that "does this user have
+/// sudo" is answered as `sudo -l -U USER` answers it.
+///
+/// What is matched: user names, `#uid`, `%group`, `%#gid`, `ALL`,
+/// `User_Alias`es and `!` negation (the last matching item of a list
+/// decides, as in sudo). What is not: host lists (taken as matching this
+/// host) and netgroups (`+ng`, taken as not matching) — so a rule limited
+/// to other hosts is reported as a grant, never a grant as none.
+#[derive(Debug, Default)]
+pub struct Sudoers {
+    aliases: std::collections::HashMap<String, String>,
+    specs: Vec<(Rule, String)>,
+}
+
+/// sudo gives up on deeper nesting; so do we (include loops).
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+impl Sudoers {
+    /// Parse /etc/sudoers under `root`; absent means no rules at all.
+    pub fn load(root: &Dir) -> Result<Sudoers> {
+        let mut s = Sudoers::default();
+        s.read_file(root, Path::new("/etc/sudoers"), 0)?;
+        Ok(s)
+    }
+
+    /// Every rule that applies to `who`, in file order.
+    pub fn rules_for(&self, who: &Who) -> Vec<Rule> {
+        self.specs
+            .iter()
+            .filter(|(_, users)| self.list_matches(users, who, 0) == Some(true))
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    /// Take in the statements of sudoers `text`, read from `path`; returns
+    /// the files and directories it includes (resolved against `path`'s
+    /// directory when relative), for the caller to read next.
+    pub fn parse_text(&mut self, path: &Path, text: &str) -> Vec<(PathBuf, bool)> {
+        let ours = text.starts_with(MARKER);
+        let base = path.parent().unwrap_or(Path::new("/etc"));
+        let mut includes = Vec::new();
+        for (line_no, line) in logical_lines(text) {
+            match include_directive(&line) {
+                Some((target, is_dir)) => includes.push((base.join(target), is_dir)),
+                None => self.statement(path, line_no, &line, ours),
+            }
+        }
+        includes
+    }
+
+    fn read_file(&mut self, root: &Dir, path: &Path, depth: usize) -> Result<()> {
+        if depth > MAX_INCLUDE_DEPTH {
+            return Ok(());
+        }
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        else {
+            return Ok(());
+        };
+        let Some(dir) = root.try_open_dir(parent)? else {
+            return Ok(());
+        };
+        // Read only as a regular file: a symlink there is an error, which
+        // the caller reports, rather than rules silently not seen.
+        let Some(data) = dir.read(name)? else {
+            return Ok(());
+        };
+        let text = String::from_utf8_lossy(&data.bytes).into_owned();
+        for (inc, is_dir) in self.parse_text(path, &text) {
+            if is_dir {
+                self.read_dir(root, &inc, depth + 1)?;
+            } else {
+                self.read_file(root, &inc, depth + 1)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Files of an `@includedir`, as sudo picks them: regular files whose
+    /// name has no `.` and does not end in `~`, in lexical order.
+    fn read_dir(&mut self, root: &Dir, path: &Path, depth: usize) -> Result<()> {
+        let Some(dir) = root.try_open_dir(path)? else {
+            return Ok(());
+        };
+        for name in dir.list()? {
+            if name.contains('.') || name.ends_with('~') {
+                continue;
+            }
+            let regular = dir
+                .stat_at(&name)?
+                .is_some_and(|st| st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits());
+            if regular {
+                self.read_file(root, &path.join(&name), depth)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One logical line that is not an include directive.
+    fn statement(&mut self, path: &Path, line_no: usize, line: &str, ours: bool) {
+        let line = strip_comment(line);
+        let line = line.trim();
+        let Some(first) = line.split_whitespace().next() else {
+            return;
+        };
+        if first == "Defaults"
+            || first.starts_with("Defaults") && first[8..].starts_with(['@', ':', '>', '!'])
+        {
+            return;
+        }
+        match first {
+            "User_Alias" => {
+                for def in line["User_Alias".len()..].split(':') {
+                    if let Some((name, members)) = def.split_once('=') {
+                        self.aliases
+                            .insert(name.trim().to_owned(), members.trim().to_owned());
+                    }
+                }
+                return;
+            }
+            "Runas_Alias" | "Host_Alias" | "Cmnd_Alias" | "Cmd_Alias" => return,
+            _ => {}
+        }
+        // USER_LIST HOST_LIST = ...: commas may have spaces around them.
+        let Some((head, _)) = line.split_once('=') else {
+            return;
+        };
+        let mut compact = String::new();
+        for part in head.split(',') {
+            if !compact.is_empty() {
+                compact.push(',');
+            }
+            compact.push_str(part.trim());
+        }
+        let mut words = compact.split_whitespace();
+        let (Some(users), Some(_hosts)) = (words.next(), words.next()) else {
+            return;
+        };
+        self.specs.push((
+            Rule {
+                file: path.to_path_buf(),
+                line: line_no,
+                ours,
+            },
+            users.to_owned(),
+        ));
+    }
+
+    /// sudo's userlist_matches: from the last item back, the first item
+    /// that matches (or is denied) decides.
+    fn list_matches(&self, list: &str, who: &Who, depth: usize) -> Option<bool> {
+        if depth > MAX_INCLUDE_DEPTH {
+            return None;
+        }
+        for item in list.split(',').map(str::trim).rev() {
+            let negated = item.chars().take_while(|&c| c == '!').count() % 2 == 1;
+            let item = item.trim_start_matches('!').trim();
+            if let Some(m) = self.item_matches(item, who, depth) {
+                return Some(m != negated);
+            }
+        }
+        None
+    }
+
+    fn item_matches(&self, item: &str, who: &Who, depth: usize) -> Option<bool> {
+        let item = unquote(item);
+        if item.is_empty() {
+            return None;
+        }
+        if item == "ALL" {
+            return Some(true);
+        }
+        if let Some(members) = self.aliases.get(&item) {
+            return self.list_matches(members, who, depth + 1);
+        }
+        let hit = if let Some(g) = item.strip_prefix('%') {
+            let g = g.strip_prefix(':').unwrap_or(g);
+            match g.strip_prefix('#').map(str::parse::<u32>) {
+                Some(Ok(gid)) => who.groups.iter().any(|(_, id)| *id == gid),
+                Some(Err(_)) => false,
+                None => who.groups.iter().any(|(n, _)| *n == g),
+            }
+        } else if let Some(uid) = item.strip_prefix('#') {
+            uid.parse::<u32>().is_ok_and(|u| u == who.uid)
+        } else if item.starts_with('+') {
+            false
+        } else {
+            item == who.name
+        };
+        hit.then_some(true)
+    }
+}
+
+/// Lines joined at a trailing backslash, with the number of their first line.
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut logical = String::new();
+    let mut start = 0;
+    for (i, raw) in text.lines().enumerate() {
+        if logical.is_empty() {
+            start = i + 1;
+        }
+        if let Some(s) = raw.strip_suffix('\\') {
+            logical.push_str(s);
+            logical.push(' ');
+            continue;
+        }
+        logical.push_str(raw);
+        out.push((start, std::mem::take(&mut logical)));
+    }
+    if !logical.is_empty() {
+        out.push((start, logical));
+    }
+    out
+}
+
+/// `@include FILE`, `#include FILE`, `@includedir DIR`, `#includedir DIR`.
+fn include_directive(line: &str) -> Option<(String, bool)> {
+    let l = line.trim_start();
+    for (kw, is_dir) in [
+        ("@includedir", true),
+        ("#includedir", true),
+        ("@include", false),
+        ("#include", false),
+    ] {
+        if let Some(rest) = l.strip_prefix(kw) {
+            if rest.starts_with([' ', '\t']) {
+                let target = unquote(rest.trim());
+                if !target.is_empty() {
+                    return Some((target, is_dir));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Everything from a `#` that does not start a uid (`#1001`, `%#27`).
+fn strip_comment(line: &str) -> &str {
+    let b = line.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'#' && !b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+            return &line[..i];
+        }
+    }
+    line
+}
+
+/// A name as sudoers may quote it: `"a b"`, or with `\` escapes.
+fn unquote(s: &str) -> String {
+    let s = s.trim();
+    let s = s
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(s);
+    let mut out = String::new();
+    let mut esc = false;
+    for c in s.chars() {
+        if esc || c != '\\' {
+            out.push(c);
+            esc = false;
+        } else {
+            esc = true;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(name: &str, uid: u32, groups: &[(&str, u32)]) -> Who {
+        Who {
+            name: name.into(),
+            uid,
+            groups: groups.iter().map(|(n, g)| (n.to_string(), *g)).collect(),
+        }
+    }
+
+    fn rules(text: &str, w: &Who) -> Vec<usize> {
+        let mut s = Sudoers::default();
+        s.parse_text(Path::new("/etc/sudoers"), text);
+        s.rules_for(w).into_iter().map(|r| r.line).collect()
+    }
+
+    #[test]
+    fn user_lists_match_as_sudo_matches_them() {
+        let carol = who("carol", 1001, &[("carol", 1001), ("devs", 2000)]);
+        let text = "\
+Defaults env_reset
+Defaults:carol !requiretty
+# carol ALL=(ALL) ALL   (a comment)
+root ALL=(ALL:ALL) ALL
+%sudo ALL=(ALL:ALL) ALL
+carol, bob ALL = (ALL) NOPASSWD: ALL
+%devs ALL=(ALL) /usr/bin/apt
+#1001 ALL=(ALL) ALL
+%#2000 host1,host2 = ALL
+User_Alias ADMINS = alice, carol : OTHERS = dave
+ADMINS ALL=(ALL) ALL
+OTHERS ALL=(ALL) ALL
+ALL, !carol ALL=(ALL) ALL
+!carol, ALL ALL=(ALL) ALL
+alice \\
+  ,carol ALL=(ALL) ALL
++netgroup ALL=(ALL) ALL
+Cmnd_Alias CAROL = /bin/true
+";
+        assert_eq!(rules(text, &carol), vec![6, 7, 8, 9, 11, 14, 15]);
+        let bob = who("bob", 1002, &[("bob", 1002), ("sudo", 27)]);
+        assert_eq!(rules(text, &bob), vec![5, 6, 13, 14]);
+        let nobody = who("eve", 1003, &[("eve", 1003)]);
+        assert_eq!(rules(text, &nobody), vec![13, 14]);
+    }
+
+    #[test]
+    fn includes_are_collected_relative_to_the_file() {
+        let mut s = Sudoers::default();
+        let inc = s.parse_text(
+            Path::new("/etc/sudoers"),
+            "@includedir /etc/sudoers.d\n#include extra\n#includedir\n",
+        );
+        assert_eq!(
+            inc,
+            vec![
+                (PathBuf::from("/etc/sudoers.d"), true),
+                (PathBuf::from("/etc/extra"), false)
+            ]
+        );
+    }
 }

@@ -84,23 +84,43 @@ impl<'a> Txn<'a> {
     /// Apply every change in order. On failure, undo the applied ones in
     /// reverse order and return the first error.
     pub fn commit(self) -> Result<()> {
+        self.commit_then(|| Ok(()))
+    }
+
+    /// [`Txn::commit`], then run `then` with the changes in place; if it
+    /// fails, every change is undone — each file gets its old bytes back,
+    /// and so does its `FILE-` backup — and its error is returned. For a
+    /// step that must succeed with the files (the keys of a new user).
+    pub fn commit_then<T>(self, then: impl FnOnce() -> Result<T>) -> Result<T> {
+        let mut backups = Vec::with_capacity(self.changes.len());
         for (i, c) in self.changes.iter().enumerate() {
+            // What `FILE-` held, so that an undo restores it too; `None`
+            // when it could not be read (then it is left as it is).
+            backups.push(if c.backup {
+                c.dir.read(&format!("{}-", c.name)).ok()
+            } else {
+                None
+            });
             if let Err(e) = apply(c) {
-                for done in self.changes[..i].iter().rev() {
-                    if let Err(undo) = restore(done) {
-                        tracing::error!(
-                            file = %done.dir.display(&done.name).display(),
-                            error = %undo,
-                            "could not restore a file after a failed change"
-                        );
-                    }
-                }
                 // `c` itself may have failed after its rename; put it back too.
-                let _ = restore(c);
+                self.undo(&backups, i + 1);
                 return Err(e);
             }
         }
-        Ok(())
+        then().inspect_err(|_| self.undo(&backups, self.changes.len()))
+    }
+
+    /// Undo the first `n` changes, last first.
+    fn undo(&self, backups: &[Option<Option<FileData>>], n: usize) {
+        for (c, backup) in self.changes[..n].iter().zip(backups).rev() {
+            if let Err(undo) = restore(c, backup.as_ref()) {
+                tracing::error!(
+                    file = %c.dir.display(&c.name).display(),
+                    error = %undo,
+                    "could not restore a file after a failed change"
+                );
+            }
+        }
     }
 }
 
@@ -117,13 +137,22 @@ fn apply(c: &Change<'_>) -> Result<()> {
     }
 }
 
-fn restore(c: &Change<'_>) -> Result<()> {
+fn restore(c: &Change<'_>, backup: Option<&Option<FileData>>) -> Result<()> {
     match &c.old {
-        Some(old) => c.dir.write_atomic(&c.name, &old.bytes, &old.meta),
+        Some(old) => c.dir.write_atomic(&c.name, &old.bytes, &old.meta)?,
         None => {
             c.dir.remove_file(&c.name)?;
+            c.dir.sync()?;
+        }
+    }
+    let name = format!("{}-", c.name);
+    match backup {
+        Some(Some(old)) => c.dir.write_atomic(&name, &old.bytes, &old.meta),
+        Some(None) => {
+            c.dir.remove_file(&name)?;
             c.dir.sync()
         }
+        None => Ok(()),
     }
 }
 
@@ -148,6 +177,48 @@ mod tests {
         assert!(txn.commit().is_err());
         assert_eq!(fs::read(t.path().join("a")).unwrap(), b"old a\n");
         assert!(t.path().join("b").is_dir());
+        assert!(!t.path().join("a-").exists(), "a backup left by the undo");
+    }
+
+    #[test]
+    fn a_failed_step_after_the_commit_restores_files_and_backups() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("passwd"), b"v2\n").unwrap();
+        fs::write(t.path().join("passwd-"), b"v1\n").unwrap();
+        fs::write(t.path().join("group"), b"g1\n").unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        let mut txn = Txn::new();
+        txn.replace(
+            &d,
+            "passwd",
+            d.read("passwd").unwrap().unwrap(),
+            b"v3\n".to_vec(),
+        );
+        txn.replace(
+            &d,
+            "group",
+            d.read("group").unwrap().unwrap(),
+            b"g2\n".to_vec(),
+        );
+        txn.put(
+            &d,
+            "dropin",
+            None,
+            b"new\n".to_vec(),
+            Meta::new(0, 0, 0o440),
+        );
+        let e = txn
+            .commit_then(|| -> Result<()> {
+                assert_eq!(fs::read(t.path().join("passwd")).unwrap(), b"v3\n");
+                Err(crate::error::Error::invalid("the keys step failed"))
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("keys step"));
+        assert_eq!(fs::read(t.path().join("passwd")).unwrap(), b"v2\n");
+        assert_eq!(fs::read(t.path().join("passwd-")).unwrap(), b"v1\n");
+        assert_eq!(fs::read(t.path().join("group")).unwrap(), b"g1\n");
+        assert!(!t.path().join("group-").exists());
+        assert!(!t.path().join("dropin").exists());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `useradd -m` as Debian 12's shadow 4.13 does it (ground-truth §3).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -13,12 +13,13 @@ use super::sudo::{self, Grant};
 use super::{home, invalidate_caches, lastchg, load, load_required, lock, resolve_password, txn};
 use super::{AccountsConfig, CreatedUser, NewUser};
 
-pub fn create(
+pub fn create<T>(
     sys: &System,
     cfg: &AccountsConfig,
     spec: &NewUser,
     timeout: Duration,
-) -> Result<CreatedUser> {
+    then: impl FnOnce(&CreatedUser) -> Result<T>,
+) -> Result<(CreatedUser, T)> {
     let name = spec.name.as_str();
     let hash = spec
         .password
@@ -141,10 +142,30 @@ pub fn create(
         t.push(&[s(name), n(start), n(count)]);
     }
 
+    // Nothing of an earlier user of this name may carry over: useradd
+    // would keep a stale `sudo`/`wheel` membership (a `userdel` of another
+    // tool, a hand edit) and /etc/sudoers.d/NAME stays after a plain
+    // `userdel`. Both are taken away here, in the same transaction.
+    for g in ADMIN_GROUPS {
+        drop_member(&mut group, g, &[3], name);
+        if let Some((_, t)) = &mut gshadow {
+            drop_member(t, g, &[2, 3], name);
+        }
+    }
+    let sudoers_d = match spec.sudo {
+        true => Some(sudo::open_dropin_dir(&etc)?),
+        false => etc.try_open_dir("sudoers.d")?,
+    };
+    let fname = sudo::dropin_name(&spec.name);
+    let stale_dropin = match &sudoers_d {
+        Some(d) => sudo::read_ours(d, &spec.name)?,
+        None => None,
+    };
+
     let mut sudo_grant = None;
-    let sudoers_d;
     let mut dropin = None;
     if spec.sudo {
+        let d = sudoers_d.as_ref().expect("opened above for sudo");
         match sudo::choose(&etc, &group, hash.is_some())? {
             Grant::Group(g) => {
                 add_member(&mut group, &g, 3, name);
@@ -155,21 +176,37 @@ pub fn create(
             }
             Grant::Dropin => {
                 let content = sudo::dropin_content(&spec.name, hash.is_some());
-                sudoers_d = sudo::open_dropin_dir(&etc)?;
-                let fname = sudo::dropin_name(&spec.name);
-                let existing = sudoers_d.read(&fname)?;
                 // A leftover of ours is replaced; someone else's file is not
                 // ours to overwrite.
-                if existing.is_some() && sudo::read_ours(&sudoers_d, &spec.name)?.is_none() {
+                if stale_dropin.is_none() && d.stat_at(&fname)?.is_some() {
                     return Err(Error::invalid(format!(
                         "{} exists and was not written by accessd; not replacing it",
-                        sudoers_d.display(&fname).display()
+                        d.display(&fname).display()
                     )));
                 }
-                sudo::validate(sys, &sudoers_d, &spec.name, &content)?;
+                sudo::validate(sys, d, &spec.name, &content)?;
                 sudo_grant = Some(format!("dropin:/etc/sudoers.d/{fname}"));
-                dropin = Some((&sudoers_d, fname, existing, content));
+                dropin = Some(content);
             }
+        }
+    } else {
+        // `sudo: false` must be true afterwards: a rule accessd did not
+        // write that still grants the new user sudo makes it a lie, so
+        // nothing is created (PROTOCOL "Sudo": foreign_grant).
+        let who = sudo::Who::new(name, uid as u32, gid as u32, Some(&group));
+        let stale = Path::new("/etc/sudoers.d").join(&fname);
+        let foreign: Vec<String> = sudo::Sudoers::load(&root)?
+            .rules_for(&who)
+            .into_iter()
+            .filter(|r| !(stale_dropin.is_some() && r.file == stale))
+            .map(|r| r.to_string())
+            .collect();
+        if !foreign.is_empty() {
+            return Err(Error::ForeignGrant(format!(
+                "{name} would have sudo, which sudo: false forbids: {} (not written by accessd) \
+                 grants it; nothing was changed",
+                foreign.join(", ")
+            )));
         }
     }
 
@@ -182,8 +219,20 @@ pub fn create(
             t.replace(&etc, fname, data, table.to_bytes());
         }
     }
-    if let Some((d, fname, old, content)) = dropin {
-        t.put(d, &fname, old, content, sudo::dropin_meta());
+    if let Some(d) = &sudoers_d {
+        match (dropin, stale_dropin) {
+            (Some(content), old) => t.put(d, &fname, old, content, sudo::dropin_meta()),
+            (None, Some(old)) => t.remove(d, &fname, old),
+            (None, None) => {}
+        }
+    }
+    // A key record left by an earlier user of this name (deleted by plain
+    // userdel) is not this user's.
+    let (keys_dir, record) = crate::ssh::authkeys::managed_record(sys, &spec.name)?;
+    if let Some(d) = &keys_dir {
+        if let Some(old) = d.read(&record)? {
+            t.remove(d, &record, old);
+        }
     }
 
     // The home is made before the files are committed, so that a failure
@@ -202,21 +251,59 @@ pub fn create(
         home_mode,
         skel.as_ref(),
     )?;
-    if let Err(e) = t.commit() {
-        if created_home {
-            let _ = home::remove(&root, &home, uid as u32);
-        }
-        return Err(e);
-    }
-    drop(locks);
-    invalidate_caches(sys);
-    Ok(CreatedUser {
+    // An existing home is the user's to keep: note what `then` may add to
+    // it (~/.ssh), so that an undo takes away only that.
+    let had_ssh = created_home || home::has_entry(&root, &home, ".ssh");
+    let created = CreatedUser {
         uid: uid as u32,
         gid: gid as u32,
-        home,
+        home: home.clone(),
         shell,
         sudo: sudo_grant,
-    })
+    };
+    let out = t.commit_then(|| {
+        then(&created).inspect_err(|_| {
+            // Whatever `then` recorded for the user goes with it; the
+            // transaction's undo then puts back an older record, if any.
+            if let Ok((Some(d), record)) = crate::ssh::authkeys::managed_record(sys, &spec.name) {
+                let _ = d.remove_file(&record);
+            }
+            if !had_ssh {
+                let _ = home::remove_empty(&root, &home, ".ssh");
+            }
+        })
+    });
+    let out = match out {
+        Ok(v) => v,
+        Err(e) => {
+            if created_home {
+                let _ = home::remove(&root, &home, uid as u32);
+            }
+            return Err(e);
+        }
+    };
+    drop(locks);
+    invalidate_caches(sys);
+    Ok((created, out))
+}
+
+/// The groups that grant sudo on the distributions accessd supports.
+const ADMIN_GROUPS: [&str; 2] = ["sudo", "wheel"];
+
+/// Take `name` out of the member fields `idx` of `group`'s entry.
+fn drop_member(t: &mut Table, group: &str, idx: &[usize], name: &str) {
+    let Some(i) = t.find(group) else { return };
+    let mut f = t.fields(i);
+    let mut changed = false;
+    for &k in idx {
+        if let Some(kept) = f.get(k).and_then(|m| db::without_member(m, name)) {
+            f[k] = kept;
+            changed = true;
+        }
+    }
+    if changed {
+        t.set_fields(i, &f);
+    }
 }
 
 /// The shell must be one /etc/shells lists (under the root).

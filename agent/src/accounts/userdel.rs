@@ -12,13 +12,25 @@ use crate::sys::System;
 use super::db::{self, Table};
 use super::logindefs::Defs;
 use super::{home, invalidate_caches, load, load_required, lock, malformed, record, sudo, txn};
+use super::{DeleteOptions, Deleted, RegularUids};
+use crate::sessions;
+use crate::ssh::authkeys;
 
-pub fn delete(sys: &System, user: &UserName, remove_home: bool, timeout: Duration) -> Result<()> {
+/// How long processes found at a delete may take to exit on their own
+/// before they make the user busy (an SSH session whose client just left).
+const CLOSING: Duration = Duration::from_secs(1);
+
+pub fn delete(
+    sys: &System,
+    user: &UserName,
+    opts: DeleteOptions,
+    timeout: Duration,
+) -> Result<Deleted> {
     let name = user.as_str();
     let root = Dir::open(&sys.root)?;
     let etc = root.open_dir("etc")?;
     let defs = Defs::load(&etc, "login.defs", ' ')?;
-    let uid_min = defs.num_or("UID_MIN", 1000).max(1) as u32;
+    let range = RegularUids::load(&etc)?;
 
     // userdel's lock order: passwd, shadow, group, gshadow, subuid, subgid.
     let mut files = vec!["passwd", "shadow", "group"];
@@ -29,6 +41,7 @@ pub fn delete(sys: &System, user: &UserName, remove_home: bool, timeout: Duratio
     }
     let sudoers_d = etc.try_open_dir("sudoers.d")?;
     let rec;
+    let mut deleted = Deleted::default();
     {
         let _locks = lock::Locks::acquire(&etc, &files, timeout)?;
         let (pw_data, mut passwd) = load_required(&etc, "passwd")?;
@@ -41,11 +54,43 @@ pub fn delete(sys: &System, user: &UserName, remove_home: bool, timeout: Duratio
                 "refusing to delete {name}: uid 0 is the superuser"
             )));
         }
-        if rec.uid < uid_min {
+        if !range.names(rec.uid) {
             return Err(Error::invalid(format!(
-                "refusing to delete {name}: uid {} is a system account (below UID_MIN {uid_min})",
-                rec.uid
+                "refusing to delete {name}: uid {} is a system account, outside \
+                 UID_MIN..UID_MAX ({}..{}) of login.defs",
+                rec.uid, range.min, range.max
             )));
+        }
+        // As userdel: a user with running processes is not deleted — their
+        // sessions would run on under a uid without a name. Checked under
+        // the locks, so the uid is still this user's.
+        let busy = sessions::processes_of(&sys.root, rec.uid)?;
+        let busy = match opts.terminate_sessions {
+            true => busy,
+            false => sessions::still_running(busy, CLOSING),
+        };
+        if !busy.is_empty() {
+            if !opts.terminate_sessions {
+                return Err(Error::UserBusy(format!(
+                    "user {name} is currently used by process {}{}; nothing was changed \
+                     (terminate_sessions: true ends them, then deletes the user)",
+                    busy[0].pid,
+                    match busy.len() {
+                        1 => String::new(),
+                        n => format!(" and {} more", n - 1),
+                    }
+                )));
+            }
+            drop(busy);
+            let (ended, open) = sessions::end_all(&sys.root, rec.uid, name)?;
+            if open > 0 {
+                return Err(Error::UserBusy(format!(
+                    "user {name} still has {open} running process(es) after {} were ended; \
+                     the user was not deleted",
+                    ended.len()
+                )));
+            }
+            deleted.sessions_ended = ended;
         }
         passwd.remove(i);
 
@@ -101,11 +146,25 @@ pub fn delete(sys: &System, user: &UserName, remove_home: bool, timeout: Duratio
                 t.remove(d, &sudo::dropin_name(user), old);
             }
         }
+        // The record of the keys accessd added is this user's: a later user
+        // of the same name must not have keys removed by it.
+        let (keys_dir, record_name) = authkeys::managed_record(sys, user)?;
+        if let Some(d) = &keys_dir {
+            if let Some(old) = d.read(&record_name)? {
+                t.remove(d, &record_name, old);
+            }
+        }
         t.commit()?;
+        if opts.terminate_sessions {
+            // A login that was between authentication and its setuid during
+            // the scan runs as the uid now; it ends too.
+            let (late, _) = sessions::end_all(&sys.root, rec.uid, name)?;
+            deleted.sessions_ended.extend(late);
+        }
     }
     invalidate_caches(sys);
 
-    if remove_home {
+    if opts.remove_home {
         home::remove(&root, &rec.home, rec.uid).map_err(|e| after_commit(name, e))?;
         // userdel -r also removes the mail spool, when it is the user's.
         if let Some(mail) = root.try_open_dir("var/mail")? {
@@ -114,7 +173,7 @@ pub fn delete(sys: &System, user: &UserName, remove_home: bool, timeout: Duratio
             }
         }
     }
-    Ok(())
+    Ok(deleted)
 }
 
 fn drop_member(t: &mut Table, idx: usize, name: &str) {

@@ -187,6 +187,10 @@ struct SignArgs {
     /// delete_user: remove the home directory too.
     #[arg(long)]
     remove_home: bool,
+    /// delete_user: end the user's running processes (SIGTERM, then
+    /// SIGKILL) instead of failing with user_busy.
+    #[arg(long)]
+    terminate_sessions: bool,
     /// set_sshd: PubkeyAuthentication.
     #[arg(long, value_enum)]
     pubkey_auth: Option<YesNo>,
@@ -416,6 +420,9 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
             if a.remove_home {
                 args.insert("remove_home".into(), true.into());
             }
+            if a.terminate_sessions {
+                args.insert("terminate_sessions".into(), true.into());
+            }
         }
         "add_keys" | "replace_keys" | "remove_keys" => {
             args.insert("user".into(), user()?.into());
@@ -482,7 +489,10 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
             (a.sudo || a.shell.is_some()) && a.op != "create_user",
             "--sudo/--shell",
         ),
-        (a.remove_home && a.op != "delete_user", "--remove-home"),
+        (
+            (a.remove_home || a.terminate_sessions) && a.op != "delete_user",
+            "--remove-home/--terminate-sessions",
+        ),
         (
             (!a.users.is_empty() || a.cursor.is_some()) && a.op != "inventory",
             "--users/--cursor",

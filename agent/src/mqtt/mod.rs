@@ -20,6 +20,14 @@
 //!   commands, never a blocked inbox. Reconnects wait a capped, jittered,
 //!   exponential delay ([`backoff`]); rumqttc's event loop is always awaited.
 //!
+//! - **Nothing oversized in the way.** A publish over the envelope limit is
+//!   acknowledged and dropped with a warning, never read whole ([`relay`]).
+//!   A result over `max_result_bytes` (the engine never makes one; an older
+//!   agent may have left one in `mqtt-pending`) is set aside with an error,
+//!   left in the outbox; and a result whose publish was in flight when the
+//!   connection dropped twice goes behind the others, so that no result is
+//!   ever retried ahead of the rest forever.
+//!
 //! Results are published one at a time (the next after the broker's PUBACK of
 //! the previous), so that each broker acknowledgement maps to exactly one
 //! marker without relying on rumqttc's internal packet-id bookkeeping.
@@ -28,6 +36,7 @@ pub mod backoff;
 pub mod client;
 pub mod options;
 pub mod pending;
+pub mod relay;
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -144,7 +153,10 @@ pub fn start_for(
         &cfg.instance_id,
         &cfg.state_dir,
         cfg.max_envelope_bytes,
-        TransportOptions::default(),
+        TransportOptions {
+            max_result_bytes: cfg.max_result_bytes,
+            ..TransportOptions::default()
+        },
     )?;
     Ok(Some((rx, handle)))
 }
@@ -168,6 +180,9 @@ pub struct Status {
 pub struct TransportOptions {
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// Results larger than this are never published (config
+    /// `max_result_bytes`).
+    pub max_result_bytes: usize,
 }
 
 impl Default for TransportOptions {
@@ -175,9 +190,14 @@ impl Default for TransportOptions {
         TransportOptions {
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(60),
+            max_result_bytes: 60 * 1024,
         }
     }
 }
+
+/// Connection losses with the same result in flight after which it waits
+/// behind the other results.
+const LOSSES_BEFORE_REQUEUE: u32 = 2;
 
 /// The running transport. Dropping it stops the task (gracefully, with an
 /// MQTT DISCONNECT, when possible).
@@ -232,7 +252,14 @@ pub fn spawn(
     let mut queue = VecDeque::new();
     for name in pending.list()? {
         match pending.outbox_result(&name)? {
-            Some(bytes) => queue.push_back(Queued { name, bytes }),
+            Some(bytes) if bytes.len() > opts.max_result_bytes => {
+                set_aside(&pending, &name, bytes.len(), opts.max_result_bytes)
+            }
+            Some(bytes) => queue.push_back(Queued {
+                name,
+                bytes,
+                losses: 0,
+            }),
             // Never answered: the broker still holds the command (it was
             // never acknowledged) and delivers it again. Or, after a very
             // long broker outage, the outbox pruned the result first.
@@ -248,7 +275,17 @@ pub fn spawn(
             "results not yet acknowledged by the broker will be published again"
         );
     }
-    let (client, eventloop) = AsyncClient::new(conn.options.clone(), 256);
+    let ca_file = cfg.ca_file.as_ref().map(|p| crate::fsx::show(p));
+    let relay = relay::Relay::start(
+        state_dir,
+        relay::Upstream {
+            url: conn.url.clone(),
+            tls: conn.tls.clone(),
+            ca_file: ca_file.clone(),
+        },
+        max_envelope_bytes,
+    )?;
+    let (client, eventloop) = AsyncClient::new(conn.through_relay(&relay.socket), 256);
     // Unbounded, yet bounded in practice: a command is acknowledged only
     // once answered, and the broker stops sending after its inflight window
     // (mosquitto: max_inflight_messages, 20) of unacknowledged messages.
@@ -256,7 +293,6 @@ pub fn spawn(
     let (answers_tx, answers_rx) = mpsc::unbounded_channel();
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let ca_file = cfg.ca_file.as_ref().map(|p| crate::fsx::show(p));
     let task = Task {
         broker: conn.url.to_string(),
         ca_file,
@@ -273,6 +309,10 @@ pub fn spawn(
         generation: 0,
         connected: false,
         backoff: Backoff::new(opts.min_backoff, opts.max_backoff),
+        lost_in_flight: false,
+        relay,
+        max_envelope_bytes,
+        max_result_bytes: opts.max_result_bytes,
     };
     let join = tokio::spawn(task.run(shutdown_rx));
     Ok((
@@ -288,13 +328,26 @@ pub fn spawn(
 struct Queued {
     name: String,
     bytes: Vec<u8>,
+    /// Connections lost while this result was in flight.
+    losses: u32,
 }
 
 struct Inflight {
     name: String,
     bytes: Vec<u8>,
+    losses: u32,
     /// Set when rumqttc reports the PUBLISH as sent.
     pkid: Option<u16>,
+}
+
+/// A result the transport will never publish: its marker goes, the result
+/// stays in the outbox for the operator.
+fn set_aside(pending: &Pending, name: &str, size: usize, limit: usize) {
+    error!(name = %name, bytes = size,
+        "result outbox/{name}.json is {size} bytes, over max_result_bytes = {limit}: it is not published (a broker would drop it or the connection would fail); it stays in the outbox");
+    if let Err(e) = pending.clear(name) {
+        warn!(name = %name, error = %e, "cannot remove the pending marker");
+    }
 }
 
 struct Task {
@@ -315,6 +368,13 @@ struct Task {
     generation: u64,
     connected: bool,
     backoff: Backoff,
+    /// The last connection dropped while a result was in flight: the next
+    /// CONNACK does not reset the backoff (a result that makes the broker
+    /// drop us must not make us reconnect as fast as we can).
+    lost_in_flight: bool,
+    relay: relay::Relay,
+    max_envelope_bytes: usize,
+    max_result_bytes: usize,
 }
 
 impl Task {
@@ -361,7 +421,9 @@ impl Task {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 self.generation += 1;
                 self.connected = true;
-                self.backoff.reset();
+                if !self.lost_in_flight {
+                    self.backoff.reset();
+                }
                 // rumqttc would resend the PUBLISHes of the last connection by
                 // itself; the queue below is the one source of what to resend.
                 self.eventloop
@@ -376,6 +438,7 @@ impl Task {
                     self.queue.push_front(Queued {
                         name: inf.name,
                         bytes: inf.bytes,
+                        losses: inf.losses,
                     });
                 }
                 // A session is expected after any earlier connection, in
@@ -432,6 +495,7 @@ impl Task {
                 let ours = matches!(&self.inflight, Some(inf) if inf.pkid == Some(ack.pkid));
                 if ours {
                     let inf = self.inflight.take().expect("checked above");
+                    self.lost_in_flight = false;
                     if let Err(e) = self.pending.clear(&inf.name) {
                         // Harmless: the result is published once more at restart.
                         warn!(name = %inf.name, error = %e, "cannot remove the pending marker");
@@ -452,6 +516,17 @@ impl Task {
             // broker would send it forever.
             warn!(broker = %self.broker, topic = %p.topic, bytes = p.payload.len(),
                 "message on an unexpected topic ignored");
+            self.ack(&p);
+            return;
+        }
+        if let Some(d) = self.relay.dropped(&p.payload) {
+            // Never a command (over the envelope limit, so the engine would
+            // refuse it unread): acknowledged, so the broker forgets it and
+            // the commands behind it flow (PROTOCOL §5).
+            warn!(broker = %self.broker, topic = %p.topic, bytes = d.bytes,
+                limit = self.max_envelope_bytes,
+                "a {}-byte message on the command topic is over the envelope limit of {} bytes: acknowledged and dropped unread (set message_size_limit on the broker)",
+                d.bytes, self.max_envelope_bytes);
             self.ack(&p);
             return;
         }
@@ -495,9 +570,14 @@ impl Task {
             // will be answered `replayed` and acknowledged.
             debug!(name = %a.name, "not acknowledging a command from an earlier connection");
         }
+        if bytes.len() > self.max_result_bytes {
+            set_aside(&self.pending, &a.name, bytes.len(), self.max_result_bytes);
+            return;
+        }
         self.queue.push_back(Queued {
             name: a.name,
             bytes,
+            losses: 0,
         });
         self.pump();
     }
@@ -526,6 +606,7 @@ impl Task {
                 self.inflight = Some(Inflight {
                     name: next.name,
                     bytes: next.bytes,
+                    losses: next.losses,
                     pkid: None,
                 })
             }
@@ -539,12 +620,28 @@ impl Task {
     fn on_connection_lost(&mut self, e: &ConnectionError) {
         let was_connected = std::mem::replace(&mut self.connected, false);
         if let Some(inf) = self.inflight.take() {
-            self.queue.push_front(Queued {
+            self.lost_in_flight = true;
+            let q = Queued {
                 name: inf.name,
                 bytes: inf.bytes,
-            });
+                losses: inf.losses + 1,
+            };
+            if q.losses >= LOSSES_BEFORE_REQUEUE {
+                // It may be what breaks the connection: let the others go
+                // first; it is tried again after them.
+                warn!(name = %q.name, losses = q.losses,
+                    "the connection dropped while this result was being published; it now waits behind the other results");
+                self.queue.push_back(Queued { losses: 0, ..q });
+            } else {
+                self.queue.push_front(q);
+            }
         }
-        let msg = describe(e, &self.broker, self.ca_file.as_deref());
+        // The relay knows why the broker could not be reached (refused,
+        // TLS trust); rumqttc only sees its local socket close.
+        let msg = self
+            .relay
+            .take_error()
+            .unwrap_or_else(|| describe(e, &self.broker, self.ca_file.as_deref()));
         if was_connected {
             warn!(broker = %self.broker, "MQTT connection lost: {msg}");
         } else {

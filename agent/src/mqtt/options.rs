@@ -18,10 +18,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsx::show;
 
 /// Packets larger than this are refused by the MQTT codec, which drops the
-/// connection (MQTT 3.1.1 cannot skip a packet). It is well above the
-/// envelope limit so that an oversize envelope still reaches the engine and
-/// gets a signed `bad_envelope`; the broker's `message_size_limit` should stop
-/// anything larger (docs/fleet.md).
+/// connection (MQTT 3.1.1 cannot skip a packet). The agent's transport never
+/// sees a PUBLISH over the envelope limit (the relay, mqtt/relay.rs, drops
+/// those), so this only bounds other packets; for `accessctl send` it bounds
+/// results.
 const MIN_PACKET_LIMIT: usize = 1024 * 1024;
 
 /// A settings error: reported like an I/O error on the config (`io_error`),
@@ -130,6 +130,8 @@ pub struct Connection {
     pub url: BrokerUrl,
     pub topics: Topics,
     pub options: MqttOptions,
+    /// For `mqtts://`: what `options` uses, for the relay to use instead.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Connection {
@@ -154,7 +156,8 @@ impl Connection {
         // A command is acknowledged only once its result is durable.
         options.set_manual_acks(true);
         options.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)));
-        let limit = MIN_PACKET_LIMIT.max(max_envelope.saturating_add(64 * 1024));
+        // Room for a topic of up to 64 KiB besides the payload.
+        let limit = MIN_PACKET_LIMIT.max(max_envelope.saturating_add(66 * 1024));
         options.set_max_packet_size(limit, limit);
         // Requests are queued without blocking the transport task; a few
         // dozen is plenty (acks and one result publish at a time).
@@ -172,8 +175,10 @@ impl Connection {
                 "is set without username",
             ));
         }
+        let mut tls_arc = None;
         if url.tls {
             let tls = tls_config(cfg)?;
+            tls_arc = Some(Arc::new(tls.clone()));
             options.set_transport(Transport::tls_with_config(tls.into()));
         } else if cfg.ca_file.is_some() || cfg.client_cert.is_some() || cfg.client_key.is_some() {
             return Err(invalid_setting(
@@ -185,7 +190,27 @@ impl Connection {
             url,
             topics,
             options,
+            tls: tls_arc,
         })
+    }
+
+    /// The same session options, but connecting in plain MQTT to the local
+    /// relay at `socket` (mqtt/relay.rs), which reaches the broker (and does
+    /// TLS) on rumqttc's behalf.
+    pub fn through_relay(&self, socket: &Path) -> MqttOptions {
+        let o = &self.options;
+        let mut r = MqttOptions::new(o.client_id(), socket.to_string_lossy(), 0);
+        r.set_transport(Transport::Unix);
+        r.set_clean_session(o.clean_session());
+        r.set_manual_acks(o.manual_acks());
+        r.set_keep_alive(o.keep_alive());
+        r.set_max_packet_size(o.max_packet_size(), o.max_packet_size());
+        r.set_request_channel_capacity(o.request_channel_capacity());
+        r.set_inflight(o.inflight());
+        if let Some(login) = o.credentials() {
+            r.set_credentials(login.username, login.password);
+        }
+        r
     }
 }
 

@@ -88,6 +88,8 @@ pub enum Op {
     DeleteUser {
         user: UserName,
         remove_home: bool,
+        /// End the user's processes instead of failing with `user_busy`.
+        terminate_sessions: bool,
     },
     AddKeys {
         user: UserName,
@@ -207,6 +209,8 @@ struct DeleteUserArgs {
     user: UserName,
     #[serde(default)]
     remove_home: bool,
+    #[serde(default)]
+    terminate_sessions: bool,
 }
 
 #[derive(Deserialize)]
@@ -493,6 +497,7 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
             Op::DeleteUser {
                 user: a.user,
                 remove_home: a.remove_home,
+                terminate_sessions: a.terminate_sessions,
             }
         }
         "add_keys" => {
@@ -632,6 +637,19 @@ mod tests {
             c.op,
             Op::DeleteUser {
                 remove_home: false,
+                terminate_sessions: false,
+                ..
+            }
+        ));
+        let c = parse(&cmd(
+            "delete_user",
+            serde_json::json!({"user": "bob", "terminate_sessions": true}),
+        ))
+        .unwrap();
+        assert!(matches!(
+            c.op,
+            Op::DeleteUser {
+                terminate_sessions: true,
                 ..
             }
         ));

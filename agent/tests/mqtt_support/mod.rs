@@ -167,6 +167,21 @@ impl Broker {
     /// `secure: false` is for the benchmark only: anonymous, no ACL, so that
     /// any number of simulated instances can connect.
     pub fn start_with(dir: &Path, tls: Option<&TlsFiles>, secure: bool) -> Option<Broker> {
+        Self::start_configured(dir, tls, secure, "")
+    }
+
+    /// Like [`Broker::start`], with `extra` appended to mosquitto.conf
+    /// (e.g. `message_size_limit 65536\n`).
+    pub fn start_extra(dir: &Path, extra: &str) -> Option<Broker> {
+        Self::start_configured(dir, None, true, extra)
+    }
+
+    fn start_configured(
+        dir: &Path,
+        tls: Option<&TlsFiles>,
+        secure: bool,
+        extra: &str,
+    ) -> Option<Broker> {
         let program = require("mosquitto")?;
         require("mosquitto_passwd")?;
         std::fs::create_dir_all(dir).unwrap();
@@ -234,6 +249,7 @@ impl Broker {
                 t.server_key.display()
             ));
         }
+        conf.push_str(extra);
         let conf_path = dir.join("mosquitto.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let mut b = Broker {
@@ -478,6 +494,7 @@ pub fn fast_backoff() -> TransportOptions {
     TransportOptions {
         min_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(1),
+        ..TransportOptions::default()
     }
 }
 

@@ -297,6 +297,20 @@ fn state_name(user: &UserName) -> String {
     format!("{user}.json")
 }
 
+/// Where the record of the keys accessd added for `user` is kept: the
+/// state's `keys/` directory (`None` while it does not exist) and the file
+/// name. For create_user and delete_user, which take a record away with the
+/// account it belonged to, so that a later user of the same name never has
+/// keys removed by an old user's record.
+pub fn managed_record(sys: &System, user: &UserName) -> Result<(Option<Dir>, String)> {
+    let dir = match Dir::open(&sys.state_dir) {
+        Ok(state) => state.try_open_dir(STATE_SUBDIR)?,
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    Ok((dir, state_name(user)))
+}
+
 fn load_managed(dir: &Dir, user: &UserName) -> Result<BTreeSet<String>> {
     let Some(data) = dir.read(&state_name(user))? else {
         return Ok(BTreeSet::new());

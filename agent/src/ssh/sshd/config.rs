@@ -599,21 +599,47 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     glob_at(&p, &n)
 }
 
+/// With one remembered `*` (O(len(p) * len(n)) at worst): a recursive
+/// matcher is exponential on `*a*a*a*...b`, which a hostile image's
+/// Include line could hold.
 fn glob_at(p: &[char], n: &[char]) -> bool {
-    match p.first() {
-        None => n.is_empty(),
-        Some('*') => (0..=n.len()).any(|i| glob_at(&p[1..], &n[i..])),
-        Some('?') => !n.is_empty() && glob_at(&p[1..], &n[1..]),
-        Some('[') => {
-            let Some(c) = n.first() else { return false };
-            match class_match(&p[1..], *c) {
-                Some((matched, used)) => matched && glob_at(&p[1 + used..], &n[1..]),
-                // An unclosed '[' is a literal character.
-                None => *c == '[' && glob_at(&p[1..], &n[1..]),
-            }
+    let (mut i, mut j) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while i < n.len() {
+        if j < p.len() && p[j] == '*' {
+            star = Some((j, i));
+            j += 1;
+            continue;
         }
-        Some('\\') if p.len() > 1 => n.first() == Some(&p[1]) && glob_at(&p[2..], &n[1..]),
-        Some(c) => n.first() == Some(c) && glob_at(&p[1..], &n[1..]),
+        if let Some(used) = (j < p.len()).then(|| one_char(&p[j..], n[i])).flatten() {
+            i += 1;
+            j += used;
+            continue;
+        }
+        match star {
+            Some((sj, si)) => {
+                star = Some((sj, si + 1));
+                i = si + 1;
+                j = sj + 1;
+            }
+            None => return false,
+        }
+    }
+    p[j..].iter().all(|&c| c == '*')
+}
+
+/// Does the pattern element at the start of `p` (not `*`) match `c`?
+/// How many pattern chars it used, if so.
+fn one_char(p: &[char], c: char) -> Option<usize> {
+    match p[0] {
+        '?' => Some(1),
+        '[' => match class_match(&p[1..], c) {
+            Some((matched, used)) => matched.then_some(1 + used),
+            // An unclosed '[' is a literal character.
+            None => (c == '[').then_some(1),
+        },
+        '\\' if p.len() > 1 => (p[1] == c).then_some(2),
+        l => (l == c).then_some(1),
     }
 }
 
@@ -764,5 +790,10 @@ mod tests {
         assert!(!glob_match("*.conf", "a.conf.bak"));
         assert!(glob_match("[0-4]?-*", "00-x"));
         assert!(!glob_match("[!0]*", "0x"));
+        assert!(glob_match("a\\*b", "a*b") && !glob_match("a\\*b", "axb"));
+        assert!(glob_match("x[", "x[") && glob_match("*.c*f", "a.conf"));
+        // Linear, not exponential, on a hostile pattern.
+        let hostile = format!("{}b", "*a".repeat(100));
+        assert!(!glob_match(&hostile, &"a".repeat(250)));
     }
 }

@@ -143,16 +143,25 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    /// From the bytes of /etc/passwd and /etc/group.
+    /// From the bytes of /etc/passwd and /etc/group; linear in their size
+    /// (an image's files are hostile input).
     pub fn parse(passwd: &[u8], group: &[u8]) -> Accounts {
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let groups: Vec<Vec<String>> = text(group)
-            .lines()
-            .filter(|l| !l.starts_with(['#', '+', '-']))
-            .map(|l| l.split(':').map(str::to_owned).collect())
-            .filter(|f: &Vec<String>| f.len() >= 4)
-            .collect();
-        let users = text(passwd)
+        use std::collections::HashMap;
+        let group = String::from_utf8_lossy(group);
+        let mut by_gid: HashMap<&str, &str> = HashMap::new();
+        let mut member_of: HashMap<&str, Vec<&str>> = HashMap::new();
+        for l in group.lines().filter(|l| !l.starts_with(['#', '+', '-'])) {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < 4 || f[0].is_empty() {
+                continue;
+            }
+            by_gid.entry(f[2]).or_insert(f[0]);
+            for m in f[3].split(',').filter(|m| !m.is_empty()) {
+                member_of.entry(m).or_default().push(f[0]);
+            }
+        }
+        let passwd = String::from_utf8_lossy(passwd);
+        let users = passwd
             .lines()
             .filter(|l| !l.starts_with(['#', '+', '-']))
             .filter_map(|l| {
@@ -161,13 +170,11 @@ impl Accounts {
                 if name.is_empty() {
                     return None;
                 }
-                let mut names: Vec<String> = Vec::new();
-                if let Some(g) = groups.iter().find(|g| g[2] == gid) {
-                    names.push(g[0].clone());
-                }
-                for g in &groups {
-                    if g[3].split(',').any(|m| m == name) && !names.contains(&g[0]) {
-                        names.push(g[0].clone());
+                let mut names: Vec<String> =
+                    by_gid.get(gid).map(|g| g.to_string()).into_iter().collect();
+                for g in member_of.get(name).into_iter().flatten() {
+                    if !names.iter().any(|n| n == g) {
+                        names.push((*g).to_owned());
                     }
                 }
                 Some((name.to_owned(), names))
@@ -177,17 +184,31 @@ impl Accounts {
     }
 }
 
-/// sshd's `match_pattern`: `*` is any run, `?` one character.
+/// sshd's `match_pattern`: `*` is any run, `?` one character. Matched
+/// with one remembered star (O(len(s) * len(pattern)) at worst) rather
+/// than by recursion, which a pattern such as `*a*a*a*...b` in a hostile
+/// image would make exponential.
 pub fn match_pattern(s: &str, pattern: &str) -> bool {
-    fn at(s: &[u8], p: &[u8]) -> bool {
-        match p.first() {
-            None => s.is_empty(),
-            Some(b'*') => (0..=s.len()).any(|i| at(&s[i..], &p[1..])),
-            Some(b'?') => !s.is_empty() && at(&s[1..], &p[1..]),
-            Some(c) => s.first() == Some(c) && at(&s[1..], &p[1..]),
+    let (s, p) = (s.as_bytes(), pattern.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if j < p.len() && (p[j] == b'?' || (p[j] != b'*' && p[j] == s[i])) {
+            i += 1;
+            j += 1;
+        } else if j < p.len() && p[j] == b'*' {
+            star = Some((j, i));
+            j += 1;
+        } else if let Some((sj, si)) = star {
+            // Let the last star take one more character.
+            star = Some((sj, si + 1));
+            i = si + 1;
+            j = sj + 1;
+        } else {
+            return false;
         }
     }
-    at(s.as_bytes(), pattern.as_bytes())
+    p[j..].iter().all(|&c| c == b'*')
 }
 
 /// sshd's `match_pattern_list`: 1 positive, 0 none, -1 a negated match.
@@ -532,6 +553,17 @@ mod tests {
             match_pattern_list("x.example.com", "*.EXAMPLE.com", true),
             1
         );
+    }
+
+    #[test]
+    fn a_pattern_full_of_stars_is_matched_without_backtracking_blowup() {
+        let p = format!("{}b", "*a".repeat(2000));
+        let s = "a".repeat(4000);
+        assert!(!match_pattern(&s, &p));
+        assert!(match_pattern(&format!("{s}b"), &p));
+        assert!(match_pattern("abc", "a*c") && match_pattern("ac", "a*c"));
+        assert!(!match_pattern("ab", "a*c") && match_pattern("", "*"));
+        assert!(match_pattern("web1.example", "web?.*") && !match_pattern("web", "web?"));
     }
 
     #[test]

@@ -99,7 +99,8 @@ pub struct SshdOutcome {
     pub verified: Vec<String>,
     /// Match blocks for which no connection could be built, and why.
     pub unverified: Vec<UnverifiedBlock>,
-    /// The service was reloaded, restarted or started (see `message`).
+    /// The service was reloaded, restarted or started (see `message`);
+    /// false when nothing had to run (socket activation, no sshd yet).
     pub restarted: bool,
     pub message: String,
 }
@@ -154,11 +155,15 @@ pub fn set_sshd(
             return Err(with_rollback(e, rollback));
         }
     };
+    // What a reader must see comes first (a result too large for
+    // max_result_bytes keeps only the start of its message); the lists of
+    // changed files and blocks come last.
     let mut notes = Vec::new();
+    let mut lists = Vec::new();
     if outcome.changed_files.is_empty() {
         notes.push("the requested values were already in effect".to_owned());
     } else {
-        notes.push(format!(
+        lists.push(format!(
             "changed {}",
             outcome
                 .changed_files
@@ -169,7 +174,7 @@ pub fn set_sshd(
         ));
     }
     if !outcome.match_blocks.is_empty() {
-        notes.push(format!(
+        lists.push(format!(
             "changed inside {}",
             outcome
                 .match_blocks
@@ -191,8 +196,14 @@ pub fn set_sshd(
                 "sshd -T reports the requested values in {} connection context(s)",
                 verified.len()
             ));
-            for u in &unverified {
+            if !unverified.is_empty() {
                 notes.push(format!(
+                    "{} Match block(s) not verified (data.unverified says why)",
+                    unverified.len()
+                ));
+            }
+            for u in &unverified {
+                lists.push(format!(
                     "not verified for Match {} ({} line {}): {}",
                     u.criteria,
                     u.file.display(),
@@ -206,9 +217,9 @@ pub fn set_sshd(
         Validation::Skipped(why) => notes.push(format!("not validated: {why}")),
     }
     if restart && sys.is_live() {
-        match service::restart(sys, opts, service::Why::Apply) {
-            Ok(what) => {
-                outcome.restarted = true;
+        match service::restart_acted(sys, opts, service::Why::Apply) {
+            Ok((what, acted)) => {
+                outcome.restarted = acted;
                 notes.push(what);
             }
             Err(e) => {
@@ -233,7 +244,13 @@ pub fn set_sshd(
         }
     } else if restart {
         notes.push("no service restarted: root is not the running system".to_owned());
+    } else if sys.is_live() && !outcome.changed_files.is_empty() {
+        notes.push(
+            "sshd was not reloaded (restart: false): it serves the old settings until it is"
+                .to_owned(),
+        );
     }
+    notes.extend(lists);
     outcome.message = notes.join("; ");
     Ok(outcome)
 }

@@ -127,22 +127,34 @@ fn check_active(sys: &System, unit: &str, done: &str) -> Result<()> {
 
 /// Make sshd serve the files on disk (live system only); say what was done.
 pub fn restart(sys: &System, opts: &SshdOptions, why: Why) -> Result<String> {
+    restart_acted(sys, opts, why).map(|(what, _)| what)
+}
+
+/// [`restart`], and whether anything was run (a socket-activated sshd that
+/// is not running yet needs nothing, and nothing runs off the live system).
+pub fn restart_acted(sys: &System, opts: &SshdOptions, why: Why) -> Result<(String, bool)> {
     if !sys.is_live() {
-        return Ok(format!(
-            "no service restarted: root is {}, not the running system",
-            sys.root.display()
+        return Ok((
+            format!(
+                "no service restarted: root is {}, not the running system",
+                sys.root.display()
+            ),
+            false,
         ));
     }
     if let Some(argv) = &opts.restart_command {
-        return run_restart_command(sys, opts, argv);
+        return run_restart_command(sys, opts, argv).map(|w| (w, true));
     }
     let (unit, active, can_reload) = detect(sys)?;
     if !active {
         let socket = unit.replace(".service", ".socket");
         let sprops = show(sys, &socket, "ActiveState")?;
         if prop(&sprops, "ActiveState") == "active" {
-            return Ok(format!(
-                "{unit} is not running and {socket} is active: the next connection starts sshd, which reads the configuration then"
+            return Ok((
+                format!(
+                    "{unit} is not running and {socket} is active: the next connection starts sshd, which reads the configuration then"
+                ),
+                false,
             ));
         }
     }
@@ -167,7 +179,7 @@ pub fn restart(sys: &System, opts: &SshdOptions, why: Why) -> Result<String> {
         format!("{done} {unit} (it was not running)")
     };
     check_active(sys, &unit, &what)?;
-    Ok(format!("{what}; it is running"))
+    Ok((format!("{what}; it is running"), true))
 }
 
 /// The operator's command, then: does an sshd run?

@@ -1,0 +1,369 @@
+//! The processes of a user, and ending them (`delete_user`'s `user_busy`
+//! and `terminate_sessions`, PROTOCOL §3 "Sessions").
+//!
+//! Which processes count is what `userdel` counts (shadow-utils'
+//! `lib/user_busy.c`): every process whose real, effective or saved uid is
+//! the user's, and whose root directory is the system's root — with
+//! `root` set to an image, processes chrooted into it. One more condition:
+//! the process's `/etc` must be the root's `/etc`. A process that sees
+//! another `/etc` (a container sharing the root filesystem, a test sandbox)
+//! reads other account files, where that uid is somebody else.
+//!
+//! Every process is held by a pidfd from the moment it is found, and only
+//! ever signalled through it: a pid that was recycled since is never hit.
+//! Ending is SIGTERM, then SIGKILL for whatever is still running after
+//! [`GRACE`].
+
+use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::{IoContext, Result};
+
+/// From SIGTERM to SIGKILL (PROTOCOL: at most 2 s).
+pub const GRACE: Duration = Duration::from_secs(2);
+/// How long a SIGKILLed process may take to go (one in uninterruptible
+/// sleep on a dead NFS server may take longer; it is then reported open).
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// Scans of "end what is there, look again": a process may fork while its
+/// siblings are being ended.
+const ROUNDS: usize = 5;
+
+/// A running process of the user, held by a pidfd.
+#[derive(Debug)]
+pub struct Process {
+    pub pid: i32,
+    /// The remote address of the SSH connection, for sshd's per-session
+    /// process (the one that holds the connection's socket).
+    pub from: Option<String>,
+    pidfd: OwnedFd,
+}
+
+/// One process that was ended, as results list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ended {
+    pub pid: i32,
+    pub user: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+/// The running processes of `uid` on the system under `root`, in pid order.
+pub fn processes_of(root: &Path, uid: u32) -> Result<Vec<Process>> {
+    let root_id = identity(root).ctx(|| format!("stat {}", root.display()))?;
+    let etc_id = identity(&root.join("etc")).ctx(|| format!("stat {}/etc", root.display()))?;
+    let mut pids: Vec<i32> = fs::read_dir("/proc")
+        .ctx(|| "listing /proc".to_string())?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    let mut out = Vec::new();
+    for pid in pids {
+        // Opened first: whatever is read below is then checked to belong
+        // to this very process (it is still alive after the reads).
+        let Some(pidfd) = pidfd_open(pid) else {
+            continue;
+        };
+        let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        if !is_running_as(&status, uid) {
+            continue;
+        }
+        if !on_this_system(pid, root_id, etc_id) {
+            continue;
+        }
+        let from = if is_sshd(pid) {
+            remote_address(pid)
+        } else {
+            None
+        };
+        if !alive(&pidfd) {
+            continue;
+        }
+        out.push(Process { pid, from, pidfd });
+    }
+    Ok(out)
+}
+
+/// End every process of `uid` under `root`, looking again after each round
+/// for processes that were started meanwhile. Returns what was ended and
+/// how many processes are still running.
+pub fn end_all(root: &Path, uid: u32, user: &str) -> Result<(Vec<Ended>, usize)> {
+    let mut ended = Vec::new();
+    for _ in 0..ROUNDS {
+        let procs = processes_of(root, uid)?;
+        if procs.is_empty() {
+            return Ok((ended, 0));
+        }
+        let (done, _left) = end(procs, user);
+        ended.extend(done);
+    }
+    let open = processes_of(root, uid)?.len();
+    Ok((ended, open))
+}
+
+/// Those of `procs` still running after up to `within`: a session that is
+/// closing (its client has gone, its processes are exiting) is not one that
+/// keeps a user busy.
+pub fn still_running(procs: Vec<Process>, within: Duration) -> Vec<Process> {
+    wait_all(procs, Instant::now() + within).1
+}
+
+/// SIGTERM each process; SIGKILL those still running after [`GRACE`].
+/// Returns the ended ones and those still running after that.
+pub fn end(procs: Vec<Process>, user: &str) -> (Vec<Ended>, Vec<Process>) {
+    for p in &procs {
+        signal(&p.pidfd, libc::SIGTERM);
+    }
+    let (mut gone, left) = wait_all(procs, Instant::now() + GRACE);
+    for p in &left {
+        tracing::info!(pid = p.pid, "still running after SIGTERM; sending SIGKILL");
+        signal(&p.pidfd, libc::SIGKILL);
+    }
+    let (killed, left) = wait_all(left, Instant::now() + KILL_WAIT);
+    gone.extend(killed);
+    let ended = gone
+        .into_iter()
+        .map(|p| Ended {
+            pid: p.pid,
+            user: user.to_owned(),
+            from: p.from,
+        })
+        .collect();
+    (ended, left)
+}
+
+/// Wait until each process has exited or `deadline` passed: (exited, left).
+fn wait_all(mut procs: Vec<Process>, deadline: Instant) -> (Vec<Process>, Vec<Process>) {
+    let mut gone = Vec::new();
+    loop {
+        let (now_gone, running): (Vec<_>, Vec<_>) =
+            procs.into_iter().partition(|p| !alive(&p.pidfd));
+        gone.extend(now_gone);
+        procs = running;
+        let now = Instant::now();
+        if procs.is_empty() || now >= deadline {
+            return (gone, procs);
+        }
+        // A pidfd is readable once its process has exited.
+        let mut fds: Vec<libc::pollfd> = procs
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: p.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ms = (deadline - now).as_millis().clamp(1, 100) as libc::c_int;
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs that
+        // lives across the call; poll only writes their `revents`.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    }
+}
+
+/// Real, effective or saved uid is `uid` (as userdel checks), and the
+/// process is not a zombie (it has exited; only its parent's wait is due).
+fn is_running_as(status: &str, uid: u32) -> bool {
+    let mut uid_match = false;
+    let mut zombie = false;
+    for line in status.lines() {
+        if let Some(ids) = line.strip_prefix("Uid:") {
+            uid_match = ids
+                .split_whitespace()
+                .take(3)
+                .any(|v| v.parse::<u32>() == Ok(uid));
+        } else if let Some(state) = line.strip_prefix("State:") {
+            zombie = state.trim_start().starts_with('Z');
+        }
+    }
+    uid_match && !zombie
+}
+
+fn identity(p: &Path) -> std::io::Result<(u64, u64)> {
+    fs::metadata(p).map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether the process's root is `root_id` and its `/etc` is `etc_id`.
+/// `/proc/PID/root` is followed (it is the kernel's link to that root);
+/// `etc` in it is not, so a process cannot make its `/etc` look like ours
+/// with a symlink. A process we may not look into (without CAP_SYS_PTRACE)
+/// counts as on this system: for `user_busy`, a false "not busy" is the
+/// worse answer, and the shipped unit has the capability.
+fn on_this_system(pid: i32, root_id: (u64, u64), etc_id: (u64, u64)) -> bool {
+    let denied = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM));
+    let root = format!("/proc/{pid}/root");
+    match fs::metadata(&root) {
+        Ok(m) if (m.dev(), m.ino()) == root_id => {}
+        Ok(_) => return false,
+        Err(e) => return denied(&e),
+    }
+    match fs::symlink_metadata(format!("{root}/etc")) {
+        Ok(m) => m.is_dir() && (m.dev(), m.ino()) == etc_id,
+        Err(e) => denied(&e),
+    }
+}
+
+/// sshd's per-connection process: `sshd` (OpenSSH < 9.8), `sshd-session`.
+fn is_sshd(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| matches!(c.trim_end(), "sshd" | "sshd-session"))
+}
+
+/// The peer address of the first established TCP connection the process
+/// holds a socket of (looked up in its own network namespace).
+fn remote_address(pid: i32) -> Option<String> {
+    let mut inodes = Vec::new();
+    for e in fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        if let Ok(target) = fs::read_link(e.path()) {
+            let t = target.to_string_lossy();
+            if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                inodes.push(n.to_owned());
+            }
+        }
+    }
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            if f.len() > 9 && f[3] == "01" && inodes.iter().any(|i| i == f[9]) {
+                return parse_proc_addr(f[2]);
+            }
+        }
+    }
+    None
+}
+
+/// `0100007F:D431` (IPv4) or 32 hex digits (IPv6) as /proc/net/tcp* writes
+/// them: each 32-bit word in host byte order.
+fn parse_proc_addr(s: &str) -> Option<String> {
+    let (hex, _port) = s.split_once(':')?;
+    let words: Vec<u32> = (0..hex.len() / 8)
+        .map(|i| u32::from_str_radix(&hex[i * 8..i * 8 + 8], 16).ok())
+        .collect::<Option<_>>()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    match bytes.len() {
+        4 => Some(std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string()),
+        16 => {
+            let a: [u8; 16] = bytes.try_into().ok()?;
+            let v6 = std::net::Ipv6Addr::from(a);
+            Some(match v6.to_ipv4_mapped() {
+                Some(v4) => v4.to_string(),
+                None => v6.to_string(),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Signal the process the pidfd refers to; false once it has been reaped.
+fn signal(pidfd: &OwnedFd, sig: libc::c_int) -> bool {
+    // SAFETY: a valid pidfd, a signal number, no siginfo (NULL), no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
+/// Whether the process is still running. A pidfd is readable once its
+/// process has exited — a zombie included, which a signal would still
+/// "reach" until its parent reaps it.
+fn alive(pidfd: &OwnedFd) -> bool {
+    let mut fds = [libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd, polled without waiting.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+    n == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_are_matched_as_userdel_matches_them() {
+        let st = |uids: &str, state: &str| format!("Name:\tx\nState:\t{state}\nUid:\t{uids}\n");
+        assert!(is_running_as(
+            &st("1001\t1001\t1001\t1001", "S (sleeping)"),
+            1001
+        ));
+        // A set-uid program started by the user: the real uid is theirs.
+        assert!(is_running_as(&st("1001\t0\t0\t0", "R (running)"), 1001));
+        assert!(is_running_as(&st("0\t0\t1001\t0", "S (sleeping)"), 1001));
+        // The fs uid alone is not counted (nor by userdel).
+        assert!(!is_running_as(&st("0\t0\t0\t1001", "S (sleeping)"), 1001));
+        assert!(!is_running_as(
+            &st("1001\t1001\t1001\t1001", "Z (zombie)"),
+            1001
+        ));
+        assert!(!is_running_as(&st("10011\t10011\t10011\t10011", "S"), 1001));
+    }
+
+    #[test]
+    fn proc_net_addresses() {
+        assert_eq!(
+            parse_proc_addr("0100007F:D431").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            parse_proc_addr("0000000000000000FFFF00000100007F:0016").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            parse_proc_addr("00000000000000000000000001000000:0016").as_deref(),
+            Some("::1")
+        );
+        assert_eq!(parse_proc_addr("zz"), None);
+    }
+
+    #[test]
+    fn a_process_that_has_exited_is_never_signalled() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let fd = pidfd_open(child.id() as i32).unwrap();
+        child.wait().unwrap();
+        // The pid may be reused from here on; the pidfd still names the
+        // process that exited, so nothing is signalled.
+        assert!(!alive(&fd));
+        assert!(!signal(&fd, libc::SIGTERM));
+    }
+
+    #[test]
+    fn a_zombie_counts_as_exited() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let fd = pidfd_open(child.id() as i32).unwrap();
+        // Not reaped yet: a zombie until wait().
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while alive(&fd) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!alive(&fd));
+        child.wait().unwrap();
+    }
+}
