@@ -668,9 +668,9 @@ fn run_step(step: &Step, fds: &ChildFds, st: &mut ChildState) -> Result<(), Errn
                 // No files can be written anyway; no core dumps of the image.
                 lim(libc::RLIMIT_FSIZE, 0)?;
                 lim(libc::RLIMIT_CORE, 0)?;
-                lim(libc::RLIMIT_NPROC, 16)?;
+                lim(libc::RLIMIT_NPROC, 8)?;
                 lim(libc::RLIMIT_NOFILE, 64)?;
-                lim(libc::RLIMIT_AS, 1 << 30)?;
+                lim(libc::RLIMIT_AS, 256 << 20)?;
                 lim(libc::RLIMIT_MEMLOCK, 0)?;
                 lim(libc::RLIMIT_MSGQUEUE, 0)?;
                 lim(libc::RLIMIT_CPU, *cpu_secs)
@@ -739,11 +739,25 @@ fn run_step(step: &Step, fds: &ChildFds, st: &mut ChildState) -> Result<(), Errn
 
 // ---- The parent. ----
 
+/// A close-on-exec pipe whose ends are never 0, 1 or 2: the child puts its
+/// stdio there, and an agent started with a closed stdin must not have a
+/// pipe end overwritten by that.
 fn pipe() -> Result<(OwnedFd, OwnedFd), ConfineError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| ConfineError::Setup {
+    let fail = |errno| ConfineError::Setup {
         step: "creating pipes",
         errno,
-    })
+    };
+    let high = |fd: OwnedFd| -> Result<OwnedFd, ConfineError> {
+        if fd.as_raw_fd() > 2 {
+            return Ok(fd);
+        }
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor we own.
+            .map(|n| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
+            .map_err(fail)
+    };
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(fail)?;
+    Ok((high(r)?, high(w)?))
 }
 
 /// A user namespace whose uid 0 and gid 0 are [`CONFINED_ID`] on the host,
@@ -823,6 +837,23 @@ impl Reaper {
                 return None;
             }
         }
+    }
+
+    /// The status if the child has exited (then it is reaped), else `None`
+    /// (also when there is no child left to wait for: `self.0` is `None`).
+    fn try_wait(&mut self) -> Option<c_int> {
+        let pid = self.0?;
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a local status word.
+        let r = unsafe { libc::waitpid(pid.as_raw(), &mut status, libc::WNOHANG) };
+        if r == pid.as_raw() {
+            self.0 = None;
+            return Some(status);
+        }
+        if r < 0 && Errno::last() != Errno::EINTR {
+            self.0 = None;
+        }
+        None
     }
 
     fn kill(&mut self) {
@@ -945,7 +976,19 @@ pub fn run(plan: &Plan) -> Result<Output, ConfineError> {
             }
         }
     }
-    let status = child.wait();
+    // Output closed; the process may still run (it can close its stdout
+    // and wait forever): the time limit holds here too.
+    let status = loop {
+        match child.try_wait() {
+            Some(st) => break Some(st),
+            None if child.0.is_none() => break None,
+            None if Instant::now() >= deadline => {
+                child.kill();
+                return Err(ConfineError::Timeout(limits.timeout));
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
     if report.len() == 8 {
         let index = i32::from_ne_bytes(report[0..4].try_into().expect("4 bytes")) as usize;
         let errno = Errno::from_raw(i32::from_ne_bytes(

@@ -76,7 +76,25 @@ pub struct Engine {
     staging: Staging,
     suspensions: Suspensions,
     _state: Dir,
+    expiry: ExpiryState,
 }
+
+/// What the engine knows about managed key expiries between sweeps, so
+/// that asking for the next one after every command costs no I/O.
+#[derive(Debug, Default)]
+struct ExpiryState {
+    /// The record has been read since the engine started.
+    scanned: bool,
+    /// The earliest expiry known to come (seconds since the epoch); a key
+    /// made permanent since only makes this early, never late.
+    next: Option<u64>,
+    /// Seconds to wait before retrying removals that failed (0: none failed).
+    retry_secs: u64,
+}
+
+/// The first retry of a removal that failed, and the longest wait between two.
+const EXPIRY_RETRY_FIRST: u64 = 60;
+const EXPIRY_RETRY_MAX: u64 = 3600;
 
 /// What is known about a command while it is handled; becomes the result.
 #[derive(Default)]
@@ -93,7 +111,8 @@ enum Ready {
     /// The hash, and whether it must be changed at the next login.
     SetPassword(UserName, CryptHash, bool),
     StagePassword(UserName, CryptHash),
-    CreateUser(NewUser, Vec<authkeys::KeyLine>),
+    /// The new user, its keys, and when they expire (seconds since the epoch).
+    CreateUser(NewUser, Vec<authkeys::KeyLine>, Option<u64>),
     Other(Op),
 }
 
@@ -122,6 +141,73 @@ impl Engine {
             staging,
             suspensions,
             _state: state,
+            expiry: ExpiryState::default(),
+        })
+    }
+
+    /// Remove the managed keys whose expiry has come (each removal an
+    /// audit event), and say when the next one is due: `None` when no
+    /// managed key expires, so the daemon arms no timer. Reads the record
+    /// at the first call and when something is due; otherwise answers from
+    /// memory. Removals that fail are retried after a growing delay (1 min
+    /// up to 1 h), never in a tight loop; their lines keep sshd's
+    /// `expiry-time`, so sshd refuses those keys meanwhile.
+    pub fn expire_keys(&mut self) -> Option<SystemTime> {
+        let now = self.sys.clock.unix_secs();
+        let at = |t: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(t);
+        if self.expiry.scanned && self.expiry.next.is_none_or(|n| n > now) {
+            return self.expiry.next.map(at);
+        }
+        let (sweep, all_ok) = match authkeys::expire_due(&self.sys, now) {
+            Ok(s) => {
+                let ok = s.failed.is_empty();
+                (s, ok)
+            }
+            Err(e) => {
+                crate::logging::key_expiry_failed(None, &[], &e);
+                (authkeys::Sweep::default(), false)
+            }
+        };
+        for k in &sweep.removed {
+            crate::logging::key_expired(k);
+        }
+        for (user, fps, e) in &sweep.failed {
+            crate::logging::key_expiry_failed(Some(user), fps, e);
+        }
+        let mut next = sweep.next;
+        if all_ok {
+            self.expiry.retry_secs = 0;
+        } else {
+            self.expiry.retry_secs =
+                (self.expiry.retry_secs * 2).clamp(EXPIRY_RETRY_FIRST, EXPIRY_RETRY_MAX);
+            let retry = now + self.expiry.retry_secs;
+            next = Some(next.map_or(retry, |n| n.min(retry)));
+        }
+        self.expiry.scanned = true;
+        self.expiry.next = next;
+        next.map(at)
+    }
+
+    /// A key was just bound to expire at `t`: the next expiry may be earlier.
+    fn note_expiry(&mut self, t: u64) {
+        self.expiry.next = Some(self.expiry.next.map_or(t, |n| n.min(t)));
+    }
+
+    /// [`Engine::note_expiry`] for a command's expiry; its time, RFC 3339.
+    fn expiry_noted(&mut self, e: Option<&authkeys::Expiry>) -> Option<String> {
+        let e = e?;
+        self.note_expiry(e.at);
+        Some(format_time(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(e.at),
+        ))
+    }
+
+    /// How the root's sshd reads `expiry-time`, and the command's expiry.
+    fn key_expiry(&self, id: &str, at: Option<u64>) -> Option<authkeys::Expiry> {
+        at.map(|at| authkeys::Expiry {
+            at,
+            command_id: id.to_owned(),
+            form: authkeys::expiry::ExpiryForm::for_sshd(&self.sys, &self.cfg.sshd.binary),
         })
     }
 
@@ -429,6 +515,32 @@ impl Engine {
         Ok(())
     }
 
+    /// Remove what `set_password` staged for `user` (who was just deleted);
+    /// the ids of those commands.
+    fn drop_staged_of(&self, user: &UserName) -> Vec<String> {
+        let entries = match self.staging.list() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("could not list staged passwords after deleting {user}: {e}");
+                return Vec::new();
+            }
+        };
+        let mut ids = Vec::new();
+        for s in entries.into_iter().flatten() {
+            if s.user != *user {
+                continue;
+            }
+            match self.staging.remove(&s.file) {
+                Ok(()) => ids.push(s.id),
+                Err(e) => tracing::error!(
+                    "could not remove the staged password {} of deleted user {user}: {e}",
+                    s.file
+                ),
+            }
+        }
+        ids
+    }
+
     /// Open a password argument and hash it: after this no plaintext exists.
     fn password_hash(&self, arg: PasswordArg) -> Result<CryptHash> {
         match arg {
@@ -462,6 +574,15 @@ impl Engine {
             // expiry-time has passed, so adding one cannot be `ok`.
             authkeys::check_unexpired(keys, self.sys.clock.unix_secs())?;
         }
+        let expiry = match &op {
+            Op::AddKeys { expires_at, .. } | Op::ReplaceKeys { expires_at, .. } => {
+                self.future_secs(*expires_at, "expires_at")?
+            }
+            Op::CreateUser { keys_expire_at, .. } => {
+                self.future_secs(*keys_expire_at, "keys_expire_at")?
+            }
+            _ => None,
+        };
         Ok(match op {
             Op::SetPassword {
                 user,
@@ -496,6 +617,7 @@ impl Engine {
                 shell,
                 password,
                 keys,
+                keys_expire_at: _,
             } => {
                 let password = password
                     .map(|p| self.password_hash(p).map(Password::Crypt))
@@ -508,10 +630,31 @@ impl Engine {
                         password,
                     },
                     keys,
+                    expiry,
                 )
             }
             other => Ready::Other(other),
         })
+    }
+
+    /// A key expiry in whole seconds since the epoch, refused unless it is
+    /// in the future (PROTOCOL §3): a key that ends now or earlier would be
+    /// refused by sshd at once, so binding it cannot be `ok`.
+    fn future_secs(&self, t: Option<SystemTime>, what: &str) -> Result<Option<u64>> {
+        let Some(t) = t else { return Ok(None) };
+        let secs = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let now = self.sys.clock.unix_secs();
+        if secs <= now {
+            return Err(Error::invalid(format!(
+                "{what} {} is not in the future (now is {})",
+                format_time(t),
+                format_time(self.sys.clock.now())
+            )));
+        }
+        Ok(Some(secs))
     }
 
     fn apply(&mut self, id: &str, ready: Ready) -> Result<(String, Value)> {
@@ -565,7 +708,8 @@ impl Engine {
                     json!({ "apply_at": "next_boot" }),
                 ))
             }
-            Ready::CreateUser(spec, keys) => {
+            Ready::CreateUser(spec, keys, until) => {
+                let expiry = self.key_expiry(id, until);
                 let user = &spec.name;
                 // The keys are added while the new account's files are
                 // still locked; if that fails, create_user_then undoes
@@ -575,12 +719,28 @@ impl Engine {
                     if keys.is_empty() {
                         Ok(None)
                     } else {
-                        authkeys::add_keys(sys, user, &keys).map(Some)
+                        authkeys::add_keys_until(sys, user, &keys, expiry.as_ref()).map(Some)
                     }
                 })?;
                 let mut data = json!(created);
                 if let Some(k) = keys {
                     data["keys"] = json!(k);
+                    if let Some(e) = &expiry {
+                        data["keys_expire_at"] = json!(format_time(
+                            SystemTime::UNIX_EPOCH + Duration::from_secs(e.at)
+                        ));
+                        self.note_expiry(e.at);
+                    }
+                }
+                // A password staged for, or an expiry lock_user remembered
+                // of, an earlier user of the name (removed by plain userdel)
+                // is not this user's.
+                if let Err(e) = self.suspensions.forget(user) {
+                    tracing::warn!("could not remove a stale lock record of {user}: {e}");
+                }
+                let dropped = self.drop_staged_of(user);
+                if !dropped.is_empty() {
+                    data["staged_dropped"] = json!(dropped);
                 }
                 Ok((format!("created user {user} (uid {})", created.uid), data))
             }
@@ -604,35 +764,68 @@ impl Engine {
                     if let Err(e) = self.suspensions.forget(&user) {
                         tracing::warn!("could not remove the lock record of {user}: {e}");
                     }
+                    // So is a password staged for the next boot: applied to a
+                    // later user of the name, it would give them the old
+                    // user's password.
+                    let dropped = self.drop_staged_of(&user);
                     let how = if remove_home { " and its home" } else { "" };
                     let ended = match d.sessions_ended.len() {
                         0 => String::new(),
                         n => format!("; ended {n} process(es) of the user"),
                     };
-                    Ok((format!("deleted user {user}{how}{ended}"), json!(d)))
+                    let staged = match dropped.len() {
+                        0 => String::new(),
+                        n => format!("; dropped {n} password change(s) staged for the next boot"),
+                    };
+                    let mut data = json!(d);
+                    if !dropped.is_empty() {
+                        data["staged_dropped"] = json!(dropped);
+                    }
+                    Ok((format!("deleted user {user}{how}{ended}{staged}"), data))
                 }
-                Op::AddKeys { user, keys } => {
-                    let o = authkeys::add_keys(sys, &user, &keys)?;
+                Op::AddKeys {
+                    user,
+                    keys,
+                    expires_at,
+                } => {
+                    let expiry = self.key_expiry(id, expires_at.and_then(unix_secs));
+                    let o = authkeys::add_keys_until(sys, &user, &keys, expiry.as_ref())?;
+                    let until = self.expiry_noted(expiry.as_ref());
                     Ok((
                         format!(
-                            "added {} and updated {} key(s) for {user}",
-                            o.added, o.updated
+                            "added {} and updated {} key(s) for {user}{}",
+                            o.added,
+                            o.updated,
+                            until
+                                .as_deref()
+                                .map_or(String::new(), |t| format!(", working until {t}"))
                         ),
-                        json!(o),
+                        with_expiry(json!(o), until),
                     ))
                 }
                 Op::RemoveKeys { user, keys } => {
                     let o = authkeys::remove_keys(sys, &user, &keys)?;
                     Ok((format!("removed {} key(s) for {user}", o.removed), json!(o)))
                 }
-                Op::ReplaceKeys { user, keys } => {
-                    let o = authkeys::replace_keys(sys, &user, &keys)?;
+                Op::ReplaceKeys {
+                    user,
+                    keys,
+                    expires_at,
+                } => {
+                    let expiry = self.key_expiry(id, expires_at.and_then(unix_secs));
+                    let o = authkeys::replace_keys_until(sys, &user, &keys, expiry.as_ref())?;
+                    let until = self.expiry_noted(expiry.as_ref());
                     Ok((
                         format!(
-                            "replaced the managed keys of {user}: removed {}, added {}, updated {}",
-                            o.removed, o.added, o.updated
+                            "replaced the managed keys of {user}: removed {}, added {}, updated {}{}",
+                            o.removed,
+                            o.added,
+                            o.updated,
+                            until.as_deref().map_or(String::new(), |t| format!(
+                                ", working until {t}"
+                            ))
                         ),
-                        json!(o),
+                        with_expiry(json!(o), until),
                     ))
                 }
                 Op::SetSshd { change, restart } => {
@@ -709,6 +902,21 @@ impl Engine {
             },
         }
     }
+}
+
+/// Whole seconds since the epoch (the engine refused earlier times already).
+fn unix_secs(t: SystemTime) -> Option<u64> {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+/// A keys result with `expires_at` (RFC 3339) when the keys expire.
+fn with_expiry(mut data: Value, until: Option<String>) -> Value {
+    if let Some(t) = until {
+        data["expires_at"] = json!(t);
+    }
+    data
 }
 
 /// A result whose envelope (`size` bytes) is over `limit`, made small and

@@ -35,6 +35,12 @@ pub mod message_id {
     pub const REJECTED: &str = "b71f4a9c3e2d4b6a8f0c1d5e7a3b9c43";
     /// A command was attempted and failed; nothing was changed (`status: failed`).
     pub const FAILED: &str = "d24c8e1b6a3f4d7c9b2e0a5f8c1d3e44";
+    /// A key bound with `expires_at` reached its time and accessd removed
+    /// its line (`COMMAND_ID` is the command that bound it).
+    pub const KEY_EXPIRED: &str = "3f9d2a6c8b1e4f07a5c3d9e2b6f1a845";
+    /// Due keys could not be removed now; retried later (sshd refuses them
+    /// meanwhile through their `expiry-time`).
+    pub const KEY_EXPIRY_FAILED: &str = "a6e1c3f8d2b94a5e8c7f0b3d1e9a2c46";
 }
 
 /// Install the global subscriber. `default_level` applies when `RUST_LOG` is
@@ -129,6 +135,49 @@ pub fn outcome(source: &str, h: &Handled) {
     }
 }
 
+/// Audit: a key bound with `expires_at` was removed at its time.
+/// `COMMAND_ID` is the (verified) command that bound it.
+pub fn key_expired(k: &crate::ssh::authkeys::ExpiredKey) {
+    let user = k.user.as_str();
+    let at =
+        crate::protocol::format_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(k.at));
+    let what = if k.lines_removed > 0 {
+        "removed its line"
+    } else {
+        "its line was no longer there"
+    };
+    tracing::info!(
+        message_id = message_id::KEY_EXPIRED,
+        command_id = k.command_id.as_str(),
+        target_user = user,
+        fingerprint = k.fingerprint.as_str(),
+        expired_at = at.as_str(),
+        lines_removed = k.lines_removed,
+        "key {} of {user} expired at {at} (bound by {}): {what}",
+        k.fingerprint,
+        k.command_id
+    );
+}
+
+/// Audit: due keys of `user` (or, with `None`, the whole record) could not
+/// be removed now.
+pub fn key_expiry_failed(
+    user: Option<&crate::names::UserName>,
+    fingerprints: &[String],
+    e: &crate::error::Error,
+) {
+    let user = user.map(|u| u.as_str());
+    let fps = fingerprints.join(",");
+    tracing::error!(
+        message_id = message_id::KEY_EXPIRY_FAILED,
+        target_user = user,
+        fingerprint = (!fps.is_empty()).then_some(fps.as_str()),
+        result_code = e.code().as_str(),
+        "expired key(s) {fps} of {} not removed yet, will retry: {e}",
+        user.unwrap_or("-")
+    );
+}
+
 /// The `id` an envelope's payload claims, read without verifying anything,
 /// so that the "received" event can be correlated (as `CLAIMED_COMMAND_ID`)
 /// with the outcome. Only an id of the protocol's shape is returned (it is
@@ -174,12 +223,14 @@ mod tests {
             message_id::APPLIED,
             message_id::REJECTED,
             message_id::FAILED,
+            message_id::KEY_EXPIRED,
+            message_id::KEY_EXPIRY_FAILED,
         ];
         for id in ids {
             assert_eq!(id.len(), 32);
             assert!(id.bytes().all(|c| c.is_ascii_hexdigit()));
         }
         let set: std::collections::HashSet<_> = ids.iter().collect();
-        assert_eq!(set.len(), 4);
+        assert_eq!(set.len(), ids.len());
     }
 }

@@ -251,3 +251,63 @@ fn a_user_created_again_after_plain_userdel_does_not_inherit_the_key_record() {
         "the old bob's record is the new bob's"
     );
 }
+
+#[test]
+fn a_staged_password_of_a_deleted_user_never_reaches_a_new_user_of_the_name() {
+    let Some(rig) = rig() else { return };
+    let mut e = rig.engine();
+    let crypt = "$6$saltsaltsaltsalt$WrpdWeQZW5Xh5vP.tJ5Kb.q.quJCX1FsXGt5OLkwq.4BJeRDLzoJz2qZ/95dwj2zAQ3.ccUmPs5KURh5BShoD/";
+    let ok = |e: &mut accessd::engine::Engine, id: &str, op: &str, args: serde_json::Value| {
+        let h = e.handle(&rig.signed(id, op, args));
+        assert_eq!(h.code, Code::Ok, "{op}: {}", h.message);
+        payload(&agent_key(e), &h)
+    };
+    ok(&mut e, "c-1", "create_user", json!({"user": "ivan"}));
+    ok(
+        &mut e,
+        "c-2",
+        "set_password",
+        json!({"user": "ivan", "password": {"crypt": crypt}, "apply_at": "next_boot"}),
+    );
+    let p = ok(&mut e, "c-3", "delete_user", json!({"user": "ivan"}));
+    assert_eq!(p.data["staged_dropped"], json!(["c-2"]), "{}", p.data);
+    ok(&mut e, "c-4", "create_user", json!({"user": "ivan"}));
+    drop(e);
+    let mut e = rig.engine_after_reboot();
+    let results = e.apply_staged().unwrap();
+    assert!(
+        results.is_empty(),
+        "the old ivan's staged password was applied at boot: {:?}",
+        results.iter().map(|h| &h.message).collect::<Vec<_>>()
+    );
+    assert_eq!(rig.shadow_hash("ivan").as_deref(), Some("!"));
+}
+
+#[test]
+fn a_password_staged_before_a_plain_userdel_is_not_the_new_users() {
+    let Some(rig) = rig() else { return };
+    let mut e = rig.engine();
+    let crypt = "$6$saltsaltsaltsalt$WrpdWeQZW5Xh5vP.tJ5Kb.q.quJCX1FsXGt5OLkwq.4BJeRDLzoJz2qZ/95dwj2zAQ3.ccUmPs5KURh5BShoD/";
+    for (id, op, args) in [
+        ("c-1", "create_user", json!({"user": "jane"})),
+        (
+            "c-2",
+            "set_password",
+            json!({"user": "jane", "password": {"crypt": crypt}, "apply_at": "next_boot"}),
+        ),
+    ] {
+        let h = e.handle(&rig.signed(id, op, args));
+        assert_eq!(h.code, Code::Ok, "{op}: {}", h.message);
+    }
+    run("userdel", &["-R", &root_str(&rig), "-r", "jane"]);
+    let h = e.handle(&rig.signed("c-3", "create_user", json!({"user": "jane"})));
+    assert_eq!(h.code, Code::Ok, "{}", h.message);
+    assert_eq!(
+        payload(&agent_key(&e), &h).data["staged_dropped"],
+        json!(["c-2"])
+    );
+    drop(e);
+    let mut e = rig.engine_after_reboot();
+    assert!(e.apply_staged().unwrap().is_empty());
+    assert_eq!(rig.shadow_hash("jane").as_deref(), Some("!"));
+}

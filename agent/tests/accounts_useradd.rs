@@ -262,3 +262,35 @@ fn same_result_as_useradd_m_without_user_groups_and_with_home_mode() {
     let md = fs::metadata(b.path().join("home/gina")).unwrap();
     assert_eq!(md.mode() & 0o7777, 0o750);
 }
+
+#[test]
+fn an_existing_home_is_kept_as_useradd_m_keeps_it() {
+    if !prerequisites(&["useradd", "userdel"]) {
+        return;
+    }
+    let a = fixture();
+    // Left by `userdel` without -r, with the user's own files.
+    useradd(a.path(), &["-m", "hana"]);
+    run("userdel", &["-R", &root_arg(a.path()), "hana"], None);
+    fs::write(a.path().join("home/hana/notes.txt"), b"mine\n").unwrap();
+    fs::remove_file(a.path().join("home/hana/.bashrc")).ok();
+    let b = clone_tree(a.path());
+
+    // useradd -m warns and copies nothing into an existing home.
+    let out = std::process::Command::new("useradd")
+        .args(["-R", &root_arg(a.path()), "-m", "hana"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    accounts::create_user(&sys(b.path()), &AccountsConfig::default(), &spec("hana")).unwrap();
+    assert_eq!(snapshot(a.path(), true), snapshot(b.path(), true));
+    assert_eq!(home_tree(a.path(), "hana"), home_tree(b.path(), "hana"));
+    assert_eq!(
+        fs::read(b.path().join("home/hana/notes.txt")).unwrap(),
+        b"mine\n"
+    );
+}

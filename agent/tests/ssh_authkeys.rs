@@ -9,8 +9,10 @@ use std::process::Command;
 
 use accessd::error::Code;
 use accessd::names::UserName;
+use accessd::ssh::authkeys::expiry::ExpiryForm;
 use accessd::ssh::authkeys::{
-    add_keys, check_unexpired, list_keys, remove_keys, replace_keys, KeyLine, KeySelector,
+    add_keys, add_keys_until, check_unexpired, expire_due, list_keys, managed_expiry, remove_keys,
+    replace_keys, replace_keys_until, Expiry, KeyLine, KeySelector,
 };
 use accessd::sys::System;
 use base64::engine::general_purpose::STANDARD;
@@ -669,4 +671,187 @@ fn a_swapped_in_sparse_authorized_keys_is_refused_not_allocated() {
     let swaps = swapper.join().unwrap();
     eprintln!("{ok} ok, {refused} refused, {swaps} swaps");
     assert!(refused > 0, "the big file was never in place ({ok} ok)");
+}
+
+const JAN_2030: u64 = 1_893_456_000;
+
+fn expiry(at: u64, id: &str) -> Expiry {
+    Expiry {
+        at,
+        command_id: id.into(),
+        form: ExpiryForm::Utc,
+    }
+}
+
+/// A key bound with `expires_at` carries sshd's own `expiry-time` (the
+/// second before, as sshd lets a key in while now <= expiry-time), and the
+/// sweep removes exactly its line at that time, naming the command that
+/// bound it; every other line stays byte for byte.
+#[test]
+fn an_expiring_key_carries_expiry_time_and_the_sweep_removes_it_at_its_time() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new();
+    let (stays, ..) = env.keygen("stays", &["-t", "ed25519"]);
+    let (ends, ends_fp, _) = env.keygen("ends", &["-t", "ed25519"]);
+    let alice = user("alice");
+    add_keys(&env.sys, &alice, &[key(&stays)]).unwrap();
+    let e = expiry(JAN_2030, "c-bind-1");
+    let o = add_keys_until(
+        &env.sys,
+        &alice,
+        &[key(&format!("restrict {ends}"))],
+        Some(&e),
+    )
+    .unwrap();
+    assert_eq!(o.added, 1);
+    assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+    let text = fs::read_to_string(env.ak("alice")).unwrap();
+    assert!(
+        text.contains(&format!(r#"expiry-time="20291231235959Z",restrict {ends}"#)),
+        "{text}"
+    );
+    // ssh-keygen reads the line (options and all) as the same key.
+    assert_eq!(keygen_l(&env.ak("alice"))[1].1, ends_fp);
+    assert_eq!(
+        managed_expiry(&env.sys, &alice, &ends_fp).unwrap(),
+        Some(JAN_2030)
+    );
+
+    let early = expire_due(&env.sys, JAN_2030 - 1).unwrap();
+    assert!(early.removed.is_empty() && early.failed.is_empty());
+    assert_eq!(early.next, Some(JAN_2030));
+    assert_eq!(fs::read_to_string(env.ak("alice")).unwrap(), text);
+
+    let due = expire_due(&env.sys, JAN_2030).unwrap();
+    assert!(due.failed.is_empty(), "{:?}", due.failed);
+    assert_eq!(due.removed.len(), 1);
+    let r = &due.removed[0];
+    assert_eq!(
+        (
+            r.user.as_str(),
+            r.fingerprint.as_str(),
+            r.command_id.as_str(),
+            r.at,
+            r.lines_removed
+        ),
+        ("alice", ends_fp.as_str(), "c-bind-1", JAN_2030, 1)
+    );
+    assert_eq!(due.next, None, "nothing else expires: no timer");
+    assert_eq!(
+        fs::read_to_string(env.ak("alice")).unwrap(),
+        format!("{stays}\n")
+    );
+    assert_eq!(managed_expiry(&env.sys, &alice, &ends_fp).unwrap(), None);
+    // A second sweep has nothing to do.
+    assert!(expire_due(&env.sys, JAN_2030 + 10)
+        .unwrap()
+        .removed
+        .is_empty());
+}
+
+/// The latest command about a key decides: bound again without
+/// `expires_at`, it no longer expires (line and record).
+#[test]
+fn binding_an_expiring_key_again_without_expires_at_makes_it_permanent() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new();
+    let (k, fp, _) = env.keygen("k", &["-t", "ed25519"]);
+    let alice = user("alice");
+    add_keys_until(&env.sys, &alice, &[key(&k)], Some(&expiry(JAN_2030, "c-1"))).unwrap();
+    add_keys(&env.sys, &alice, &[key(&k)]).unwrap();
+    assert_eq!(
+        fs::read_to_string(env.ak("alice")).unwrap(),
+        format!("{k}\n")
+    );
+    assert_eq!(managed_expiry(&env.sys, &alice, &fp).unwrap(), None);
+    let s = expire_due(&env.sys, JAN_2030 + 1).unwrap();
+    assert!(s.removed.is_empty() && s.next.is_none());
+    // replace_keys with an expiry makes the replacement expire, and one
+    // without drops the old expiry with the old key.
+    let (k2, fp2, _) = env.keygen("k2", &["-t", "ed25519"]);
+    replace_keys_until(
+        &env.sys,
+        &alice,
+        &[key(&k2)],
+        Some(&expiry(JAN_2030, "c-2")),
+    )
+    .unwrap();
+    assert_eq!(
+        managed_expiry(&env.sys, &alice, &fp2).unwrap(),
+        Some(JAN_2030)
+    );
+    replace_keys(&env.sys, &alice, &[key(&k)]).unwrap();
+    assert_eq!(managed_expiry(&env.sys, &alice, &fp2).unwrap(), None);
+    assert!(expire_due(&env.sys, JAN_2030 + 1).unwrap().next.is_none());
+    // remove_keys forgets the expiry with the key.
+    add_keys_until(
+        &env.sys,
+        &alice,
+        &[key(&k2)],
+        Some(&expiry(JAN_2030, "c-3")),
+    )
+    .unwrap();
+    remove_keys(&env.sys, &alice, &[KeySelector::Fingerprint(fp2.clone())]).unwrap();
+    assert!(expire_due(&env.sys, JAN_2030 + 1).unwrap().next.is_none());
+}
+
+/// A user deleted before their key's time: nothing is left to remove, and
+/// the expiry is forgotten instead of failing (and being retried) forever.
+#[test]
+fn the_expiry_of_a_deleted_user_is_forgotten_not_retried() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new();
+    let (k, fp, _) = env.keygen("k", &["-t", "ed25519"]);
+    let bob = user("bob");
+    add_keys_until(&env.sys, &bob, &[key(&k)], Some(&expiry(JAN_2030, "c-9"))).unwrap();
+    fs::write(
+        env.root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\n",
+    )
+    .unwrap();
+    let s = expire_due(&env.sys, JAN_2030).unwrap();
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+    assert_eq!(s.removed.len(), 1);
+    assert_eq!(
+        (
+            s.removed[0].lines_removed,
+            s.removed[0].fingerprint.as_str()
+        ),
+        (0, fp.as_str())
+    );
+    assert!(expire_due(&env.sys, JAN_2030).unwrap().removed.is_empty());
+}
+
+/// A user who turns ~/.ssh into a symlink cannot make accessd write
+/// through it: the removal fails, is reported, and stays due (sshd's own
+/// expiry-time refuses the key meanwhile).
+#[test]
+fn a_removal_that_a_hostile_home_blocks_is_reported_and_kept_for_later() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new();
+    let (k, _, _) = env.keygen("k", &["-t", "ed25519"]);
+    let alice = user("alice");
+    add_keys_until(&env.sys, &alice, &[key(&k)], Some(&expiry(JAN_2030, "c-5"))).unwrap();
+    let ssh = env.root.join("home/alice/.ssh");
+    fs::rename(&ssh, env.root.join("home/alice/elsewhere")).unwrap();
+    symlink("elsewhere", &ssh).unwrap();
+    let s = expire_due(&env.sys, JAN_2030).unwrap();
+    assert!(s.removed.is_empty());
+    assert_eq!(s.failed.len(), 1, "{:?}", s.failed);
+    assert_eq!(s.failed[0].1.len(), 1);
+    // Still due at the next sweep.
+    assert_eq!(expire_due(&env.sys, JAN_2030).unwrap().failed.len(), 1);
+    assert!(
+        fs::read_to_string(env.root.join("home/alice/elsewhere/authorized_keys"))
+            .unwrap()
+            .contains("expiry-time=")
+    );
 }

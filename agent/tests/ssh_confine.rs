@@ -28,13 +28,24 @@ use image_support::{c_str, compile_static, copy_host_sshd, skeleton};
 
 fn ready() -> bool {
     let root = nix::unistd::geteuid().is_root();
-    let tools = ["gcc", "ldd", "sshd", "ssh-keygen", "sleep"]
-        .iter()
-        .all(|t| find_program(t).is_some());
+    let tools = [
+        "gcc",
+        "ldd",
+        "sshd",
+        "ssh-keygen",
+        "sleep",
+        "setpriv",
+        "unshare",
+        "mount",
+    ]
+    .iter()
+    .all(|t| find_program(t).is_some());
     if root && tools {
         return true;
     }
-    let why = format!("needs root ({root}) and gcc, ldd, sshd, ssh-keygen, sleep ({tools})");
+    let why = format!(
+        "needs root ({root}) and gcc, ldd, sshd, ssh-keygen, sleep, setpriv, unshare, mount ({tools})"
+    );
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{why}");
     }
@@ -578,4 +589,21 @@ fn mounts_under_the_image_stay_invisible_to_its_sshd() {
     assert!(said.starts_with("read [] write -1"), "{said}");
     assert!(!host.join("planted").exists());
     println!("done: {NAME}");
+}
+
+#[test]
+fn an_image_sshd_that_closes_its_output_and_hangs_is_killed_at_the_time_limit() {
+    if !ready() {
+        return;
+    }
+    // Closing stdout and stderr ends the reading; the time limit must
+    // still hold while waiting for the process itself.
+    let (_tmp, root) =
+        image_with("#include <unistd.h>\nint main(void){ close(1); close(2); for(;;) pause(); }\n");
+    let limits = Limits {
+        timeout: Duration::from_secs(1),
+        ..Limits::SSHD
+    };
+    let e = run_confined(&root, limits).unwrap_err();
+    assert_eq!(e, ConfineError::Timeout(Duration::from_secs(1)));
 }

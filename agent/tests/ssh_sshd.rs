@@ -1276,3 +1276,50 @@ fn a_match_block_no_connection_satisfies_is_changed_and_reported_unverified() {
     // The oracle agrees for the one context sshd can be asked about.
     assert_eq!(env.sshd_t()["passwordauthentication"], "no");
 }
+
+/// sshd expands `Include /etc/ssh/*/x.conf` with glob(3); accessd reads
+/// wildcards in the last component only. A Match block in such a file is
+/// one accessd cannot see, so it would answer ok while sshd re-enables the
+/// setting for that block: it must refuse instead and change nothing.
+#[test]
+fn set_sshd_refuses_a_config_whose_includes_it_cannot_read_instead_of_answering_ok() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new(
+        &[
+            (
+                "/etc/ssh/sshd_config",
+                "UsePAM no\nPasswordAuthentication no\nInclude /etc/ssh/*/x.conf\n".into(),
+            ),
+            (
+                "/etc/ssh/d1/x.conf",
+                "Match User alice\n\tPasswordAuthentication yes\n".into(),
+            ),
+        ],
+        true,
+        true,
+    );
+    // The fixture: sshd reads that file.
+    assert_eq!(
+        sshd_t_c(&env, "user=alice,lport=22")["passwordauthentication"],
+        "yes"
+    );
+    let before = env.snapshot();
+    let change = SshdChange {
+        password_authentication: Some(false),
+        ..Default::default()
+    };
+    match set_sshd(&env.sys, &SshdOptions::default(), &change, false) {
+        Ok(out) => panic!(
+            "ok, while sshd -T -C user=alice says passwordauthentication {}: {}",
+            sshd_t_c(&env, "user=alice,lport=22")["passwordauthentication"],
+            out.message
+        ),
+        Err(e) => {
+            assert_eq!(e.code(), Code::SshdInvalid, "{e}");
+            assert!(e.to_string().contains("/etc/ssh/*/x.conf"), "{e}");
+        }
+    }
+    assert_eq!(env.snapshot(), before);
+}

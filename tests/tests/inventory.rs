@@ -78,7 +78,8 @@ fn inventory_lists_users_keys_and_sshd_settings_as_the_files_say() {
         BTreeSet::from([root_key.fingerprint.clone()])
     );
 
-    // Exactly the local users: uid 0 and uid >= UID_MIN (1000 on Debian).
+    // Exactly the users commands may name: uid 0 and UID_MIN..UID_MAX of
+    // login.defs (1000..60000 on Debian; not nobody, 65534).
     let listed: BTreeSet<String> = inv["users"]
         .as_array()
         .unwrap()
@@ -91,10 +92,11 @@ fn inventory_lists_users_keys_and_sshd_settings_as_the_files_say() {
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             let uid: u32 = f.get(2)?.parse().ok()?;
-            (uid == 0 || uid >= 1000).then(|| f[0].to_string())
+            (uid == 0 || (1000..=60000).contains(&uid)).then(|| f[0].to_string())
         })
         .collect();
     assert_eq!(listed, expected);
+    assert!(!listed.contains("nobody"), "a system account is listed");
 
     // sshd's effective settings, as sshd -T reports them.
     let sshd = &inv["sshd"];

@@ -126,14 +126,6 @@ pub fn open_dropin_dir(etc: &Dir) -> Result<Dir> {
     }
 }
 
-/// Has accessd granted `user` sudo through a drop-in?
-pub fn has_dropin(etc: &Dir, user: &UserName) -> Result<bool> {
-    let Some(d) = etc.try_open_dir("sudoers.d")? else {
-        return Ok(false);
-    };
-    Ok(read_ours(&d, user)?.is_some())
-}
-
 /// Our drop-in for `user`, if the file there is one accessd wrote.
 pub fn read_ours(d: &Dir, user: &UserName) -> Result<Option<crate::fsx::FileData>> {
     let marker = format!("{MARKER}{user}\n");
@@ -279,8 +271,22 @@ impl Sudoers {
         let Some(dir) = root.try_open_dir(parent)? else {
             return Ok(());
         };
-        // Read only as a regular file: a symlink there is an error, which
-        // the caller reports, rather than rules silently not seen.
+        // sudo follows a symlink here; so do we, but resolved under the
+        // root like every other system path (an image's link to
+        // /etc/x means the image's /etc/x).
+        if let Some(st) = dir.stat_at(name)? {
+            if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFLNK.bits() {
+                let target = nix::fcntl::readlinkat(dir.as_fd(), name)
+                    .ctx(|| format!("reading link {}", dir.display(name).display()))?;
+                let target = lexical(&parent.join(Path::new(&target)));
+                return self.read_file(root, &target, depth + 1);
+            }
+            // sudo reads only regular files (a directory or FIFO here is
+            // not a sudoers file).
+            if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
+                return Ok(());
+            }
+        }
         let Some(data) = dir.read(name)? else {
             return Ok(());
         };
@@ -305,9 +311,12 @@ impl Sudoers {
             if name.contains('.') || name.ends_with('~') {
                 continue;
             }
-            let regular = dir
-                .stat_at(&name)?
-                .is_some_and(|st| st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits());
+            // Regular files, and links (read_file resolves them; a link to
+            // something that is not a regular file then fails the read).
+            let regular = dir.stat_at(&name)?.is_some_and(|st| {
+                let t = st.st_mode & SFlag::S_IFMT.bits();
+                t == SFlag::S_IFREG.bits() || t == SFlag::S_IFLNK.bits()
+            });
             if regular {
                 self.read_file(root, &path.join(&name), depth)?;
             }
@@ -408,6 +417,22 @@ impl Sudoers {
         };
         hit.then_some(true)
     }
+}
+
+/// `path` with `.` and `..` resolved as text (never above `/`): link targets
+/// are resolved under the root, and walking refuses `..`.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            std::path::Component::Normal(n) => out.push(n),
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Lines joined at a trailing backslash, with the number of their first line.
@@ -531,6 +556,26 @@ Cmnd_Alias CAROL = /bin/true
         assert_eq!(rules(text, &bob), vec![5, 6, 13, 14]);
         let nobody = who("eve", 1003, &[("eve", 1003)]);
         assert_eq!(rules(text, &nobody), vec![13, 14]);
+    }
+
+    #[test]
+    fn symlinked_sudoers_files_are_read_under_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let etc = t.path().join("etc");
+        std::fs::create_dir_all(etc.join("sudoers.d")).unwrap();
+        std::fs::create_dir_all(t.path().join("opt")).unwrap();
+        std::fs::write(etc.join("sudoers"), "@includedir /etc/sudoers.d\n").unwrap();
+        std::fs::write(t.path().join("opt/rules"), "kim ALL=(ALL) ALL\n").unwrap();
+        // An absolute target means the root's /opt, a relative one is
+        // resolved from the link's directory.
+        std::os::unix::fs::symlink("/opt/rules", etc.join("sudoers.d/abs")).unwrap();
+        std::os::unix::fs::symlink("../../opt/rules", etc.join("sudoers.d/rel")).unwrap();
+        std::os::unix::fs::symlink("/nowhere", etc.join("sudoers.d/dangling")).unwrap();
+        std::fs::create_dir(etc.join("sudoers.d/adir")).unwrap();
+        let s = Sudoers::load(&Dir::open(t.path()).unwrap()).unwrap();
+        let rules = s.rules_for(&who("kim", 1000, &[]));
+        let files: Vec<String> = rules.iter().map(|r| r.file.display().to_string()).collect();
+        assert_eq!(files, vec!["/opt/rules", "/opt/rules"]);
     }
 
     #[test]

@@ -63,6 +63,8 @@ enum Cmd {
         --instance i-0abc123 --op set_password --user root --password-stdin --agent-key AGENTPUB\n  \
         accessctl sign --key cp.key --key-id console --instance i-0abc123 \\\n      \
         --op set_sshd --password-auth no --permit-root-login prohibit-password\n  \
+        accessctl sign --key cp.key --key-id console --instance i-0abc123 \\\n      \
+        --op add_keys --user ecs-user --key-file id_ed25519.pub --keys-expire-at 2026-12-01T18:00:00Z\n  \
         accessctl sign --key cp.key --key-id console --instance i-0abc123 --op lock_user --user bob\n  \
         accessctl sign --key cp.key --key-id console --instance i-0abc123 \\\n      \
         --op set_password --user bob --crypt \"$HASH\" --must-change\n\n\
@@ -159,6 +161,11 @@ struct SignArgs {
     /// One authorized_keys line (repeatable).
     #[arg(long)]
     key_line: Vec<String>,
+    /// add_keys, replace_keys, create_user: the keys stop working at this
+    /// RFC 3339 UTC time (args `expires_at` / `keys_expire_at`; not
+    /// --expires-at, which is the command's own validity).
+    #[arg(long, value_name = "RFC3339")]
+    keys_expire_at: Option<String>,
     /// A SHA256: fingerprint to remove (repeatable; remove_keys).
     #[arg(long)]
     fingerprint: Vec<String>,
@@ -414,6 +421,10 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
                 args.insert("keys".into(), keys.clone().into());
             }
             used_keys = true;
+            if let Some(t) = &a.keys_expire_at {
+                time_arg(t, "--keys-expire-at")?;
+                args.insert("keys_expire_at".into(), t.clone().into());
+            }
         }
         "delete_user" => {
             args.insert("user".into(), user()?.into());
@@ -437,6 +448,13 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
             }
             args.insert("keys".into(), all.into());
             used_keys = true;
+            if let Some(t) = &a.keys_expire_at {
+                if a.op == "remove_keys" {
+                    return Err("--keys-expire-at does not apply to --op remove_keys".into());
+                }
+                time_arg(t, "--keys-expire-at")?;
+                args.insert("expires_at".into(), t.clone().into());
+            }
         }
         "set_sshd" => {
             if let Some(v) = a.pubkey_auth {
@@ -492,6 +510,11 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
         (
             (a.remove_home || a.terminate_sessions) && a.op != "delete_user",
             "--remove-home/--terminate-sessions",
+        ),
+        (
+            a.keys_expire_at.is_some()
+                && !matches!(a.op.as_str(), "add_keys" | "replace_keys" | "create_user"),
+            "--keys-expire-at",
         ),
         (
             (!a.users.is_empty() || a.cursor.is_some()) && a.op != "inventory",

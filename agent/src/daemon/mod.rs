@@ -6,12 +6,15 @@
 //! strictly serial and a signal is only acted on between two commands
 //! (SIGTERM finishes the command in progress). Idle, the process sleeps in
 //! epoll with no timer armed: the inotify thread blocks in its own poll, and
-//! the only timer that can exist is the systemd watchdog when it is enabled.
+//! the only timers that can exist are the systemd watchdog when it is
+//! enabled, and one wall-clock timer at the earliest managed key expiry
+//! when some managed key expires (see [`expiry_timer`]).
 //!
 //! The mechanics here (ordering, durability, signals, pruning, vanishing and
 //! half-written files) are written against the small [`Handler`] trait, so
 //! they are tested with a recording handler; [`Engine`] is the real one.
 
+pub mod expiry_timer;
 pub mod spool;
 
 use std::collections::HashMap;
@@ -39,6 +42,13 @@ pub trait Handler {
     /// The largest envelope it takes: an inbox file is read up to this + 1
     /// bytes, enough for the handler to refuse it for its size.
     fn max_envelope_bytes(&self) -> usize;
+    /// Carry out the key expiries that are due; the next one's time, or
+    /// `None` when nothing expires (then no timer is armed). Called at
+    /// start, after every command and when the timer fires, so it must be
+    /// cheap when nothing is due.
+    fn expire_keys(&mut self) -> Option<SystemTime> {
+        None
+    }
 }
 
 impl Handler for Engine {
@@ -50,6 +60,9 @@ impl Handler for Engine {
     }
     fn max_envelope_bytes(&self) -> usize {
         self.config().max_envelope_bytes
+    }
+    fn expire_keys(&mut self) -> Option<SystemTime> {
+        Engine::expire_keys(self)
     }
 }
 
@@ -167,9 +180,13 @@ pub async fn run_with(
         inbox_gone: false,
     };
     lp.spool.prune(SystemTime::now(), true)?;
+    // Keys that expired while accessd was not running go first.
+    let mut expiry = expiry_timer::ExpiryTimer::new()?;
+    expiry.set(lp.handler.expire_keys())?;
     if lp.drain().await? == Flow::Stop {
         return lp.stop();
     }
+    expiry.set(lp.handler.expire_keys())?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(inbox = %lp.spool.inbox_path().display(), "accessd ready: watching the inbox");
 
@@ -200,6 +217,7 @@ pub async fn run_with(
             _ = tick(&mut watchdog) => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
+            r = expiry.fired() => r?,
             cmd = next_mqtt(&mut mqtt) => match cmd {
                 Some(cmd) => crate::mqtt::apply(cmd, &mut *lp.handler, &mut *lp.spool)?,
                 None => mqtt = None,
@@ -208,6 +226,9 @@ pub async fn run_with(
         if !lp.inbox_gone && lp.dirty && lp.drain().await? == Flow::Stop {
             return lp.stop();
         }
+        // After any wake-up: a command may have bound an expiring key, the
+        // timer may have fired, or the clock may have been set.
+        expiry.set(lp.handler.expire_keys())?;
     }
 }
 
@@ -389,6 +410,9 @@ impl Loop<'_> {
 /// answer each in the outbox (`staged-ID.json`) and the journal (under the
 /// command's `COMMAND_ID`). Returns the outcomes.
 pub fn apply_staged(handler: &mut Engine, spool: &mut Spool) -> Result<Vec<Handled>> {
+    // At boot, before sshd starts: keys that expired while the machine was
+    // down are removed (each an audit event, no result file).
+    let _ = handler.expire_keys();
     let handled = handler.apply_staged()?;
     for (i, h) in handled.iter().enumerate() {
         let name = staged_result_name(h, i);

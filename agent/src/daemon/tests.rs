@@ -21,10 +21,19 @@ struct Recorder {
     configs: Arc<Mutex<Vec<Config>>>,
     /// Sent (once) when the n-th command is being handled.
     on_nth: Option<(usize, Control, UnboundedSender<Control>)>,
+    /// A managed key expiry: `expire_keys` answers it until it has passed,
+    /// then `None` (as the engine does once it removed the key).
+    expiry: Option<SystemTime>,
+    /// Every call, in order: `("expire", when)` or `("handle", when)`.
+    calls: Arc<Mutex<Vec<(&'static str, SystemTime)>>>,
 }
 
 impl Handler for Recorder {
     fn handle(&mut self, envelope: &[u8]) -> Handled {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(("handle", SystemTime::now()));
         let n = {
             let mut seen = self.seen.lock().unwrap();
             seen.push(envelope.to_vec());
@@ -53,6 +62,11 @@ impl Handler for Recorder {
     }
     fn max_envelope_bytes(&self) -> usize {
         64 * 1024
+    }
+    fn expire_keys(&mut self) -> Option<SystemTime> {
+        let now = SystemTime::now();
+        self.calls.lock().unwrap().push(("expire", now));
+        self.expiry.filter(|&t| t > now)
     }
 }
 
@@ -511,4 +525,55 @@ fn a_sparse_64_gib_inbox_file_is_read_only_to_the_envelope_limit() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].len(), rec.max_envelope_bytes() + 1);
     assert!(!state.join("inbox/big.json").exists());
+}
+
+fn expire_calls(r: &Recorder) -> Vec<SystemTime> {
+    r.calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k == "expire")
+        .map(|(_, t)| *t)
+        .collect()
+}
+
+#[test]
+fn the_loop_wakes_at_the_earliest_expiry_and_arms_nothing_after_it() {
+    let (_t, state) = new_state();
+    let at = SystemTime::now() + Duration::from_millis(500);
+    let rec = Recorder {
+        expiry: Some(at),
+        ..Recorder::default()
+    };
+    let run = start(&state, rec.clone(), true);
+    // Not a timing assertion: a bound so a broken timer fails, not hangs.
+    let start = Instant::now();
+    while !expire_calls(&rec).iter().any(|&t| t >= at) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the expiry timer never fired: {:?}",
+            expire_calls(&rec)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Nothing expires any more: no timer, so no further wake-up at all
+    // (load can only delay calls, never add them).
+    let n = expire_calls(&rec).len();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(expire_calls(&rec).len(), n, "woke up with nothing due");
+    run.stop();
+}
+
+#[test]
+fn keys_due_at_startup_are_expired_before_the_backlog_is_answered() {
+    let (_t, state) = new_state();
+    std::fs::write(state.join("inbox/a.json"), "a").unwrap();
+    let rec = Recorder::default();
+    let run = start(&state, rec.clone(), true);
+    wait_for(&state.join("outbox/a.json"));
+    run.stop();
+    let calls = rec.calls.lock().unwrap();
+    let kinds: Vec<&str> = calls.iter().map(|(k, _)| *k).collect();
+    assert_eq!(kinds.first(), Some(&"expire"), "{kinds:?}");
+    assert!(kinds.contains(&"handle"), "{kinds:?}");
 }

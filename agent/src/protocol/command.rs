@@ -84,6 +84,8 @@ pub enum Op {
         shell: Option<String>,
         password: Option<PasswordArg>,
         keys: Vec<KeyLine>,
+        /// `keys_expire_at`: when `keys` stop working.
+        keys_expire_at: Option<SystemTime>,
     },
     DeleteUser {
         user: UserName,
@@ -94,6 +96,9 @@ pub enum Op {
     AddKeys {
         user: UserName,
         keys: Vec<KeyLine>,
+        /// When the keys stop working (checked to be in the future by the
+        /// engine, which knows the time).
+        expires_at: Option<SystemTime>,
     },
     RemoveKeys {
         user: UserName,
@@ -102,6 +107,7 @@ pub enum Op {
     ReplaceKeys {
         user: UserName,
         keys: Vec<KeyLine>,
+        expires_at: Option<SystemTime>,
     },
     SetSshd {
         change: SshdChange,
@@ -201,6 +207,8 @@ struct CreateUserArgs {
     password: Option<Value>,
     #[serde(default)]
     keys: Option<Vec<String>>,
+    #[serde(default)]
+    keys_expire_at: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -218,6 +226,27 @@ struct DeleteUserArgs {
 struct KeysArgs {
     user: UserName,
     keys: Vec<String>,
+}
+
+/// `add_keys` and `replace_keys`: [`KeysArgs`] and an `expires_at`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindKeysArgs {
+    user: UserName,
+    keys: Vec<String>,
+    #[serde(default)]
+    expires_at: Option<Value>,
+}
+
+/// A key expiry argument: an RFC 3339 UTC time (`Z` or `+00:00`). Whether
+/// it is in the future is the engine's check.
+fn key_expiry(v: Option<Value>, what: &str) -> Result<Option<SystemTime>> {
+    let Some(v) = v else { return Ok(None) };
+    let t = v
+        .as_str()
+        .and_then(super::parse_time)
+        .ok_or_else(|| invalid(format!("{what} is not an RFC 3339 UTC time")))?;
+    Ok(Some(t))
 }
 
 #[derive(Deserialize)]
@@ -490,6 +519,7 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
                     .map(|p| password_arg(p, "password"))
                     .transpose()?,
                 keys: key_lines(a.keys.unwrap_or_default())?,
+                keys_expire_at: key_expiry(a.keys_expire_at, "keys_expire_at")?,
             }
         }
         "delete_user" => {
@@ -501,17 +531,19 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
             }
         }
         "add_keys" => {
-            let a: KeysArgs = args_of(op, raw.args)?;
+            let a: BindKeysArgs = args_of(op, raw.args)?;
             Op::AddKeys {
                 user: a.user,
                 keys: nonempty(op, key_lines(a.keys)?)?,
+                expires_at: key_expiry(a.expires_at, "expires_at")?,
             }
         }
         "replace_keys" => {
-            let a: KeysArgs = args_of(op, raw.args)?;
+            let a: BindKeysArgs = args_of(op, raw.args)?;
             Op::ReplaceKeys {
                 user: a.user,
                 keys: key_lines(a.keys)?,
+                expires_at: key_expiry(a.expires_at, "expires_at")?,
             }
         }
         "remove_keys" => {
@@ -720,6 +752,51 @@ mod tests {
         );
         assert_eq!(peek(br#"{"id":"a b","op":"zz"}"#), (None, None));
         assert_eq!(peek(b"[]"), (None, None));
+    }
+
+    #[test]
+    fn a_key_expiry_that_is_not_an_rfc3339_utc_time_is_invalid_command() {
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMU3PG77wArVV58QldS0w27ZKeU/f5DVdcL7Fbmo4fgY x";
+        for bad in [
+            serde_json::json!("2030-01-01T01:00:00+01:00"),
+            serde_json::json!("2030-01-01 00:00:00"),
+            serde_json::json!("tomorrow"),
+            serde_json::json!(1893456000),
+            serde_json::json!(""),
+        ] {
+            for (op, field) in [
+                ("add_keys", "expires_at"),
+                ("replace_keys", "expires_at"),
+                ("create_user", "keys_expire_at"),
+            ] {
+                let e = parse(&cmd(
+                    op,
+                    serde_json::json!({"user": "bob", "keys": [key], field: bad}),
+                ))
+                .unwrap_err();
+                assert_eq!(e.code(), Code::InvalidCommand, "{op} {bad}: {e}");
+            }
+        }
+        // remove_keys has no expiry.
+        let e = parse(&cmd(
+            "remove_keys",
+            serde_json::json!({"user": "bob", "keys": [key], "expires_at": "2030-01-01T00:00:00Z"}),
+        ))
+        .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidCommand);
+        let c = parse(&cmd(
+            "add_keys",
+            serde_json::json!({"user": "bob", "keys": [key], "expires_at": "2030-01-01T00:00:00+00:00"}),
+        ))
+        .unwrap();
+        let Op::AddKeys { expires_at, .. } = c.op else {
+            panic!("{:?}", c.op)
+        };
+        assert_eq!(
+            expires_at,
+            Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_893_456_000))
+        );
     }
 
     #[test]

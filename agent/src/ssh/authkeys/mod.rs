@@ -9,11 +9,12 @@
 //! (`keys/<user>.json`, fingerprints), never by marking the user's lines, so
 //! `replace_keys` can take back exactly what accessd put there.
 
+pub mod expiry;
 pub mod file;
 pub mod key;
 pub mod line;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,9 @@ pub struct KeyLine {
     parsed: line::KeyOptions,
     key: PublicKey,
     comment: Option<String>,
+    /// The `expiry-time` value accessd adds in front of the line's own
+    /// options for a command's `expires_at` (see [`expiry`]).
+    expiry: Option<String>,
 }
 
 impl KeyLine {
@@ -83,7 +87,23 @@ impl KeyLine {
             parsed,
             key,
             comment: fields.comment.map(text),
+            expiry: None,
         })
+    }
+
+    /// This line with sshd's `expiry-time="VALUE"` in front of its own
+    /// options (sshd then honours the earliest of all its expiry times).
+    /// The line must still fit sshd's line limit.
+    pub fn with_expiry(mut self, value: String) -> Result<KeyLine> {
+        self.expiry = Some(value);
+        let n = self.render().len();
+        if n > MAX_LINE {
+            return Err(Error::invalid(format!(
+                "key {}: with its expiry-time option the line is {n} bytes, over sshd's {MAX_LINE}-byte limit",
+                self.fingerprint()
+            )));
+        }
+        Ok(self)
     }
 
     /// `SHA256:...` exactly as `ssh-keygen -l` prints it.
@@ -131,6 +151,10 @@ impl KeyLine {
     /// The line accessd writes: `[options ]type base64[ comment]`.
     pub fn render(&self) -> String {
         let mut s = String::new();
+        if let Some(e) = &self.expiry {
+            s.push_str(&format!("expiry-time=\"{e}\""));
+            s.push(if self.options.is_some() { ',' } else { ' ' });
+        }
         if let Some(o) = &self.options {
             s.push_str(o);
             s.push(' ');
@@ -195,6 +219,10 @@ pub struct KeyInfo {
     pub fingerprint: String,
     pub comment: Option<String>,
     pub options: Option<String>,
+    /// When accessd removes the key (RFC 3339), for a key bound with
+    /// `expires_at`; left out otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -276,11 +304,58 @@ fn remove_from(text: &mut AuthKeysText, fingerprints: &BTreeSet<String>) -> usiz
 }
 
 /// accessd's record of the keys it added for one user.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Managed {
     v: u32,
     fingerprints: BTreeSet<String>,
+    /// Keys bound with `expires_at`, by fingerprint. Left out of the file
+    /// when empty, so a record without expiries reads as it always did.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    expiring: BTreeMap<String, Expiring>,
+}
+
+/// When accessd removes a key, and which command bound it (for the audit
+/// event of the removal).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expiring {
+    /// Seconds since the epoch: the key stops working at this second.
+    pub at: u64,
+    pub command_id: String,
+}
+
+/// A command's `expires_at` for the keys it binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    /// Seconds since the epoch.
+    pub at: u64,
+    /// The id of the command binding the keys.
+    pub command_id: String,
+    /// How the installed sshd reads `expiry-time`.
+    pub form: expiry::ExpiryForm,
+}
+
+impl Expiry {
+    /// `keys` as they are written: each with sshd's own `expiry-time`.
+    fn lines(&self, keys: &[KeyLine]) -> Result<Vec<KeyLine>> {
+        let value = expiry::expiry_time_value(self.at, self.form).ok_or_else(|| {
+            Error::invalid(format!(
+                "no expiry-time that this sshd reads can say {}",
+                self.at
+            ))
+        })?;
+        keys.iter()
+            .map(|k| k.clone().with_expiry(value.clone()))
+            .collect()
+    }
+
+    fn record(&self) -> Expiring {
+        Expiring {
+            at: self.at,
+            command_id: self.command_id.clone(),
+        }
+    }
 }
 
 const STATE_SUBDIR: &str = "keys";
@@ -311,22 +386,18 @@ pub fn managed_record(sys: &System, user: &UserName) -> Result<(Option<Dir>, Str
     Ok((dir, state_name(user)))
 }
 
-fn load_managed(dir: &Dir, user: &UserName) -> Result<BTreeSet<String>> {
+fn load_managed(dir: &Dir, user: &UserName) -> Result<Managed> {
     let Some(data) = dir.read(&state_name(user))? else {
-        return Ok(BTreeSet::new());
+        return Ok(Managed::default());
     };
-    let m: Managed = serde_json::from_slice(&data.bytes).map_err(|e| Error::Io {
+    serde_json::from_slice(&data.bytes).map_err(|e| Error::Io {
         context: format!("reading {}", dir.display(&state_name(user)).display()),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-    })?;
-    Ok(m.fingerprints)
+    })
 }
 
-fn store_managed(dir: &Dir, user: &UserName, fps: &BTreeSet<String>) -> Result<()> {
-    let m = Managed {
-        v: 1,
-        fingerprints: fps.clone(),
-    };
+fn store_managed(dir: &Dir, user: &UserName, m: &Managed) -> Result<()> {
+    let m = Managed { v: 1, ..m.clone() };
     let mut bytes = serde_json::to_vec_pretty(&m).expect("a set of strings serializes");
     bytes.push(b'\n');
     dir.write_atomic(&state_name(user), &bytes, &Meta::new(0, 0, 0o600))
@@ -378,19 +449,26 @@ impl Edit {
 /// Apply an edit, keeping the managed-key record consistent with the file:
 /// the union of old and new record is stored before the file changes and
 /// the new record after, so a crash between the two can only leave accessd
-/// believing it owns a key it just handled — never forgetting one it added.
+/// believing it owns a key it just handled — never forgetting one it added,
+/// nor an expiry it must carry out. (A crash there can make accessd remove
+/// at its old expiry a key that the interrupted command made permanent;
+/// sending the command again settles it.)
 fn apply(
     sys: &System,
     user: &UserName,
     create: bool,
-    change: impl FnOnce(&mut AuthKeysText, &BTreeSet<String>, &mut KeysOutcome) -> BTreeSet<String>,
+    change: impl FnOnce(&mut AuthKeysText, &Managed, &mut KeysOutcome) -> Managed,
 ) -> Result<KeysOutcome> {
     let mut edit = Edit::open(sys, user, create)?;
     let state = state_dir(sys)?;
     let managed = load_managed(&state, user)?;
     let mut out = KeysOutcome::default();
     let after = change(&mut edit.text, &managed, &mut out);
-    let union: BTreeSet<String> = managed.union(&after).cloned().collect();
+    let mut union = managed.clone();
+    union
+        .fingerprints
+        .extend(after.fingerprints.iter().cloned());
+    union.expiring.extend(after.expiring.clone());
     if union != managed {
         store_managed(&state, user, &union)?;
     }
@@ -401,10 +479,39 @@ fn apply(
     Ok(out)
 }
 
+/// The record after binding `keys` (already written with their expiry, if
+/// any): a key bound again without `expires_at` no longer expires.
+fn bound(mut m: Managed, keys: &[KeyLine], expiry: Option<&Expiry>) -> Managed {
+    for k in keys {
+        match expiry {
+            Some(e) => m.expiring.insert(k.fingerprint(), e.record()),
+            None => m.expiring.remove(&k.fingerprint()),
+        };
+    }
+    m
+}
+
 pub fn add_keys(sys: &System, user: &UserName, keys: &[KeyLine]) -> Result<KeysOutcome> {
+    add_keys_until(sys, user, keys, None)
+}
+
+/// [`add_keys`], the keys ending at `expiry` when one is given: each line
+/// carries sshd's `expiry-time`, and the record says when accessd removes it.
+pub fn add_keys_until(
+    sys: &System,
+    user: &UserName,
+    keys: &[KeyLine],
+    expiry: Option<&Expiry>,
+) -> Result<KeysOutcome> {
+    let keys = match expiry {
+        Some(e) => e.lines(keys)?,
+        None => keys.to_vec(),
+    };
     apply(sys, user, true, |text, managed, out| {
-        let inserted = add_to(text, keys, out);
-        managed.iter().cloned().chain(inserted).collect()
+        let inserted = add_to(text, &keys, out);
+        let mut m = managed.clone();
+        m.fingerprints.extend(inserted);
+        bound(m, &keys, expiry)
     })
 }
 
@@ -412,24 +519,157 @@ pub fn remove_keys(sys: &System, user: &UserName, keys: &[KeySelector]) -> Resul
     let fps: BTreeSet<String> = keys.iter().map(KeySelector::fingerprint).collect();
     apply(sys, user, false, |text, managed, out| {
         out.removed = remove_from(text, &fps);
-        managed.difference(&fps).cloned().collect()
+        forget(managed, &fps)
     })
 }
 
+/// The record without the keys `fps`.
+fn forget(managed: &Managed, fps: &BTreeSet<String>) -> Managed {
+    let mut m = managed.clone();
+    m.fingerprints.retain(|f| !fps.contains(f));
+    m.expiring.retain(|f, _| !fps.contains(f));
+    m
+}
+
 pub fn replace_keys(sys: &System, user: &UserName, keys: &[KeyLine]) -> Result<KeysOutcome> {
+    replace_keys_until(sys, user, keys, None)
+}
+
+/// [`replace_keys`], the new keys ending at `expiry` when one is given.
+pub fn replace_keys_until(
+    sys: &System,
+    user: &UserName,
+    keys: &[KeyLine],
+    expiry: Option<&Expiry>,
+) -> Result<KeysOutcome> {
+    let keys = match expiry {
+        Some(e) => e.lines(keys)?,
+        None => keys.to_vec(),
+    };
     let wanted: BTreeSet<String> = keys.iter().map(KeyLine::fingerprint).collect();
     apply(sys, user, true, |text, managed, out| {
         // Keys accessd added that stay wanted are updated in place, not
         // removed and appended, so their position in the file is kept.
-        let drop: BTreeSet<String> = managed.difference(&wanted).cloned().collect();
+        let drop: BTreeSet<String> = managed.fingerprints.difference(&wanted).cloned().collect();
         out.removed = remove_from(text, &drop);
-        let inserted = add_to(text, keys, out);
-        managed
-            .intersection(&wanted)
-            .cloned()
-            .chain(inserted)
-            .collect()
+        let inserted = add_to(text, &keys, out);
+        let mut m = forget(managed, &drop);
+        m.fingerprints.extend(inserted);
+        bound(m, &keys, expiry)
     })
+}
+
+/// A key whose time had come, and what became of its line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredKey {
+    pub user: UserName,
+    pub fingerprint: String,
+    pub at: u64,
+    pub command_id: String,
+    /// Lines removed (0 when it was no longer in the file, or the user no
+    /// longer exists).
+    pub lines_removed: usize,
+}
+
+/// What a sweep did.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    pub removed: Vec<ExpiredKey>,
+    /// Users whose due keys could not be removed now (their lines still
+    /// carry `expiry-time`, so sshd refuses them anyway).
+    pub failed: Vec<(UserName, Vec<String>, Error)>,
+    /// The earliest expiry still to come, seconds since the epoch.
+    pub next: Option<u64>,
+}
+
+/// Remove every managed key whose expiry is at or before `now` (seconds
+/// since the epoch) from its user's authorized_keys and from the record.
+/// Reads only the record when nothing is due.
+pub fn expire_due(sys: &System, now: u64) -> Result<Sweep> {
+    let mut sweep = Sweep::default();
+    let Some(state) = Dir::open(&sys.state_dir)?.try_open_dir(STATE_SUBDIR)? else {
+        return Ok(sweep);
+    };
+    for name in state.list()? {
+        let Some(user) = name
+            .strip_suffix(".json")
+            .and_then(|u| UserName::parse(u).ok())
+        else {
+            continue;
+        };
+        let managed = match load_managed(&state, &user) {
+            Ok(m) => m,
+            Err(e) => {
+                sweep.failed.push((user, Vec::new(), e));
+                continue;
+            }
+        };
+        let (due, later): (Vec<_>, Vec<_>) =
+            managed.expiring.iter().partition(|(_, e)| e.at <= now);
+        if let Some(t) = later.iter().map(|(_, e)| e.at).min() {
+            sweep.next = Some(sweep.next.map_or(t, |n| n.min(t)));
+        }
+        if due.is_empty() {
+            continue;
+        }
+        let due: BTreeMap<String, Expiring> = due
+            .into_iter()
+            .map(|(f, e)| (f.clone(), e.clone()))
+            .collect();
+        let fps: BTreeSet<String> = due.keys().cloned().collect();
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let r = apply(sys, &user, false, |text, m, _| {
+            for f in &fps {
+                let one = BTreeSet::from([f.clone()]);
+                counts.insert(f.clone(), remove_from(text, &one));
+            }
+            forget(m, &fps)
+        });
+        match r {
+            Ok(_) => {}
+            Err(Error::UserNotFound(_)) => {
+                // The user is gone, and so is every line: forget the keys.
+                let m = forget(&managed, &fps);
+                if let Err(e) = store_managed(&state, &user, &m) {
+                    sweep.failed.push((user, fps.into_iter().collect(), e));
+                    continue;
+                }
+            }
+            Err(e) => {
+                sweep.failed.push((user, fps.into_iter().collect(), e));
+                continue;
+            }
+        }
+        for (fingerprint, e) in due {
+            sweep.removed.push(ExpiredKey {
+                user: user.clone(),
+                lines_removed: counts.get(&fingerprint).copied().unwrap_or(0),
+                fingerprint,
+                at: e.at,
+                command_id: e.command_id,
+            });
+        }
+    }
+    Ok(sweep)
+}
+
+/// The managed expiries of `user`'s keys, by fingerprint (read only).
+fn managed_expiries(sys: &System, user: &UserName) -> Result<BTreeMap<String, Expiring>> {
+    let Some(state) = Dir::open(&sys.state_dir)?.try_open_dir(STATE_SUBDIR)? else {
+        return Ok(BTreeMap::new());
+    };
+    Ok(load_managed(&state, user)?.expiring)
+}
+
+/// When accessd removes the managed key `fingerprint` of `user`, if it does.
+pub fn managed_expiry(sys: &System, user: &UserName, fingerprint: &str) -> Result<Option<u64>> {
+    let Some(state) = Dir::open(&sys.state_dir)?.try_open_dir(STATE_SUBDIR)? else {
+        return Ok(None);
+    };
+    Ok(load_managed(&state, user)?
+        .expiring
+        .get(fingerprint)
+        .map(|e| e.at))
 }
 
 pub fn list_keys(sys: &System, user: &UserName) -> Result<Vec<KeyInfo>> {
@@ -450,6 +690,14 @@ pub fn for_each_key(sys: &System, user: &UserName, mut visit: impl FnMut(KeyInfo
     let Some(data) = file::read_keys_file(&ssh, &owner)? else {
         return Ok(());
     };
+    let expiring = match managed_expiries(sys, user) {
+        Ok(e) => e,
+        Err(e) => {
+            // The keys are still listed; only their managed expiry is not.
+            tracing::warn!("reading the managed-key record of {user}: {e}");
+            BTreeMap::new()
+        }
+    };
     let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     for raw in data.bytes.split_inclusive(|&b| b == b'\n') {
         let Entry::Key(f) = line::split(AuthKeysText::body(raw)) else {
@@ -458,10 +706,16 @@ pub fn for_each_key(sys: &System, user: &UserName, mut visit: impl FnMut(KeyInfo
         let Ok(key) = PublicKey::decode(&lossy(f.key_type), f.blob) else {
             continue;
         };
+        let fingerprint = key.fingerprint();
         visit(KeyInfo {
             key_type: key.key_type.clone(),
             bits: key.bits,
-            fingerprint: key.fingerprint(),
+            expires_at: expiring.get(&fingerprint).map(|e| {
+                crate::protocol::format_time(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.at),
+                )
+            }),
+            fingerprint,
             comment: f.comment.map(lossy),
             options: f.options.map(lossy),
         });

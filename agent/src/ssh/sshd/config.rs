@@ -242,6 +242,14 @@ impl Config {
             let Some((dir, _)) = parent_and_name(&pattern) else {
                 continue;
             };
+            // sshd would read files this model cannot find, so nothing it
+            // says about the configuration could be trusted: refuse.
+            if dir.to_string_lossy().contains(['*', '?', '[']) {
+                return Err(Error::SshdInvalid(format!(
+                    "{} has Include {arg}: accessd reads Include wildcards in the last path component only, so it cannot see every file sshd reads; nothing was changed",
+                    self.files[file].path.display()
+                )));
+            }
             if !self.listings.contains_key(dir) {
                 let names = match root.try_open_dir(dir)? {
                     Some(d) => Some(d.list()?),
