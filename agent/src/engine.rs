@@ -110,7 +110,8 @@ struct Outcome {
 enum Ready {
     /// The hash, and whether it must be changed at the next login.
     SetPassword(UserName, CryptHash, bool),
-    StagePassword(UserName, CryptHash),
+    /// The hash, and whether it must be changed at the next login.
+    StagePassword(UserName, CryptHash, bool),
     /// The new user, its keys, and when they expire (seconds since the epoch).
     CreateUser(NewUser, Vec<authkeys::KeyLine>, Option<u64>),
     Other(Op),
@@ -279,13 +280,29 @@ impl Engine {
                         user: Some(s.user.to_string()),
                         claimed_id: None,
                     };
-                    let r = accounts::set_password(
+                    let r = accounts::set_password_with(
                         &self.sys,
                         &self.cfg.accounts(),
                         &s.user,
                         &Password::Crypt(s.hash),
+                        accounts::PasswordOptions {
+                            must_change: s.must_change,
+                        },
+                        accounts::lock::DEFAULT_TIMEOUT,
                     )
-                    .map(|()| (format!("staged password of {} applied", s.user), json!({})));
+                    .map(|set| {
+                        let mut msg = format!("staged password of {} applied", s.user);
+                        if set.must_change {
+                            msg.push_str("; it must be changed at the next login");
+                        }
+                        if set.kept_locked {
+                            msg.push_str("; the account stays locked until unlock_user");
+                        }
+                        (
+                            msg,
+                            json!({ "must_change": set.must_change, "locked": set.kept_locked }),
+                        )
+                    });
                     (s.file, out, r)
                 }
                 Err((file, e)) => {
@@ -590,26 +607,11 @@ impl Engine {
                 apply_at,
                 must_change,
             } => {
-                if must_change && apply_at == ApplyAt::NextBoot {
-                    // Staged entries do not carry the flag yet; refusing is
-                    // true, applying it without the flag would not be.
-                    return Err(Error::invalid(
-                        "must_change with apply_at next_boot is not supported by this agent yet",
-                    ));
-                }
                 let hash = self.password_hash(password)?;
                 match apply_at {
                     ApplyAt::Now => Ready::SetPassword(user, hash, must_change),
-                    ApplyAt::NextBoot => Ready::StagePassword(user, hash),
+                    ApplyAt::NextBoot => Ready::StagePassword(user, hash, must_change),
                 }
-            }
-            Op::LockUser {
-                terminate_sessions: true,
-                ..
-            } => {
-                return Err(Error::invalid(
-                    "lock_user with terminate_sessions is not supported by this agent yet",
-                ))
             }
             Op::CreateUser {
                 user,
@@ -664,7 +666,7 @@ impl Engine {
         // Commands name only root and regular users (PROTOCOL §3): one
         // check, here, for every op that acts on an existing user.
         let existing = match &ready {
-            Ready::SetPassword(u, _, _) | Ready::StagePassword(u, _) => Some(u),
+            Ready::SetPassword(u, _, _) | Ready::StagePassword(u, _, _) => Some(u),
             Ready::Other(op) => op.target_user(),
             Ready::CreateUser(..) => None,
         };
@@ -693,7 +695,7 @@ impl Engine {
                     json!({ "must_change": set.must_change, "locked": set.kept_locked }),
                 ))
             }
-            Ready::StagePassword(user, hash) => {
+            Ready::StagePassword(user, hash, must_change) => {
                 // The user exists now (checked above); a typo fails today, not at boot.
                 // Without the boot id, apply-staged could not tell this boot
                 // from the next one: refuse now rather than apply early.
@@ -701,11 +703,17 @@ impl Engine {
                     context: "reading the kernel's boot id to stage for the next boot".into(),
                     source: e,
                 })?;
-                self.staging
-                    .stage(id, &user, &hash, sys.clock.unix_secs(), &boot_id)?;
+                self.staging.stage(
+                    id,
+                    &user,
+                    &hash,
+                    sys.clock.unix_secs(),
+                    &boot_id,
+                    must_change,
+                )?;
                 Ok((
                     format!("password of {user} staged for the next boot"),
-                    json!({ "apply_at": "next_boot" }),
+                    json!({ "apply_at": "next_boot", "must_change": must_change }),
                 ))
             }
             Ready::CreateUser(spec, keys, until) => {
@@ -852,7 +860,10 @@ impl Engine {
                     };
                     Ok((format!("inventory of {n} user(s){more}"), data))
                 }
-                Op::LockUser { user, .. } => {
+                Op::LockUser {
+                    user,
+                    terminate_sessions,
+                } => {
                     let suspensions = &self.suspensions;
                     let locked = accounts::lifecycle::lock_remembering(
                         sys,
@@ -860,12 +871,39 @@ impl Engine {
                         accounts::lock::DEFAULT_TIMEOUT,
                         |previous| suspensions.remember(&user, previous),
                     )?;
-                    let msg = if locked.changed {
+                    let mut msg = if locked.changed {
                         format!("locked {user}: password disabled and account expired, so every login method is refused")
                     } else {
                         format!("{user} was locked already; nothing changed")
                     };
-                    Ok((msg, json!({ "changed": locked.changed })))
+                    let mut data = json!({ "changed": locked.changed });
+                    if terminate_sessions {
+                        // After the lock, so that no new session can start
+                        // while the old ones are ended. The lock is done and
+                        // stays done: a failure here is told, not `failed`.
+                        let ended = accounts::lookup(sys, &user).and_then(|rec| {
+                            crate::sessions::end_all(&sys.root, rec.uid, user.as_str())
+                        });
+                        match ended {
+                            Ok((ended, open)) => {
+                                msg.push_str(&format!(
+                                    "; ended {} process(es) of the user",
+                                    ended.len()
+                                ));
+                                if open > 0 {
+                                    msg.push_str(&format!(", {open} still running"));
+                                }
+                                data["sessions_ended"] = json!(ended);
+                                data["sessions_open"] = json!(open);
+                            }
+                            Err(e) => {
+                                msg.push_str(&format!("; its sessions could not be ended: {e}"));
+                                data["sessions_ended"] = json!([]);
+                                data["sessions_error"] = json!(e.to_string());
+                            }
+                        }
+                    }
+                    Ok((msg, data))
                 }
                 Op::UnlockUser { user } => {
                     let restore = self.suspensions.recall(&user)?;

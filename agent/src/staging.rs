@@ -32,6 +32,9 @@ struct Record {
     /// entries written before it was recorded.
     #[serde(default)]
     boot_id: Option<String>,
+    /// `must_change`: lastchg 0 when applied. Absent in older entries.
+    #[serde(default)]
+    must_change: bool,
 }
 
 /// One staged password change.
@@ -47,6 +50,8 @@ pub struct Staged {
     /// The boot it was staged in (`None`: an entry from before boot ids
     /// were recorded).
     pub boot_id: Option<String>,
+    /// The password must be changed at the first login after it is applied.
+    pub must_change: bool,
 }
 
 impl Staged {
@@ -81,6 +86,7 @@ impl Staging {
         hash: &CryptHash,
         now_secs: u64,
         boot_id: &str,
+        must_change: bool,
     ) -> Result<()> {
         let rec = Record {
             id: id.to_owned(),
@@ -88,6 +94,7 @@ impl Staging {
             hash: hash.as_str().to_owned(),
             staged_at: now_secs,
             boot_id: Some(boot_id.to_owned()),
+            must_change,
         };
         let digest: String = Sha256::digest(id.as_bytes())[..8]
             .iter()
@@ -126,6 +133,7 @@ impl Staging {
                         id: r.id,
                         staged_at: r.staged_at,
                         boot_id: r.boot_id,
+                        must_change: r.must_change,
                     })
                 });
             out.push(parsed.map_err(|e| (name, e)));
@@ -155,6 +163,7 @@ mod tests {
             hash: CryptHash::parse("$6$saltsaltsaltsalt$O2HS/QLzw2LXNAuEEjzBCvpTtT4/qqIzkH/QWm9fEK8jpOPPP.cUucXonsJZdFdRiwQcmf6l9V6QcO14VJNDj1").unwrap(),
             staged_at,
             boot_id: boot_id.map(str::to_owned),
+            must_change: false,
         }
     }
 

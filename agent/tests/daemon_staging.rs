@@ -234,3 +234,32 @@ fn apply_prints_one_signed_result_per_envelope_and_fails_if_any_is_not_ok() {
     );
     assert_eq!(st.code(), Some(3), "non-zero when one was not ok");
 }
+
+#[test]
+fn a_next_boot_password_with_must_change_must_be_changed_after_that_boot() {
+    if !require_root() {
+        return;
+    }
+    let m = Machine::new();
+    let d = m.start();
+    m.drop_cmd(
+        "stage-mc.json",
+        &m.sign(
+            "stage-mc",
+            "set_password",
+            json!({"user": USER, "password": {"crypt": HASH},
+                   "apply_at": "next_boot", "must_change": true}),
+        ),
+    );
+    let r = m.result("stage-mc.json");
+    assert_eq!(r.code.as_str(), "ok", "{}", r.message);
+    assert!(d.stop().success());
+
+    boot_apply_staged(&m);
+    let line = m.shadow_line(USER);
+    let f: Vec<&str> = line.split(':').collect();
+    assert_eq!((f[1], f[2]), (HASH, "0"), "applied with lastchg 0: {line}");
+    let r = m.result("staged-stage-mc.json");
+    assert_eq!(r.code.as_str(), "ok", "{}", r.message);
+    assert!(r.message.contains("must be changed"), "{}", r.message);
+}
