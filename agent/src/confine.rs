@@ -433,6 +433,19 @@ fn small_tmpfs() -> Result<c_int, Errno> {
     }
 }
 
+/// close_range(2) as a raw system call. glibc's wrapper is GLIBC_2.34, above
+/// the glibc 2.17 the packaged binaries are linked for (packaging/build.sh;
+/// the link fails otherwise); the system call is the same. Async-signal-safe,
+/// as the child after clone() needs.
+unsafe fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    libc::syscall(
+        libc::SYS_close_range,
+        libc::c_long::from(first),
+        libc::c_long::from(last),
+        libc::c_long::from(flags),
+    ) as c_int
+}
+
 fn errno_of(r: c_int) -> Result<c_int, Errno> {
     if r < 0 {
         Err(Errno::last())
@@ -697,7 +710,7 @@ fn run_step(step: &Step, fds: &ChildFds, st: &mut ChildState) -> Result<(), Errn
                         errno_of(libc::dup2(from, to))?;
                     }
                 }
-                errno_of(libc::close_range(
+                errno_of(close_range(
                     3,
                     c_uint::MAX,
                     libc::CLOSE_RANGE_CLOEXEC as c_int,
@@ -762,9 +775,9 @@ fn confined_userns() -> Result<OwnedFd, ConfineError> {
         match unsafe { nix::unistd::fork() }.map_err(fail("forking the user namespace helper"))? {
             nix::unistd::ForkResult::Child => unsafe {
                 if w > 3 {
-                    libc::close_range(3, w as c_uint - 1, 0);
+                    close_range(3, w as c_uint - 1, 0);
                 }
-                libc::close_range(w as c_uint + 1, c_uint::MAX, 0);
+                close_range(w as c_uint + 1, c_uint::MAX, 0);
                 let code = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
                     libc::write(w, b"u".as_ptr().cast(), 1);
                     loop {

@@ -613,14 +613,6 @@ impl Engine {
                     ApplyAt::NextBoot => Ready::StagePassword(user, hash, must_change),
                 }
             }
-            Op::LockUser {
-                terminate_sessions: true,
-                ..
-            } => {
-                return Err(Error::invalid(
-                    "lock_user with terminate_sessions is not supported by this agent yet",
-                ))
-            }
             Op::CreateUser {
                 user,
                 sudo,
@@ -868,7 +860,10 @@ impl Engine {
                     };
                     Ok((format!("inventory of {n} user(s){more}"), data))
                 }
-                Op::LockUser { user, .. } => {
+                Op::LockUser {
+                    user,
+                    terminate_sessions,
+                } => {
                     let suspensions = &self.suspensions;
                     let locked = accounts::lifecycle::lock_remembering(
                         sys,
@@ -876,12 +871,39 @@ impl Engine {
                         accounts::lock::DEFAULT_TIMEOUT,
                         |previous| suspensions.remember(&user, previous),
                     )?;
-                    let msg = if locked.changed {
+                    let mut msg = if locked.changed {
                         format!("locked {user}: password disabled and account expired, so every login method is refused")
                     } else {
                         format!("{user} was locked already; nothing changed")
                     };
-                    Ok((msg, json!({ "changed": locked.changed })))
+                    let mut data = json!({ "changed": locked.changed });
+                    if terminate_sessions {
+                        // After the lock, so that no new session can start
+                        // while the old ones are ended. The lock is done and
+                        // stays done: a failure here is told, not `failed`.
+                        let ended = accounts::lookup(sys, &user).and_then(|rec| {
+                            crate::sessions::end_all(&sys.root, rec.uid, user.as_str())
+                        });
+                        match ended {
+                            Ok((ended, open)) => {
+                                msg.push_str(&format!(
+                                    "; ended {} process(es) of the user",
+                                    ended.len()
+                                ));
+                                if open > 0 {
+                                    msg.push_str(&format!(", {open} still running"));
+                                }
+                                data["sessions_ended"] = json!(ended);
+                                data["sessions_open"] = json!(open);
+                            }
+                            Err(e) => {
+                                msg.push_str(&format!("; its sessions could not be ended: {e}"));
+                                data["sessions_ended"] = json!([]);
+                                data["sessions_error"] = json!(e.to_string());
+                            }
+                        }
+                    }
+                    Ok((msg, data))
                 }
                 Op::UnlockUser { user } => {
                     let restore = self.suspensions.recall(&user)?;

@@ -253,7 +253,7 @@ impl Dir {
         let mut stx: libc::statx = unsafe { std::mem::zeroed() };
         // SAFETY: valid descriptor, C string and output buffer.
         let rc = unsafe {
-            libc::statx(
+            sys_statx(
                 self.fd.as_raw_fd(),
                 cname.as_ptr(),
                 libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
@@ -525,6 +525,26 @@ impl Dir {
     }
 }
 
+/// statx(2) as a raw system call. glibc's wrapper is GLIBC_2.28, above the
+/// glibc 2.17 the packaged binaries are linked for (packaging/build.sh; the
+/// link fails otherwise); the system call is the same.
+unsafe fn sys_statx(
+    dirfd: libc::c_int,
+    path: *const libc::c_char,
+    flags: libc::c_int,
+    mask: libc::c_uint,
+    buf: *mut libc::statx,
+) -> libc::c_int {
+    libc::syscall(
+        libc::SYS_statx,
+        libc::c_long::from(dirfd),
+        path,
+        libc::c_long::from(flags),
+        libc::c_long::from(mask),
+        buf,
+    ) as libc::c_int
+}
+
 /// `statx(fd, path, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC)` (`path`
 /// empty: `fd` itself): mode and `st_dev`, from the kernel's cached
 /// attributes, so a FUSE or NFS server is never asked.
@@ -538,7 +558,7 @@ fn statx_nosync(fd: BorrowedFd<'_>, path: &[u8]) -> std::result::Result<(u32, u6
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: valid descriptor, C string and output buffer.
     let rc = unsafe {
-        libc::statx(
+        sys_statx(
             fd.as_raw_fd(),
             cpath.as_ptr(),
             flags,

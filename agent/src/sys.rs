@@ -50,6 +50,9 @@ pub struct SystemClock;
 /// Where the running kernel publishes its boot id. Not under `root`: an
 /// image being edited has no boot of its own; the boot is the host's.
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+/// Set by accessd.service and accessd-boot.service to `%b`, the boot id as
+/// PID 1 sees it (32 hex digits); preferred over [`BOOT_ID_PATH`].
+const BOOT_ID_ENV: &str = "ACCESSD_BOOT_ID";
 
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
@@ -57,6 +60,20 @@ impl Clock for SystemClock {
     }
 
     fn boot_id(&self) -> std::io::Result<String> {
+        // The units pass systemd's own boot id (`%b`): under
+        // ProtectKernelTunables=, systemd before 257 hides the per-boot
+        // boot_id that a container manager (systemd-nspawn) mounts over
+        // the kernel's, and the service would read the host's, the same
+        // at every boot of the container: next-boot passwords never
+        // applied there. Outside a container both are the same UUID.
+        if let Ok(v) = std::env::var(BOOT_ID_ENV) {
+            return parse_boot_id(&v).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{BOOT_ID_ENV} does not hold a UUID"),
+                )
+            });
+        }
         let text = std::fs::read_to_string(BOOT_ID_PATH)?;
         parse_boot_id(&text).ok_or_else(|| {
             std::io::Error::new(
@@ -76,9 +93,22 @@ impl Clock for SystemClock {
 }
 
 /// A boot id as the kernel writes it: a UUID (36 characters of hex and
-/// dashes) and a newline.
+/// dashes) and a newline; or as systemd's `%b` writes it, 32 hex digits,
+/// which is the same UUID without dashes and comes back in the kernel's
+/// form (staged entries recorded either way compare equal).
 pub fn parse_boot_id(text: &str) -> Option<String> {
     let id = text.trim_end_matches('\n');
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let d = id.to_ascii_lowercase();
+        return Some(format!(
+            "{}-{}-{}-{}-{}",
+            &d[0..8],
+            &d[8..12],
+            &d[12..16],
+            &d[16..20],
+            &d[20..32]
+        ));
+    }
     let ok = id.len() == 36
         && id.bytes().enumerate().all(|(i, b)| {
             if matches!(i, 8 | 13 | 18 | 23) {
@@ -332,6 +362,20 @@ impl std::fmt::Debug for System {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_boot_id_from_systemd_reads_as_the_kernels() {
+        // %b (what the units pass) and /proc/sys/kernel/random/boot_id name
+        // the same boot: a staged entry recorded under one must not look
+        // like another boot's under the other (it would be applied early).
+        let kernel = parse_boot_id("7317bd6b-bc7d-4375-a351-0cda40d7b6c5\n").unwrap();
+        assert_eq!(
+            parse_boot_id("7317BD6BBC7D4375A3510CDA40D7B6C5"),
+            Some(kernel)
+        );
+        assert_eq!(parse_boot_id("7317bd6bbc7d4375a3510cda40d7b6c"), None);
+        assert_eq!(parse_boot_id("%b"), None);
+    }
 
     #[test]
     fn days_since_epoch_matches_shadow_lastchg() {

@@ -104,3 +104,50 @@ fn a_must_change_password_is_asked_to_be_changed_at_the_next_login() {
     );
     assert!(shown.contains("Changing password for bob"), "{shown}");
 }
+
+#[test]
+fn lock_user_with_terminate_sessions_ends_the_live_session_and_no_new_one_starts() {
+    let Some(mut sb) = sandbox() else { return };
+    // pgrep sees every process of the machine: a uid nobody else has.
+    let uid_min = 30_000 + u32::from(sb.port) % 20_000;
+    assert!(sb
+        .sh(&format!(
+            "sed -i 's/^UID_MIN.*/UID_MIN {uid_min}/' /etc/login.defs"
+        ))
+        .ok());
+    sb.start_agent();
+    let key = sb.client_key("lockme", KeyKind::Ed25519);
+    sb.cmd("create_user")
+        .user("lockme")
+        .keys(&[&key])
+        .send()
+        .assert_ok();
+    let ssh = format!(
+        "setsid ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+         -o BatchMode=yes -o IdentitiesOnly=yes -o PasswordAuthentication=no -i {} -p {} \
+         lockme@127.0.0.1 exec sleep 600 </dev/null >/dev/null 2>&1 &",
+        key.private.display(),
+        sb.port
+    );
+    assert!(sb.sh(&ssh).ok());
+    sb.wait_for("the session's remote sleep", || {
+        sb.run(&["pgrep", "-u", "lockme", "-x", "sleep"]).ok()
+    });
+
+    let r = sb
+        .cmd("lock_user")
+        .user("lockme")
+        .args(["--terminate-sessions"])
+        .send();
+    r.assert_ok();
+    let ended = r.payload["data"]["sessions_ended"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(!ended.is_empty(), "{}", r.payload);
+    assert_eq!(r.payload["data"]["sessions_open"], 0, "{}", r.payload);
+    sb.wait_for("the session to end", || {
+        !sb.run(&["pgrep", "-u", "lockme", "-x", "sleep"]).ok()
+    });
+    sb.assert_no_key_login("lockme", &key);
+}

@@ -195,7 +195,8 @@ struct SignArgs {
     #[arg(long)]
     remove_home: bool,
     /// delete_user: end the user's running processes (SIGTERM, then
-    /// SIGKILL) instead of failing with user_busy.
+    /// SIGKILL) instead of failing with user_busy; lock_user: end them
+    /// after the lock.
     #[arg(long)]
     terminate_sessions: bool,
     /// set_sshd: PubkeyAuthentication.
@@ -404,6 +405,9 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
         }
         "lock_user" | "unlock_user" => {
             args.insert("user".into(), user()?.into());
+            if a.terminate_sessions && a.op == "lock_user" {
+                args.insert("terminate_sessions".into(), true.into());
+            }
         }
         "create_user" => {
             args.insert("user".into(), user()?.into());
@@ -507,9 +511,10 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
             (a.sudo || a.shell.is_some()) && a.op != "create_user",
             "--sudo/--shell",
         ),
+        (a.remove_home && a.op != "delete_user", "--remove-home"),
         (
-            (a.remove_home || a.terminate_sessions) && a.op != "delete_user",
-            "--remove-home/--terminate-sessions",
+            a.terminate_sessions && a.op != "delete_user" && a.op != "lock_user",
+            "--terminate-sessions",
         ),
         (
             a.keys_expire_at.is_some()
