@@ -373,8 +373,19 @@ pub fn list_users(sys: &System) -> Result<Vec<UserSummary>> {
     let etc = root.open_dir("etc")?;
     let range = RegularUids::load(&etc)?;
     let (_, passwd) = load_required(&etc, "passwd")?;
-    let shadow = load(&etc, "shadow")?.map(|(_, t)| t);
+    // Indexed once: looking each user up by a walk of shadow and group made
+    // an inventory of N users cost N^2.
+    let mut shadow: std::collections::HashMap<Vec<u8>, Vec<Vec<u8>>> = Default::default();
+    if let Some((_, t)) = load(&etc, "shadow")? {
+        for (_, f) in t.entries() {
+            if let Some(name) = f.first() {
+                // The first entry of a name is the one the system uses.
+                shadow.entry(name.clone()).or_insert_with(|| f.clone());
+            }
+        }
+    }
     let group = load(&etc, "group")?.map(|(_, t)| t);
+    let groups = sudo::GroupIndex::new(group.as_ref());
     let sudoers = sudo::Sudoers::load(&root)?;
     let mut out = Vec::new();
     for (_, f) in passwd.entries() {
@@ -382,9 +393,7 @@ pub fn list_users(sys: &System) -> Result<Vec<UserSummary>> {
         if !range.names(rec.uid) {
             continue;
         }
-        let sf = shadow
-            .as_ref()
-            .and_then(|s| s.find(&rec.name).map(|i| s.fields(i)));
+        let sf = shadow.get(rec.name.as_bytes());
         let password = match &sf {
             Some(sf) => password_state(sf.get(1).map(Vec::as_slice).unwrap_or(b"")),
             None => password_state(&f[1]),
@@ -395,10 +404,10 @@ pub fn list_users(sys: &System) -> Result<Vec<UserSummary>> {
                 .map(Vec::as_slice)
                 .unwrap_or(b"")
         };
-        let locked = sf.as_deref().is_some_and(lifecycle::is_locked);
+        let locked = sf.is_some_and(|f| lifecycle::is_locked(f));
         let expires = db::parse_num(field(7)).and_then(day_to_date);
         let must_change = field(2) == lifecycle::MUST_CHANGE_LASTCHG;
-        let who = sudo::Who::new(&rec.name, rec.uid, rec.gid, group.as_ref());
+        let who = groups.who(&rec.name, rec.uid, rec.gid);
         let sudo = !sudoers.rules_for(&who).is_empty();
         out.push(UserSummary {
             record: rec,
