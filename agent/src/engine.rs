@@ -905,6 +905,24 @@ impl Engine {
                     }
                     Ok((msg, data))
                 }
+                Op::SetSudo { user, sudo } => {
+                    let c = accounts::sudo_access::set(
+                        sys,
+                        &user,
+                        sudo,
+                        accounts::lock::DEFAULT_TIMEOUT,
+                    )?;
+                    let msg = match (c.changed, c.sudo) {
+                        (true, true) => format!("granted sudo to {user} ({})", c.grants.join(", ")),
+                        (true, false) => format!("revoked sudo of {user}"),
+                        (false, true) => format!(
+                            "{user} has sudo already ({}); nothing changed",
+                            c.grants.join(", ")
+                        ),
+                        (false, false) => format!("{user} has no sudo; nothing changed"),
+                    };
+                    Ok((msg, json!(c)))
+                }
                 Op::UnlockUser { user } => {
                     let restore = self.suspensions.recall(&user)?;
                     let u = accounts::lifecycle::unlock(

@@ -151,3 +151,110 @@ fn lock_user_with_terminate_sessions_ends_the_live_session_and_no_new_one_starts
     });
     sb.assert_no_key_login("lockme", &key);
 }
+
+/// What `sudo -l -U USER` says: may the user run commands with sudo?
+fn sudo_grants(sb: &accessd_e2e::Sandbox, user: &str) -> bool {
+    let out = sb.run(&["sudo", "-l", "-U", user]);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    if text.contains("may run the following commands") {
+        true
+    } else {
+        assert!(
+            text.contains("is not allowed to run sudo"),
+            "sudo -l -U {user} said neither: {text}"
+        );
+        false
+    }
+}
+
+/// `sudo -n true` run as `user` (no password can be typed).
+fn sudo_n_works(sb: &accessd_e2e::Sandbox, user: &str) -> bool {
+    sb.run(&["runuser", "-u", user, "--", "sudo", "-n", "true"])
+        .ok()
+}
+
+#[test]
+fn set_sudo_grants_and_revokes_as_sudo_itself_reports_it() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    // Key-only: a NOPASSWD drop-in, so `sudo -n` works.
+    sb.cmd("create_user").user("keyonly").send().assert_ok();
+    // With a password: the admin group (sudo -n asks for the password).
+    sb.cmd("create_user")
+        .user("withpw")
+        .password("Sud0-Passw0rd!")
+        .send()
+        .assert_ok();
+    for u in ["keyonly", "withpw"] {
+        assert!(!sudo_grants(&sb, u), "{u} starts without sudo");
+        let r = sb
+            .cmd("set_sudo")
+            .user(u)
+            .args(["--grant-sudo", "yes"])
+            .send();
+        r.assert_ok();
+        assert_eq!(r.payload["data"]["changed"], true, "{}", r.payload);
+        assert!(sudo_grants(&sb, u), "{u}: sudo -l -U agrees with the grant");
+        let again = sb
+            .cmd("set_sudo")
+            .user(u)
+            .args(["--grant-sudo", "yes"])
+            .send();
+        again.assert_ok();
+        assert_eq!(again.payload["data"]["changed"], false, "{}", again.payload);
+    }
+    assert!(
+        sudo_n_works(&sb, "keyonly"),
+        "NOPASSWD drop-in: sudo -n true works"
+    );
+    assert!(
+        sb.group_entry("sudo").unwrap()[3]
+            .split(',')
+            .any(|m| m == "withpw"),
+        "a user with a password joins the sudo group"
+    );
+    for u in ["keyonly", "withpw"] {
+        let r = sb
+            .cmd("set_sudo")
+            .user(u)
+            .args(["--grant-sudo", "no"])
+            .send();
+        r.assert_ok();
+        assert!(
+            !sudo_grants(&sb, u),
+            "{u}: sudo -l -U agrees with the revoke"
+        );
+    }
+    assert!(!sudo_n_works(&sb, "keyonly"));
+    assert!(
+        !sb.path("/etc/sudoers.d/keyonly").exists(),
+        "our drop-in is gone"
+    );
+}
+
+#[test]
+fn a_sudo_rule_accessd_did_not_write_survives_a_revoke_and_is_named() {
+    let Some(mut sb) = sandbox() else { return };
+    sb.start_agent();
+    sb.cmd("create_user").user("handmade").send().assert_ok();
+    sb.write(
+        "/etc/sudoers.d/90-handmade",
+        "handmade ALL=(ALL) NOPASSWD: /usr/bin/true\n",
+        0o440,
+    );
+    assert!(sudo_grants(&sb, "handmade"));
+    let group = sb.read("/etc/group");
+    let r = sb
+        .cmd("set_sudo")
+        .user("handmade")
+        .args(["--grant-sudo", "no"])
+        .send();
+    r.assert_failed("foreign_grant");
+    assert!(r.message().contains("90-handmade"), "{}", r.message());
+    assert_eq!(sb.read("/etc/group"), group, "nothing changed");
+    assert!(sb.path("/etc/sudoers.d/90-handmade").exists());
+    assert!(
+        sudo_grants(&sb, "handmade"),
+        "the hand-written rule still works"
+    );
+}

@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod lock;
 pub mod logindefs;
 pub mod sudo;
+pub mod sudo_access;
 pub mod txn;
 mod useradd;
 mod userdel;

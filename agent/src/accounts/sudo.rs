@@ -218,7 +218,7 @@ impl std::fmt::Display for Rule {
 /// decides, as in sudo). What is not: host lists (taken as matching this
 /// host) and netgroups (`+ng`, taken as not matching) — so a rule limited
 /// to other hosts is reported as a grant, never a grant as none.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Sudoers {
     aliases: std::collections::HashMap<String, String>,
     specs: Vec<(Rule, String)>,

@@ -288,10 +288,10 @@ pub fn create<T>(
 }
 
 /// The groups that grant sudo on the distributions accessd supports.
-const ADMIN_GROUPS: [&str; 2] = ["sudo", "wheel"];
+pub(super) const ADMIN_GROUPS: [&str; 2] = ["sudo", "wheel"];
 
 /// Take `name` out of the member fields `idx` of `group`'s entry.
-fn drop_member(t: &mut Table, group: &str, idx: &[usize], name: &str) {
+pub(super) fn drop_member(t: &mut Table, group: &str, idx: &[usize], name: &str) {
     let Some(i) = t.find(group) else { return };
     let mut f = t.fields(i);
     let mut changed = false;
@@ -360,7 +360,7 @@ fn free_range(t: &Table, min: u64, max: u64, count: u64) -> Option<u64> {
     (start.checked_add(count)?.saturating_sub(1) <= max).then_some(start)
 }
 
-fn add_member(t: &mut Table, group: &str, idx: usize, name: &str) {
+pub(super) fn add_member(t: &mut Table, group: &str, idx: usize, name: &str) {
     if let Some(i) = t.find(group) {
         let mut f = t.fields(i);
         if f.len() > idx {

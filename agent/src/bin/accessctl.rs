@@ -67,9 +67,11 @@ enum Cmd {
         --op add_keys --user ecs-user --key-file id_ed25519.pub --keys-expire-at 2026-12-01T18:00:00Z\n  \
         accessctl sign --key cp.key --key-id console --instance i-0abc123 --op lock_user --user bob\n  \
         accessctl sign --key cp.key --key-id console --instance i-0abc123 \\\n      \
-        --op set_password --user bob --crypt \"$HASH\" --must-change\n\n\
+        --op set_password --user bob --crypt \"$HASH\" --must-change\n  \
+        accessctl sign --key cp.key --key-id console --instance i-0abc123 \\\n      \
+        --op set_sudo --user ecs-user --grant-sudo yes\n\n\
         Ops: set_password, create_user, delete_user, add_keys, remove_keys, replace_keys,\n\
-        set_sshd, restart_sshd, inventory, lock_user, unlock_user.")]
+        set_sshd, restart_sshd, inventory, lock_user, unlock_user, set_sudo.")]
     Sign(Box<SignArgs>),
     /// Drop an envelope into an agent's inbox atomically, wait for the
     /// result in the sibling outbox, verify it and print its payload.
@@ -199,6 +201,9 @@ struct SignArgs {
     /// after the lock.
     #[arg(long)]
     terminate_sessions: bool,
+    /// set_sudo: grant (yes) or revoke (no) sudo for an existing user.
+    #[arg(long, value_enum)]
+    grant_sudo: Option<YesNo>,
     /// set_sshd: PubkeyAuthentication.
     #[arg(long, value_enum)]
     pubkey_auth: Option<YesNo>,
@@ -403,6 +408,13 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
                 args.insert("must_change".into(), true.into());
             }
         }
+        "set_sudo" => {
+            args.insert("user".into(), user()?.into());
+            let v = a
+                .grant_sudo
+                .ok_or("--op set_sudo needs --grant-sudo yes|no")?;
+            args.insert("sudo".into(), yes_no(v).into());
+        }
         "lock_user" | "unlock_user" => {
             args.insert("user".into(), user()?.into());
             if a.terminate_sessions && a.op == "lock_user" {
@@ -512,6 +524,7 @@ fn build_args(a: &SignArgs) -> CliResult<Value> {
             "--sudo/--shell",
         ),
         (a.remove_home && a.op != "delete_user", "--remove-home"),
+        (a.grant_sudo.is_some() && a.op != "set_sudo", "--grant-sudo"),
         (
             a.terminate_sessions && a.op != "delete_user" && a.op != "lock_user",
             "--terminate-sessions",

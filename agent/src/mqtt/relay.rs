@@ -235,7 +235,8 @@ struct Buf<R> {
     start: usize,
 }
 
-const CHUNK: usize = 64 * 1024;
+/// Bytes read from the broker at a time; at most about twice this is held.
+const CHUNK: usize = 16 * 1024;
 
 impl<R: AsyncRead + Unpin> Buf<R> {
     fn available(&self) -> usize {

@@ -33,6 +33,7 @@ pub const OPS: &[&str] = &[
     "inventory",
     "lock_user",
     "unlock_user",
+    "set_sudo",
 ];
 
 /// A verified, validated command.
@@ -122,6 +123,10 @@ pub enum Op {
     UnlockUser {
         user: UserName,
     },
+    SetSudo {
+        user: UserName,
+        sudo: bool,
+    },
 }
 
 impl Op {
@@ -138,6 +143,7 @@ impl Op {
             Op::Inventory(_) => "inventory",
             Op::LockUser { .. } => "lock_user",
             Op::UnlockUser { .. } => "unlock_user",
+            Op::SetSudo { .. } => "set_sudo",
         }
     }
 
@@ -151,7 +157,8 @@ impl Op {
             | Op::RemoveKeys { user, .. }
             | Op::ReplaceKeys { user, .. }
             | Op::LockUser { user, .. }
-            | Op::UnlockUser { user } => Some(user),
+            | Op::UnlockUser { user }
+            | Op::SetSudo { user, .. } => Some(user),
             Op::SetSshd { .. } | Op::RestartSshd | Op::Inventory(_) => None,
         }
     }
@@ -193,6 +200,13 @@ struct LockUserArgs {
 #[serde(deny_unknown_fields)]
 struct UserArgs {
     user: UserName,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetSudoArgs {
+    user: UserName,
+    sudo: bool,
 }
 
 #[derive(Deserialize)]
@@ -614,6 +628,13 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
         "unlock_user" => {
             let a: UserArgs = args_of(op, raw.args)?;
             Op::UnlockUser { user: a.user }
+        }
+        "set_sudo" => {
+            let a: SetSudoArgs = args_of(op, raw.args)?;
+            Op::SetSudo {
+                user: a.user,
+                sudo: a.sudo,
+            }
         }
         other => {
             return Err(invalid(format!(
