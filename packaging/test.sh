@@ -281,19 +281,29 @@ verify=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify --man=no --root="$R" "
 bad=$(printf '%s\n' "$verify" | grep -v -e '^$' -e 'ssh\.service' -e 'sshd\.service' || true)
 expect_eq "$bad" "" "systemd-analyze verify output"
 
+# chroot_proc ROOT CMD...: CMD chrooted into ROOT with a /proc of its own,
+# in a private mount namespace (gone when CMD ends), as image builders
+# (debootstrap, mmdebstrap) give their chroots. accessd reads its files
+# through /proc/self/fd (fsx: a file judged on its descriptor), so without
+# /proc `accessd identity` fails with "opening .../identity.key: No such
+# file or directory" (noted for the fsx owner: an image chroot without /proc).
+chroot_proc() {
+  local r=$1; shift
+  unshare -m --propagation private chroot "$r" /bin/sh -c 'mount -t proc proc /proc && exec "$@"' sh "$@"
+}
 section "accessd identity in a chroot (key created on first use, 0600)"
-pub1=$(chroot "$R" /usr/bin/accessd identity --config /etc/accessd/accessd.toml) || fail "accessd identity (first)"
+pub1=$(chroot_proc "$R" /usr/bin/accessd identity --config /etc/accessd/accessd.toml) || fail "accessd identity (first)"
 expect_match "$pub1" '^[A-Za-z0-9+/]{43}=$' "identity prints a base64 Ed25519 public key"
 state_files=$(cd "$R/var/lib/accessd" && find . -mindepth 1 -printf '%m %u %p\n')
 expect_match "$state_files" '^600 root ./identity.key$' "identity key file 0600 root"
 # Whatever else the agent keeps there is root's alone too.
 expect_no_match "$(printf '%s\n' "$state_files" | awk '{ print substr($1, length($1) - 1) }')" '[^0]' "state files closed to group and others"
 expect_eq "$(stat -c %a "$R/var/lib/accessd")" "700" "state dir still 0700"
-pub2=$(chroot "$R" /usr/bin/accessd identity --config /etc/accessd/accessd.toml)
+pub2=$(chroot_proc "$R" /usr/bin/accessd identity --config /etc/accessd/accessd.toml)
 expect_eq "$pub2" "$pub1" "identity is stable"
 # The image-builder reset documented in docs/install.md: delete the state dir.
 rm -rf "$R/var/lib/accessd"
-pub3=$(chroot "$R" /usr/bin/accessd identity --config /etc/accessd/accessd.toml) || fail "accessd identity after reset"
+pub3=$(chroot_proc "$R" /usr/bin/accessd identity --config /etc/accessd/accessd.toml) || fail "accessd identity after reset"
 [ "$pub3" != "$pub1" ] || fail "a reset identity must be a new key"
 ok
 expect_eq "$(mode_owner "$R/var/lib/accessd")" "700 root:root" "state dir made again 0700 after reset"
@@ -311,7 +321,7 @@ cmp -s "$R/etc/accessd/accessd.toml" "$tmp/changed.toml" || fail "upgrade replac
 ok
 expect_eq "$(mode_owner "$R/etc/accessd/accessd.toml")" "600 root:root" "config mode after upgrade"
 expect_no_match "$(cat "$tmp/dpkg.log")" 'Configuration file .* modified' "no conffile prompt: the shipped config did not change"
-expect_eq "$(chroot "$R" /usr/bin/accessd identity --config /etc/accessd/accessd.toml)" "$pub3" "identity kept across upgrade"
+expect_eq "$(chroot_proc "$R" /usr/bin/accessd identity --config /etc/accessd/accessd.toml)" "$pub3" "identity kept across upgrade"
 expect_eq "$(wanted_links "$R" | grep accessd-boot)" "$boot_wants.wants/accessd-boot.service missing" "admin-disabled unit stays disabled"
 expect_eq "$(wanted_links "$R" | grep -v accessd-boot)" "$(printf '%s\n' "$enabled_expect" | grep -v accessd-boot)" "enabled unit stays enabled"
 
@@ -328,7 +338,7 @@ ok
 ok
 dpkg_root "$R" -i "$deb"
 expect_eq "$(wanted_links "$R")" "$enabled_expect" "reinstall after remove enables both units"
-expect_eq "$(chroot "$R" /usr/bin/accessd identity --config /etc/accessd/accessd.toml)" "$pub3" "identity kept across remove + reinstall"
+expect_eq "$(chroot_proc "$R" /usr/bin/accessd identity --config /etc/accessd/accessd.toml)" "$pub3" "identity kept across remove + reinstall"
 dpkg_root "$R" -P accessd
 expect_eq "$(chroot "$R" dpkg-query -W -f '${Status}' accessd 2>/dev/null || true)" "" "purged from dpkg's database"
 after=$(snapshot "$R")
