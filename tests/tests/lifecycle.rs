@@ -70,6 +70,25 @@ fn lock_user_refuses_root() {
         .send()
         .assert_rejected("invalid_command");
     assert_eq!(sb.read("/etc/shadow"), shadow);
+    // System accounts are nobody's to lock, unlock or give sudo.
+    let group = sb.read("/etc/group");
+    for (op, extra) in [
+        ("lock_user", vec![]),
+        ("unlock_user", vec![]),
+        ("set_sudo", vec!["--grant-sudo", "yes"]),
+    ] {
+        for account in ["nobody", "daemon"] {
+            let r = sb.cmd(op).user(account).args(extra.clone()).send();
+            assert_eq!(
+                (r.status(), r.code()),
+                ("rejected", "invalid_command"),
+                "{op} {account}: {}",
+                r.payload
+            );
+        }
+    }
+    assert_eq!(sb.read("/etc/shadow"), shadow);
+    assert_eq!(sb.read("/etc/group"), group);
 }
 
 #[test]
