@@ -583,6 +583,46 @@ assert any(e.get("RESULT_CODE") == "unknown_key" for e in claimed), "no unknown_
 EOF
 }
 
+ck_lock_unlock() {
+  run alice_key_back ok --op add_keys --user alice --key-file "$cp/alice1.pub"
+  login_ok alice key alice1
+  run lock_alice ok --op lock_user --user alice
+  expect_eq "$(awk -F: '$1 == "alice" { print $8 }' "$R/etc/shadow")" 1 "alice's account expiry after lock_user"
+  login_refused alice key alice1
+  login_refused alice pw "$PW_ALICE"
+  run unlock_alice ok --op unlock_user --user alice
+  login_ok alice key alice1
+  login_ok alice pw "$PW_ALICE"
+}
+
+ck_set_sudo() {
+  local out
+  run sudo_off ok --op set_sudo --user alice --grant-sudo no
+  out=$(c sudo -l -U alice 2>&1 || true)
+  say "sudo -l -U alice after the revoke: $out"
+  printf '%s' "$out" | grep -q 'is not allowed to run sudo' || fail "sudo -l -U alice still grants after set_sudo no"
+  out=$(ssh_key alice alice1 'sudo -n id -un' || true)
+  say "sudo -n id -un as alice after the revoke: $out"
+  [ "$(printf '%s\n' "$out" | tail -n 1)" != root ] || fail "sudo -n still works after set_sudo no"
+  run sudo_on ok --op set_sudo --user alice --grant-sudo yes
+  out=$(c sudo -l -U alice 2>&1 || true)
+  say "sudo -l -U alice after the grant: $out"
+  printf '%s' "$out" | grep -q 'may run the following commands' || fail "sudo -l -U alice does not grant after set_sudo yes"
+}
+
+ck_key_expiry() {
+  local at
+  at=$(date -u -d '+8 seconds' +%Y-%m-%dT%H:%M:%SZ)
+  run alice_expiring ok --op add_keys --user alice --key-file "$cp/alice2.pub" --keys-expire-at "$at"
+  grep -n 'expiry-time' "$R/home/alice/.ssh/authorized_keys" || fail "no expiry-time option written"
+  login_ok alice key alice2
+  sleep 11
+  login_refused alice key alice2
+  ! grep -q "$(awk '{print $2}' "$cp/alice2.pub")" "$R/home/alice/.ssh/authorized_keys" \
+    || fail "the expired key's line is still in authorized_keys"
+  login_ok alice key alice1
+}
+
 ck_delete_user() {
   run delete_alice ok --op delete_user --user alice --remove-home
   login_refused alice pw "$PW_ALICE"
@@ -775,6 +815,9 @@ for REL in "${releases[@]}"; do
   check "journalctl COMMAND_ID: every documented field" ck_journal_fields
   check "systemctl reload: new key only after it; a broken config keeps the old" ck_reload
   check "journal: an unverified command's id only as CLAIMED_COMMAND_ID" ck_journal_claimed_id
+  check "lock_user: key and password refused; unlock_user: both work again" ck_lock_unlock
+  check "set_sudo no/yes: sudo -l -U and sudo -n agree" ck_set_sudo
+  check "add_keys --keys-expire-at: logs in before, refused after, line removed" ck_key_expiry
   check "delete_user --remove-home: login refused, home and grant gone" ck_delete_user
   check "set_password next_boot: staged, not applied" ck_nextboot_staged
   check "next-boot password not applied by systemctl restart accessd" ck_nextboot_not_on_restart
