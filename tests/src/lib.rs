@@ -1040,6 +1040,51 @@ impl Sandbox {
         run_with(&mut cmd, None, COMMAND_TIMEOUT)
     }
 
+    /// Give users created from now on a uid range of this sandbox's own
+    /// (`UID_MIN`): `pgrep -u` sees every process of the machine, parallel
+    /// sandboxes' users included. Returns the new UID_MIN.
+    pub fn private_uid_range(&self) -> u32 {
+        let uid_min = 30_000 + u32::from(self.port) % 20_000;
+        assert!(self
+            .sh(&format!(
+                "sed -i 's/^UID_MIN.*/UID_MIN {uid_min}/' /etc/login.defs"
+            ))
+            .ok());
+        uid_min
+    }
+
+    /// A session that stays: `ssh USER@127.0.0.1 exec sleep 600` with `key`,
+    /// in the background inside the sandbox (its teardown kills what is
+    /// left); returns once the remote sleep runs.
+    pub fn start_live_session(&self, user: &str, key: &ClientKey) {
+        let ssh = format!(
+            "setsid ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+             -o BatchMode=yes -o IdentitiesOnly=yes -o PasswordAuthentication=no -i {} -p {} \
+             {user}@127.0.0.1 exec sleep 600 </dev/null >/dev/null 2>&1 &",
+            key.private.display(),
+            self.port
+        );
+        assert!(self.sh(&ssh).ok());
+        self.wait_for("the session's remote sleep", || {
+            self.run(&["pgrep", "-u", user, "-x", "sleep"]).ok()
+        });
+    }
+
+    /// What `sudo -l -U USER` says: may the user run commands with sudo?
+    pub fn sudo_grants(&self, user: &str) -> bool {
+        let out = self.run(&["sudo", "-l", "-U", user]);
+        let text = format!("{}{}", out.stdout, out.stderr);
+        if text.contains("may run the following commands") {
+            true
+        } else {
+            assert!(
+                text.contains("is not allowed to run sudo"),
+                "sudo -l -U {user} said neither: {text}"
+            );
+            false
+        }
+    }
+
     pub fn assert_key_login(&self, user: &str, key: &ClientKey) {
         let l = self.try_key_login(user, key);
         assert!(

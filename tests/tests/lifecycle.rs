@@ -127,13 +127,7 @@ fn a_must_change_password_is_asked_to_be_changed_at_the_next_login() {
 #[test]
 fn lock_user_with_terminate_sessions_ends_the_live_session_and_no_new_one_starts() {
     let Some(mut sb) = sandbox() else { return };
-    // pgrep sees every process of the machine: a uid nobody else has.
-    let uid_min = 30_000 + u32::from(sb.port) % 20_000;
-    assert!(sb
-        .sh(&format!(
-            "sed -i 's/^UID_MIN.*/UID_MIN {uid_min}/' /etc/login.defs"
-        ))
-        .ok());
+    sb.private_uid_range();
     sb.start_agent();
     let key = sb.client_key("lockme", KeyKind::Ed25519);
     sb.cmd("create_user")
@@ -141,17 +135,7 @@ fn lock_user_with_terminate_sessions_ends_the_live_session_and_no_new_one_starts
         .keys(&[&key])
         .send()
         .assert_ok();
-    let ssh = format!(
-        "setsid ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-         -o BatchMode=yes -o IdentitiesOnly=yes -o PasswordAuthentication=no -i {} -p {} \
-         lockme@127.0.0.1 exec sleep 600 </dev/null >/dev/null 2>&1 &",
-        key.private.display(),
-        sb.port
-    );
-    assert!(sb.sh(&ssh).ok());
-    sb.wait_for("the session's remote sleep", || {
-        sb.run(&["pgrep", "-u", "lockme", "-x", "sleep"]).ok()
-    });
+    sb.start_live_session("lockme", &key);
 
     let r = sb
         .cmd("lock_user")
@@ -169,21 +153,6 @@ fn lock_user_with_terminate_sessions_ends_the_live_session_and_no_new_one_starts
         !sb.run(&["pgrep", "-u", "lockme", "-x", "sleep"]).ok()
     });
     sb.assert_no_key_login("lockme", &key);
-}
-
-/// What `sudo -l -U USER` says: may the user run commands with sudo?
-fn sudo_grants(sb: &accessd_e2e::Sandbox, user: &str) -> bool {
-    let out = sb.run(&["sudo", "-l", "-U", user]);
-    let text = format!("{}{}", out.stdout, out.stderr);
-    if text.contains("may run the following commands") {
-        true
-    } else {
-        assert!(
-            text.contains("is not allowed to run sudo"),
-            "sudo -l -U {user} said neither: {text}"
-        );
-        false
-    }
 }
 
 /// `sudo -n true` run as `user` (no password can be typed).
@@ -205,7 +174,7 @@ fn set_sudo_grants_and_revokes_as_sudo_itself_reports_it() {
         .send()
         .assert_ok();
     for u in ["keyonly", "withpw"] {
-        assert!(!sudo_grants(&sb, u), "{u} starts without sudo");
+        assert!(!sb.sudo_grants(u), "{u} starts without sudo");
         let r = sb
             .cmd("set_sudo")
             .user(u)
@@ -213,7 +182,7 @@ fn set_sudo_grants_and_revokes_as_sudo_itself_reports_it() {
             .send();
         r.assert_ok();
         assert_eq!(r.payload["data"]["changed"], true, "{}", r.payload);
-        assert!(sudo_grants(&sb, u), "{u}: sudo -l -U agrees with the grant");
+        assert!(sb.sudo_grants(u), "{u}: sudo -l -U agrees with the grant");
         let again = sb
             .cmd("set_sudo")
             .user(u)
@@ -239,10 +208,7 @@ fn set_sudo_grants_and_revokes_as_sudo_itself_reports_it() {
             .args(["--grant-sudo", "no"])
             .send();
         r.assert_ok();
-        assert!(
-            !sudo_grants(&sb, u),
-            "{u}: sudo -l -U agrees with the revoke"
-        );
+        assert!(!sb.sudo_grants(u), "{u}: sudo -l -U agrees with the revoke");
     }
     assert!(!sudo_n_works(&sb, "keyonly"));
     assert!(
@@ -261,7 +227,7 @@ fn a_sudo_rule_accessd_did_not_write_survives_a_revoke_and_is_named() {
         "handmade ALL=(ALL) NOPASSWD: /usr/bin/true\n",
         0o440,
     );
-    assert!(sudo_grants(&sb, "handmade"));
+    assert!(sb.sudo_grants("handmade"));
     let group = sb.read("/etc/group");
     let r = sb
         .cmd("set_sudo")
@@ -273,7 +239,7 @@ fn a_sudo_rule_accessd_did_not_write_survives_a_revoke_and_is_named() {
     assert_eq!(sb.read("/etc/group"), group, "nothing changed");
     assert!(sb.path("/etc/sudoers.d/90-handmade").exists());
     assert!(
-        sudo_grants(&sb, "handmade"),
+        sb.sudo_grants("handmade"),
         "the hand-written rule still works"
     );
 }

@@ -232,21 +232,6 @@ fn deleting_a_user_with_its_home_locks_it_out_and_leaves_root_alone() {
     sb.assert_key_login("root", &root_key);
 }
 
-/// `sudo -l -U user` in the sandbox: does sudo itself grant `user` anything?
-fn sudo_grants(sb: &Sandbox, user: &str) -> bool {
-    let out = sb.run(&["sudo", "-l", "-U", user]);
-    let text = format!("{}{}", out.stdout, out.stderr);
-    if text.contains("may run the following commands") {
-        true
-    } else {
-        assert!(
-            text.contains("is not allowed to run sudo"),
-            "sudo -l -U {user} said neither: {text}"
-        );
-        false
-    }
-}
-
 /// Inventory's `sudo` for each user it lists.
 fn inventory_sudo(sb: &Sandbox) -> std::collections::BTreeMap<String, bool> {
     let r = sb.cmd("inventory").send();
@@ -276,7 +261,7 @@ fn a_user_created_without_sudo_never_inherits_sudo() {
         .args(["--sudo"])
         .send()
         .assert_ok();
-    assert!(sudo_grants(&sb, "carol"));
+    assert!(sb.sudo_grants("carol"));
     sb.run_ok(&["userdel", "-r", "carol"]);
     assert!(
         sb.lstat("/etc/sudoers.d/carol").is_some(),
@@ -287,7 +272,7 @@ fn a_user_created_without_sudo_never_inherits_sudo() {
     r.assert_ok();
     assert!(r.payload["data"]["sudo"].is_null(), "{}", r.payload);
     assert!(
-        !sudo_grants(&sb, "carol"),
+        !sb.sudo_grants("carol"),
         "the new carol inherited the old carol's sudo"
     );
 
@@ -299,7 +284,7 @@ fn a_user_created_without_sudo_never_inherits_sudo() {
         .any(|m| m == "dave"));
     sb.cmd("create_user").user("dave").send().assert_ok();
     assert!(
-        !sudo_grants(&sb, "dave"),
+        !sb.sudo_grants("dave"),
         "dave got sudo from a stale membership"
     );
 
@@ -334,7 +319,7 @@ fn a_user_created_without_sudo_never_inherits_sudo() {
     for user in ["root", "carol", "dave", "frank", "gina"] {
         assert_eq!(
             inv.get(user).copied(),
-            Some(sudo_grants(&sb, user)),
+            Some(sb.sudo_grants(user)),
             "inventory and sudo -l -U disagree about {user}: {inv:?}"
         );
     }
@@ -344,14 +329,7 @@ fn a_user_created_without_sudo_never_inherits_sudo() {
 #[test]
 fn deleting_a_user_with_a_live_ssh_session() {
     let Some(mut sb) = sandbox() else { return };
-    // pgrep sees every process of the machine, parallel sandboxes' users
-    // included: give this user a uid nobody else is likely to have.
-    let uid_min = 30_000 + u32::from(sb.port) % 20_000;
-    assert!(sb
-        .sh(&format!(
-            "sed -i 's/^UID_MIN.*/UID_MIN {uid_min}/' /etc/login.defs"
-        ))
-        .ok());
+    let uid_min = sb.private_uid_range();
     sb.start_agent();
     let key = sb.client_key("busyuser", KeyKind::Ed25519);
     sb.cmd("create_user")
@@ -363,19 +341,7 @@ fn deleting_a_user_with_a_live_ssh_session() {
     let uid = sb.passwd_entry("busyuser").unwrap()[2].clone();
     assert_eq!(uid, uid_min.to_string(), "login.defs' UID_MIN was not used");
 
-    // A session that stays: a remote sleep, started in the background
-    // inside the sandbox (its teardown kills whatever is left).
-    let ssh = format!(
-        "setsid ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-         -o BatchMode=yes -o IdentitiesOnly=yes -o PasswordAuthentication=no -i {} -p {} \
-         busyuser@127.0.0.1 exec sleep 600 </dev/null >/dev/null 2>&1 &",
-        key.private.display(),
-        sb.port
-    );
-    assert!(sb.sh(&ssh).ok());
-    sb.wait_for("the session's remote sleep", || {
-        sb.run(&["pgrep", "-u", "busyuser", "-x", "sleep"]).ok()
-    });
+    sb.start_live_session("busyuser", &key);
 
     let passwd = sb.read("/etc/passwd");
     let shadow = sb.read("/etc/shadow");
@@ -466,7 +432,7 @@ fn inventory_sudo_agrees_with_sudo_on_every_kind_of_rule() {
     for u in ["root", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"] {
         assert_eq!(
             inv.get(u).copied(),
-            Some(sudo_grants(&sb, u)),
+            Some(sb.sudo_grants(u)),
             "inventory and sudo -l -U disagree about {u}: {inv:?}"
         );
     }

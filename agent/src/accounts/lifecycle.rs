@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{load_required, lock, open_etc, txn};
+use super::{load_required, lock, open_etc, shadow_index, txn};
 use crate::error::{Error, Result};
 use crate::names::UserName;
 use crate::sys::System;
@@ -191,17 +191,7 @@ fn edit_shadow<T>(
     let out = {
         let _locks = lock::Locks::acquire(&etc, &["passwd", "shadow"], lock_timeout)?;
         let (data, mut shadow) = load_required(&etc, "shadow")?;
-        let Some(i) = shadow.find(user.as_str()) else {
-            let (_, passwd) = load_required(&etc, "passwd")?;
-            return Err(if passwd.contains(user.as_str()) {
-                Error::invalid(format!(
-                    "user {user} has no entry in {}; run pwconv first",
-                    etc.display("shadow").display()
-                ))
-            } else {
-                Error::UserNotFound(user.to_string())
-            });
-        };
+        let i = shadow_index(&etc, &shadow, user)?;
         let (new, out) = edit(&shadow.fields(i))?;
         if let Some(new) = new {
             shadow.set_fields(i, &new);

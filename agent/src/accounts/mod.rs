@@ -226,17 +226,7 @@ pub fn set_password_with(
         // chpasswd locks passwd, then shadow.
         let _locks = lock::Locks::acquire(&etc, &["passwd", "shadow"], lock_timeout)?;
         let (data, mut shadow) = load_required(&etc, "shadow")?;
-        let Some(i) = shadow.find(user.as_str()) else {
-            let (_, passwd) = load_required(&etc, "passwd")?;
-            return Err(if passwd.contains(user.as_str()) {
-                Error::invalid(format!(
-                    "user {user} has no entry in {}; run pwconv first",
-                    etc.display("shadow").display()
-                ))
-            } else {
-                Error::UserNotFound(user.to_string())
-            });
-        };
+        let i = shadow_index(&etc, &shadow, user)?;
         let mut f = shadow.fields(i);
         if f.len() < 3 {
             f.resize(9, Vec::new());
@@ -470,6 +460,23 @@ fn malformed(etc: &Dir, file: &str, name: &str) -> Error {
         ),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed line"),
     }
+}
+
+/// The line of `user` in shadow (read under the locks): `user_not_found`
+/// when passwd has no such user either, else an error that says what to do.
+fn shadow_index(etc: &Dir, shadow: &db::Table, user: &UserName) -> Result<usize> {
+    if let Some(i) = shadow.find(user.as_str()) {
+        return Ok(i);
+    }
+    let (_, passwd) = load_required(etc, "passwd")?;
+    Err(if passwd.contains(user.as_str()) {
+        Error::invalid(format!(
+            "user {user} has no entry in {}; run pwconv first",
+            etc.display("shadow").display()
+        ))
+    } else {
+        Error::UserNotFound(user.to_string())
+    })
 }
 
 fn resolve_password(cfg: &AccountsConfig, pw: &Password) -> Result<CryptHash> {
