@@ -983,13 +983,17 @@ impl Sandbox {
         Login::from(user, self.run(&argv))
     }
 
-    /// Try `sshpass ssh user@127.0.0.1 id -un` with a password. The password
-    /// travels in the environment (`sshpass -e`), not in argv.
-    pub fn try_password_login(&self, user: &str, password: &str) -> Login {
+    /// `sshpass -e ssh [-tt] user@127.0.0.1 id -un`, run in the sandbox, the
+    /// password in the environment (`sshpass -e`), never in argv. `prefix`
+    /// goes before sshpass (a `timeout`), `ssh_flags` right after `ssh`.
+    fn password_ssh(&self, user: &str, password: &str, prefix: &[&str], ssh_flags: &[&str]) -> Out {
         let mut cmd = Command::new("nsenter");
         cmd.arg("-t")
             .arg(self.pid.to_string())
-            .args(["-m", "-w", "--", "sshpass", "-e", "ssh"])
+            .args(["-m", "-w", "--"])
+            .args(prefix)
+            .args(["sshpass", "-e", "ssh"])
+            .args(ssh_flags)
             .args(self.ssh_base())
             .args([
                 "-o",
@@ -1007,7 +1011,12 @@ impl Sandbox {
             .env("HOME", "/root")
             .env("LC_ALL", "C")
             .env("SSHPASS", password);
-        Login::from(user, run_with(&mut cmd, None, COMMAND_TIMEOUT))
+        run_with(&mut cmd, None, COMMAND_TIMEOUT)
+    }
+
+    /// Try `sshpass ssh user@127.0.0.1 id -un` with a password.
+    pub fn try_password_login(&self, user: &str, password: &str) -> Login {
+        Login::from(user, self.password_ssh(user, password, &[], &[]))
     }
 
     /// A password login on a terminal (`ssh -tt`), as a person logs in:
@@ -1016,28 +1025,7 @@ impl Sandbox {
     /// prompt for the new password) ends at the time limit. Returns what the
     /// terminal showed.
     pub fn password_login_on_a_tty(&self, user: &str, password: &str) -> Out {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg("-t")
-            .arg(self.pid.to_string())
-            .args([
-                "-m", "-w", "--", "timeout", "20", "sshpass", "-e", "ssh", "-tt",
-            ])
-            .args(self.ssh_base())
-            .args([
-                "-o",
-                "PubkeyAuthentication=no",
-                "-o",
-                "PreferredAuthentications=password,keyboard-interactive",
-                "-o",
-                "NumberOfPasswordPrompts=1",
-                &format!("{user}@127.0.0.1"),
-                "id",
-                "-un",
-            ])
-            .env("HOME", "/root")
-            .env("LC_ALL", "C")
-            .env("SSHPASS", password);
-        run_with(&mut cmd, None, COMMAND_TIMEOUT)
+        self.password_ssh(user, password, &["timeout", "20"], &["-tt"])
     }
 
     /// Give users created from now on a uid range of this sandbox's own
