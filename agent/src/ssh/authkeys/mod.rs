@@ -491,6 +491,14 @@ fn bound(mut m: Managed, keys: &[KeyLine], expiry: Option<&Expiry>) -> Managed {
     m
 }
 
+/// The lines to write: with `expiry`, each carries sshd's `expiry-time`.
+fn lines_until(keys: &[KeyLine], expiry: Option<&Expiry>) -> Result<Vec<KeyLine>> {
+    match expiry {
+        Some(e) => e.lines(keys),
+        None => Ok(keys.to_vec()),
+    }
+}
+
 pub fn add_keys(sys: &System, user: &UserName, keys: &[KeyLine]) -> Result<KeysOutcome> {
     add_keys_until(sys, user, keys, None)
 }
@@ -503,10 +511,7 @@ pub fn add_keys_until(
     keys: &[KeyLine],
     expiry: Option<&Expiry>,
 ) -> Result<KeysOutcome> {
-    let keys = match expiry {
-        Some(e) => e.lines(keys)?,
-        None => keys.to_vec(),
-    };
+    let keys = lines_until(keys, expiry)?;
     apply(sys, user, true, |text, managed, out| {
         let inserted = add_to(text, &keys, out);
         let mut m = managed.clone();
@@ -542,10 +547,7 @@ pub fn replace_keys_until(
     keys: &[KeyLine],
     expiry: Option<&Expiry>,
 ) -> Result<KeysOutcome> {
-    let keys = match expiry {
-        Some(e) => e.lines(keys)?,
-        None => keys.to_vec(),
-    };
+    let keys = lines_until(keys, expiry)?;
     let wanted: BTreeSet<String> = keys.iter().map(KeyLine::fingerprint).collect();
     apply(sys, user, true, |text, managed, out| {
         // Keys accessd added that stay wanted are updated in place, not
