@@ -172,7 +172,7 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
 }
 
 fn make_temp_dir() -> Result<PathBuf> {
-    let name = format!("accessd-demo-{}", hex(&random32()[..6]));
+    let name = format!("accessd-demo-{}", crate::hex::encode(&random32()[..6]));
     let p = std::env::temp_dir().join(name);
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -323,8 +323,4 @@ fn random32() -> [u8; 32] {
     let mut b = [0u8; 32];
     getrandom::getrandom(&mut b).expect("the OS random number generator failed");
     b
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
