@@ -40,32 +40,9 @@ use crate::staging::Staging;
 use crate::suspensions::Suspensions;
 use crate::sys::System;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Ok,
-    Rejected,
-    Failed,
-}
-
-/// What happened to one envelope: the signed result to deliver, and the
-/// fields the daemon logs (never a secret).
-#[derive(Debug, Clone)]
-pub struct Handled {
-    /// The signed result envelope, serialized JSON (one line, no newline).
-    pub envelope: Vec<u8>,
-    /// The command's id, once its signature has verified (`COMMAND_ID`).
-    pub id: Option<String>,
-    /// The id an envelope claims when it was not verified (bad signature,
-    /// unknown key, malformed): for `CLAIMED_COMMAND_ID` only, never in the
-    /// result.
-    pub claimed_id: Option<String>,
-    pub op: Option<String>,
-    pub target_user: Option<String>,
-    pub status: Status,
-    pub code: Code,
-    pub message: String,
-}
+// The outcome types belong to the protocol (a result carries them); they are
+// re-exported here because the engine is what produces them.
+pub use crate::protocol::result::{Handled, Status};
 
 pub struct Engine {
     cfg: Config,
@@ -460,7 +437,7 @@ impl Engine {
             )));
         }
         let envelope = Envelope::parse(bytes)?;
-        out.claimed_id = envelope.claimed_id();
+        out.claimed_id = command::claimed_id(envelope.unverified_payload());
         let (keyid, payload) = envelope.verify(COMMAND_TYPE, &self.trusted)?;
         (out.id, out.op) = command::peek(&payload);
         tracing::debug!(

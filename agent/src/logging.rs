@@ -23,7 +23,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::engine::{Handled, Status};
+use crate::protocol::result::{Handled, Status};
 
 /// journald `MESSAGE_ID`s (128-bit, fixed forever: tools filter on them).
 pub mod message_id {
@@ -183,9 +183,8 @@ pub fn key_expiry_failed(
 /// with the outcome. Only an id of the protocol's shape is returned (it is
 /// attacker-controlled until verified; the shape keeps it a harmless token).
 pub fn claimed_command_id(envelope: &[u8]) -> Option<String> {
-    crate::protocol::dsse::Envelope::parse(envelope)
-        .ok()?
-        .claimed_id()
+    let envelope = crate::protocol::dsse::Envelope::parse(envelope).ok()?;
+    crate::protocol::command::claimed_id(envelope.unverified_payload())
 }
 
 #[cfg(test)]

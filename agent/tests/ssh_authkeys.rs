@@ -2,6 +2,9 @@
 //! oracle for fingerprints and parsing. Needs root (chown to test uids) and
 //! ssh-keygen; under CI=true their absence fails the test.
 
+#[path = "gate/mod.rs"]
+mod gate;
+
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -30,11 +33,7 @@ fn ready() -> bool {
         return true;
     }
     let why = format!("needs root ({root}) and ssh-keygen ({keygen})");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{why}");
-    }
-    eprintln!("skipping: {why}");
-    false
+    gate::require(false, &why)
 }
 
 struct Env {

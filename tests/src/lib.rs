@@ -53,8 +53,11 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// True when running under CI (`CI=true`), where nothing may be skipped.
 pub fn in_ci() -> bool {
-    matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
+    gate::in_ci()
 }
+
+#[path = "../../agent/tests/gate/mod.rs"]
+mod gate;
 
 fn preflight() -> &'static Result<(), String> {
     static PREFLIGHT: OnceLock<Result<(), String>> = OnceLock::new();
@@ -1928,6 +1931,24 @@ mod unit {
         for t in [0, 951_782_400, 1_709_164_800, 4_107_542_399, now] {
             let date = host_ok(&["date", "-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%SZ"]);
             assert_eq!(rfc3339_at(t), date.trim(), "t = {t}");
+        }
+    }
+
+    /// One rule for every suite: `CI=false` or `CI=0` in a developer's shell
+    /// is a local run (one suite treated any value as CI, another did not
+    /// accept `1`).
+    #[test]
+    fn only_true_or_1_in_ci_means_ci() {
+        for (v, ci) in [
+            (None, false),
+            (Some("true"), true),
+            (Some("TRUE"), true),
+            (Some("1"), true),
+            (Some("false"), false),
+            (Some("0"), false),
+            (Some(""), false),
+        ] {
+            assert_eq!(gate::ci_value_means_ci(v), ci, "CI={v:?}");
         }
     }
 

@@ -49,9 +49,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::config::MqttConfig;
-use crate::daemon::{Handler, Spool};
 use crate::error::Result;
-use crate::logging;
 use backoff::Backoff;
 use options::{Connection, Topics};
 use pending::Pending;
@@ -119,25 +117,6 @@ struct Answer {
     publish: rumqttc::Publish,
     /// `None`: the apply loop dropped the command without a result.
     result: Option<Vec<u8>>,
-}
-
-/// The daemon's half of the hand-over, on its single serial apply path:
-/// handle the envelope, make the result durable as `outbox/NAME.json` (the
-/// same routine as for inbox files), then let the transport acknowledge the
-/// command and publish the result. An error (the outbox cannot be written)
-/// leaves the command unacknowledged, so the broker delivers it again.
-pub fn apply(cmd: MqttCommand, handler: &mut dyn Handler, spool: &mut Spool) -> Result<()> {
-    let name = format!("{}.json", cmd.name);
-    logging::received(
-        &name,
-        logging::claimed_command_id(&cmd.envelope).as_deref(),
-        cmd.envelope.len(),
-    );
-    let handled = handler.handle(&cmd.envelope);
-    logging::outcome(&name, &handled);
-    spool.answer(&name, &handled)?;
-    cmd.answered(handled.envelope);
-    Ok(())
 }
 
 /// Start the transport for the daemon when `[mqtt]` is configured. Must be

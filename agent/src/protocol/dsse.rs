@@ -126,12 +126,12 @@ impl Envelope {
         })
     }
 
-    /// The command id the payload claims, for `CLAIMED_COMMAND_ID` only:
-    /// read before any signature is checked, so it proves nothing. Only an
-    /// id of the protocol's shape is returned, so an attacker's bytes cannot
-    /// forge log fields through it.
-    pub fn claimed_id(&self) -> Option<String> {
-        super::command::claimed_id(&self.payload)
+    /// The payload before any signature is checked: for reading a claimed
+    /// id into a log field (`command::claimed_id`), never for acting on.
+    /// (The envelope layer does not read payloads itself: it sits below the
+    /// command layer.)
+    pub fn unverified_payload(&self) -> &[u8] {
+        &self.payload
     }
 
     /// Check that the payloadType is `expected_type` and that at least one

@@ -3,8 +3,34 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::engine::Status;
 use crate::error::Code;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Rejected,
+    Failed,
+}
+
+/// What happened to one envelope: the signed result to deliver, and the
+/// fields the daemon logs (never a secret).
+#[derive(Debug, Clone)]
+pub struct Handled {
+    /// The signed result envelope, serialized JSON (one line, no newline).
+    pub envelope: Vec<u8>,
+    /// The command's id, once its signature has verified (`COMMAND_ID`).
+    pub id: Option<String>,
+    /// The id an envelope claims when it was not verified (bad signature,
+    /// unknown key, malformed): for `CLAIMED_COMMAND_ID` only, never in the
+    /// result.
+    pub claimed_id: Option<String>,
+    pub op: Option<String>,
+    pub target_user: Option<String>,
+    pub status: Status,
+    pub code: Code,
+    pub message: String,
+}
 
 /// Exactly the fields of PROTOCOL §4, in that order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
