@@ -218,6 +218,10 @@ pub fn build_root(root: &Path) -> Result<()> {
 /// Drop `env` in the inbox the way the protocol says (hidden name, then
 /// rename) and wait for its answer in the outbox.
 fn send(state: &Path, name: &str, env: &[u8]) -> Result<Vec<u8>> {
+    send_within(state, name, env, Duration::from_secs(60))
+}
+
+fn send_within(state: &Path, name: &str, env: &[u8], wait: Duration) -> Result<Vec<u8>> {
     let inbox = state.join("inbox");
     let tmp = inbox.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, env).ctx(|| format!("writing {}", tmp.display()))?;
@@ -225,13 +229,17 @@ fn send(state: &Path, name: &str, env: &[u8]) -> Result<Vec<u8>> {
     let result = state.join("outbox").join(name);
     let start = Instant::now();
     // The demo is a client: it simply looks every few milliseconds.
-    while start.elapsed() < Duration::from_secs(60) {
+    while start.elapsed() < wait {
         if let Ok(bytes) = std::fs::read(&result) {
             return Ok(bytes);
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Err(Error::invalid(format!("no answer for {name} within 60 s")))
+    Err(Error::Timeout(format!(
+        "no answer for {name} in {} within {} s; is the agent running?",
+        state.join("outbox").display(),
+        wait.as_secs()
+    )))
 }
 
 /// Verify a result envelope with the agent's key and summarise it.
@@ -323,4 +331,21 @@ fn random32() -> [u8; 32] {
     let mut b = [0u8; 32];
     getrandom::getrandom(&mut b).expect("the OS random number generator failed");
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Code;
+
+    #[test]
+    fn a_demo_timeout_is_not_reported_as_an_invalid_command() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["inbox", "outbox"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        let e = send_within(dir.path(), "c1.json", b"{}", Duration::from_millis(20)).unwrap_err();
+        assert_ne!(e.code(), Code::InvalidCommand, "{e}");
+        assert!(e.to_string().contains("no answer for c1.json"), "{e}");
+    }
 }
