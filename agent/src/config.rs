@@ -5,7 +5,6 @@
 //! Errors are startup errors: they carry the file's path and say what to fix.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::VerifyingKey;
@@ -151,9 +150,9 @@ pub const MAX_RESULT_BYTES: usize = 1000 * 1024;
 
 /// A config or key error: a startup problem, reported with the file it is in.
 fn config_error(path: &Path, msg: impl std::fmt::Display) -> Error {
-    Error::Io {
-        context: format!("configuration {}", path.display()),
-        source: io::Error::new(io::ErrorKind::InvalidData, msg.to_string()),
+    Error::Config {
+        path: path.to_path_buf(),
+        message: msg.to_string(),
     }
 }
 
@@ -366,11 +365,26 @@ pub fn read_private_file(path: &Path, what: &str) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Code;
 
     const KEY: &str = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
 
     fn parse(text: &str) -> Result<Config> {
         Config::parse_str(text, Path::new("/etc/accessd/accessd.toml"))
+    }
+
+    #[test]
+    fn a_bad_config_file_error_names_the_file_and_line_and_is_not_an_io_error() {
+        let e = parse("instance_id = \"i\"\nbogus = 1\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("configuration /etc/accessd/accessd.toml: "),
+            "{msg}"
+        );
+        assert!(msg.contains("line 2"), "{msg}");
+        // A config mistake is not an I/O failure: no synthesised io::Error under it.
+        assert!(std::error::Error::source(&e).is_none(), "{e:?}");
+        assert_eq!(e.code(), Code::IoError);
     }
 
     #[test]

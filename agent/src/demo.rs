@@ -172,7 +172,7 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
 }
 
 fn make_temp_dir() -> Result<PathBuf> {
-    let name = format!("accessd-demo-{}", hex(&random32()[..6]));
+    let name = format!("accessd-demo-{}", crate::hex::encode(&random32()[..6]));
     let p = std::env::temp_dir().join(name);
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -218,6 +218,10 @@ pub fn build_root(root: &Path) -> Result<()> {
 /// Drop `env` in the inbox the way the protocol says (hidden name, then
 /// rename) and wait for its answer in the outbox.
 fn send(state: &Path, name: &str, env: &[u8]) -> Result<Vec<u8>> {
+    send_within(state, name, env, Duration::from_secs(60))
+}
+
+fn send_within(state: &Path, name: &str, env: &[u8], wait: Duration) -> Result<Vec<u8>> {
     let inbox = state.join("inbox");
     let tmp = inbox.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, env).ctx(|| format!("writing {}", tmp.display()))?;
@@ -225,13 +229,17 @@ fn send(state: &Path, name: &str, env: &[u8]) -> Result<Vec<u8>> {
     let result = state.join("outbox").join(name);
     let start = Instant::now();
     // The demo is a client: it simply looks every few milliseconds.
-    while start.elapsed() < Duration::from_secs(60) {
+    while start.elapsed() < wait {
         if let Ok(bytes) = std::fs::read(&result) {
             return Ok(bytes);
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Err(Error::invalid(format!("no answer for {name} within 60 s")))
+    Err(Error::Timeout(format!(
+        "no answer for {name} in {} within {} s; is the agent running?",
+        state.join("outbox").display(),
+        wait.as_secs()
+    )))
 }
 
 /// Verify a result envelope with the agent's key and summarise it.
@@ -325,6 +333,19 @@ fn random32() -> [u8; 32] {
     b
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Code;
+
+    #[test]
+    fn a_demo_timeout_is_not_reported_as_an_invalid_command() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["inbox", "outbox"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        let e = send_within(dir.path(), "c1.json", b"{}", Duration::from_millis(20)).unwrap_err();
+        assert_ne!(e.code(), Code::InvalidCommand, "{e}");
+        assert!(e.to_string().contains("no answer for c1.json"), "{e}");
+    }
 }

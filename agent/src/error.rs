@@ -122,6 +122,16 @@ pub enum Error {
     SshdInvalid(String),
     #[error("restarting the ssh service failed: {0}")]
     RestartFailed(String),
+    /// A configuration or key file is wrong: a startup problem, not I/O.
+    /// The message names the file so the journal says what to fix.
+    #[error("configuration {}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    /// A client waited for an answer that did not come (the demo's outbox).
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// A condition the code relies on did not hold (a bug, not bad input).
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -150,6 +160,9 @@ impl Error {
             Error::LockTimeout(_) => Code::LockTimeout,
             Error::SshdInvalid(_) => Code::SshdInvalid,
             Error::RestartFailed(_) => Code::RestartFailed,
+            // Neither is a verdict on the command; the protocol has no
+            // closer code than io_error for "the agent could not do it".
+            Error::Config { .. } | Error::Timeout(_) | Error::Internal(_) => Code::IoError,
             Error::Io { .. } => Code::IoError,
         }
     }

@@ -686,7 +686,7 @@ fn mount_fs_type(dev: u64) -> Option<String> {
 fn random_suffix() -> String {
     let mut b = [0u8; 6];
     getrandom::getrandom(&mut b).expect("the OS random number generator failed");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::hex::encode(&b)
 }
 
 fn get_xattr(fd: BorrowedFd<'_>, name: &str) -> Option<Vec<u8>> {

@@ -28,6 +28,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod fsx;
+pub mod hex;
 pub mod identity;
 pub mod inventory;
 pub mod logging;

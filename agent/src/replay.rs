@@ -82,10 +82,7 @@ pub struct ReplayStore {
 }
 
 fn file_name(id: &str) -> String {
-    Sha256::digest(id.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex::encode(&Sha256::digest(id.as_bytes()))
 }
 
 fn secs(t: SystemTime) -> u64 {

@@ -96,10 +96,7 @@ impl Staging {
             boot_id: Some(boot_id.to_owned()),
             must_change,
         };
-        let digest: String = Sha256::digest(id.as_bytes())[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = crate::hex::encode(&Sha256::digest(id.as_bytes())[..8]);
         let name = format!("{now_secs:020}-{digest}.json");
         let data = zeroize::Zeroizing::new(serde_json::to_vec(&rec).expect("a record serializes"));
         let euid = nix::unistd::geteuid().as_raw();

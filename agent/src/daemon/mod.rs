@@ -461,5 +461,29 @@ pub fn staged_result_name(h: &Handled, index: usize) -> String {
     }
 }
 
+/// The daemon's half of the MQTT hand-over, on its single serial apply path
+/// (here and not in `mqtt`, which knows neither the spool nor the handler):
+/// handle the envelope, make the result durable as `outbox/NAME.json` (the
+/// same routine as for inbox files), then let the transport acknowledge the
+/// command and publish the result. An error (the outbox cannot be written)
+/// leaves the command unacknowledged, so the broker delivers it again.
+fn apply_mqtt(
+    cmd: crate::mqtt::MqttCommand,
+    handler: &mut dyn Handler,
+    spool: &mut Spool,
+) -> Result<()> {
+    let name = format!("{}.json", cmd.name);
+    logging::received(
+        &name,
+        logging::claimed_command_id(&cmd.envelope).as_deref(),
+        cmd.envelope.len(),
+    );
+    let handled = handler.handle(&cmd.envelope);
+    logging::outcome(&name, &handled);
+    spool.answer(&name, &handled)?;
+    cmd.answered(handled.envelope);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

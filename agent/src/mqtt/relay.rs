@@ -93,9 +93,7 @@ impl Relay {
             source: io::Error::other(e.to_string()),
         })?;
         let mut marker = b"\0accessd-relay-dropped:".to_vec();
-        for b in nonce {
-            marker.extend_from_slice(format!("{b:02x}").as_bytes());
-        }
+        marker.extend_from_slice(crate::hex::encode(&nonce).as_bytes());
         marker.push(b':');
         let last_error = Arc::new(Mutex::new(None));
         let upstream = Arc::new(upstream);

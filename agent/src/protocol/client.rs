@@ -65,8 +65,7 @@ impl CommandSpec {
 pub fn random_id() -> String {
     let mut b = [0u8; 8];
     getrandom::getrandom(&mut b).expect("the OS random number generator failed");
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("c-{hex}")
+    format!("c-{}", crate::hex::encode(&b))
 }
 
 /// The X25519 public key that secrets for this agent are sealed to: the
