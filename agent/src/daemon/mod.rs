@@ -250,30 +250,6 @@ async fn tick(t: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// The daemon's half of the MQTT hand-over (here, not in mqtt, so the
-/// transport depends on neither the daemon nor the engine), on its single serial apply path:
-/// handle the envelope, make the result durable as `outbox/NAME.json` (the
-/// same routine as for inbox files), then let the transport acknowledge the
-/// command and publish the result. An error (the outbox cannot be written)
-/// leaves the command unacknowledged, so the broker delivers it again.
-fn apply_mqtt(
-    cmd: crate::mqtt::MqttCommand,
-    handler: &mut dyn Handler,
-    spool: &mut Spool,
-) -> Result<()> {
-    let name = format!("{}.json", cmd.name);
-    logging::received(
-        &name,
-        logging::claimed_command_id(&cmd.envelope).as_deref(),
-        cmd.envelope.len(),
-    );
-    let handled = handler.handle(&cmd.envelope);
-    logging::outcome(&name, &handled);
-    spool.answer(&name, &handled)?;
-    cmd.answered(handled.envelope);
-    Ok(())
-}
-
 fn watch_error(inbox: &Path, e: impl std::fmt::Display) -> Error {
     Error::Io {
         context: format!("watching {}", inbox.display()),
