@@ -20,6 +20,7 @@ use crate::daemon::{self, Control, Spool};
 use crate::engine::Engine;
 use crate::error::{Error, IoContext, Result};
 use crate::protocol::client::{sealed_password, verify_result, CommandSpec};
+use crate::state_dir::{StateDir, INBOX, OUTBOX};
 use crate::sys::System;
 
 const INSTANCE: &str = "i-demo";
@@ -99,7 +100,8 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
             .build()
             .ctx(|| "starting the async runtime".into())?;
         rt.block_on(async move {
-            let mut spool = Spool::open(&daemon_cfg.state_dir, daemon_cfg.outbox.clone())?;
+            let state = StateDir::open(&daemon_cfg.state_dir)?;
+            let mut spool = Spool::open(&state, daemon_cfg.outbox.clone())?;
             let _ = ready_tx.send(());
             let mut reload = || Err(Error::invalid("the demo does not reload"));
             daemon::run(&mut engine, &mut spool, daemon_cfg, &mut reload, ctl_rx).await
@@ -108,7 +110,10 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
     let _ = ready_rx.recv_timeout(Duration::from_secs(10));
     w(
         out,
-        format!("4. daemon started, watching {}/inbox\n\n", state.display()),
+        format!(
+            "4. daemon started, watching {}\n\n",
+            state.join(INBOX).display()
+        ),
     )?;
 
     let agent_key = crate::config::parse_public_key(&agent_pub)
@@ -167,7 +172,7 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
         Ok(r) => r?,
         Err(_) => return Err(Error::invalid("the daemon thread panicked")),
     }
-    w(out, format!("\ndaemon stopped. Results are in {}/outbox; the audit log went to stderr (journald under systemd).\n", state.display()))?;
+    w(out, format!("\ndaemon stopped. Results are in {}; the audit log went to stderr (journald under systemd).\n", state.join(OUTBOX).display()))?;
     Ok(())
 }
 
@@ -222,11 +227,11 @@ fn send(state: &Path, name: &str, env: &[u8]) -> Result<Vec<u8>> {
 }
 
 fn send_within(state: &Path, name: &str, env: &[u8], wait: Duration) -> Result<Vec<u8>> {
-    let inbox = state.join("inbox");
+    let inbox = state.join(INBOX);
     let tmp = inbox.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, env).ctx(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, inbox.join(name)).ctx(|| format!("renaming into {}", inbox.display()))?;
-    let result = state.join("outbox").join(name);
+    let result = state.join(OUTBOX).join(name);
     let start = Instant::now();
     // The demo is a client: it simply looks every few milliseconds.
     while start.elapsed() < wait {
@@ -237,7 +242,7 @@ fn send_within(state: &Path, name: &str, env: &[u8], wait: Duration) -> Result<V
     }
     Err(Error::Timeout(format!(
         "no answer for {name} in {} within {} s; is the agent running?",
-        state.join("outbox").display(),
+        state.join(OUTBOX).display(),
         wait.as_secs()
     )))
 }
@@ -341,7 +346,7 @@ mod tests {
     #[test]
     fn a_demo_timeout_is_not_reported_as_an_invalid_command() {
         let dir = tempfile::tempdir().unwrap();
-        for d in ["inbox", "outbox"] {
+        for d in [INBOX, OUTBOX] {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
         let e = send_within(dir.path(), "c1.json", b"{}", Duration::from_millis(20)).unwrap_err();

@@ -26,8 +26,7 @@ use serde_json::{json, Value};
 use crate::accounts::{self, CryptHash, NewUser, Password};
 use crate::config::Config;
 use crate::error::{Code, Error, Result};
-use crate::fsx::Dir;
-use crate::identity::{open_state_dir, Identity};
+use crate::identity::Identity;
 use crate::names::UserName;
 use crate::protocol::command::{self, ApplyAt, Command, Op, PasswordArg};
 use crate::protocol::dsse::{self, Envelope};
@@ -37,6 +36,7 @@ use crate::replay::ReplayStore;
 use crate::secret::Secret;
 use crate::ssh::{authkeys, sshd};
 use crate::staging::Staging;
+use crate::state_dir::StateDir;
 use crate::suspensions::Suspensions;
 use crate::sys::System;
 
@@ -52,7 +52,7 @@ pub struct Engine {
     replay: ReplayStore,
     staging: Staging,
     suspensions: Suspensions,
-    _state: Dir,
+    _state: StateDir,
     expiry: ExpiryState,
 }
 
@@ -105,7 +105,7 @@ impl Engine {
         if trusted.is_empty() {
             tracing::warn!("no [trust] key is configured: every command will be refused");
         }
-        let state = open_state_dir(&sys.state_dir)?;
+        let state = StateDir::open(&sys.state_dir)?;
         let identity = Identity::load_or_create(&state)?;
         let replay = ReplayStore::open(&state)?;
         let staging = Staging::open(&state)?;

@@ -134,6 +134,18 @@ impl Dir {
         self.path.join(name)
     }
 
+    /// Another handle on the same directory (a duplicated descriptor).
+    pub fn try_clone(&self) -> Result<Dir> {
+        Ok(Dir {
+            fd: self
+                .fd
+                .try_clone()
+                .ctx(|| format!("duplicating descriptor of {}", self.path.display()))?,
+            path: self.path.clone(),
+            dev: self.dev,
+        })
+    }
+
     pub fn stat(&self) -> Result<FileStat> {
         fstat(self.fd.as_fd()).ctx(|| format!("stat {}", self.path.display()))
     }
@@ -144,14 +156,7 @@ impl Dir {
     /// component is `Ok(None)`.
     pub fn try_open_dir(&self, rel: impl AsRef<Path>) -> Result<Option<Dir>> {
         let rel = rel.as_ref();
-        let mut cur = Dir {
-            fd: self
-                .fd
-                .try_clone()
-                .ctx(|| format!("duplicating descriptor of {}", self.path.display()))?,
-            path: self.path.clone(),
-            dev: self.dev,
-        };
+        let mut cur = self.try_clone()?;
         for comp in rel.components() {
             let name = match comp {
                 Component::RootDir | Component::CurDir => continue,

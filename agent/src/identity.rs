@@ -7,95 +7,18 @@
 //! starting at once end with one key (the loser reads the winner's).
 
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
-use nix::errno::Errno;
-use nix::fcntl::AtFlags;
-use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
 use zeroize::Zeroizing;
 
-use crate::error::{Error, IoContext, Result};
-use crate::fsx::{Dir, Meta};
-
-pub const IDENTITY_FILE: &str = "identity.key";
+use crate::error::{Error, Result};
+use crate::state_dir::{private_file_meta, write_new, StateDir, IDENTITY_KEY};
 
 fn state_error(path: &Path, msg: String) -> Error {
     Error::Io {
         context: format!("state directory {}", path.display()),
         source: io::Error::new(io::ErrorKind::PermissionDenied, msg),
-    }
-}
-
-/// Create (0700) or open the state directory. An existing one that group
-/// or others can write, or that another user owns, is refused: it holds the
-/// identity and the replay record.
-pub fn open_state_dir(path: &Path) -> Result<Dir> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .ctx(|| format!("creating state directory {}", path.display()))?;
-    let dir = Dir::open(path)?;
-    let st = dir.stat()?;
-    if st.st_mode & 0o022 != 0 {
-        return Err(state_error(
-            path,
-            format!(
-                "mode {:04o} is writable by group or others",
-                st.st_mode & 0o7777
-            ),
-        ));
-    }
-    let euid = nix::unistd::geteuid().as_raw();
-    if st.st_uid != euid {
-        return Err(state_error(
-            path,
-            format!("owned by uid {}, not {euid}", st.st_uid),
-        ));
-    }
-    Ok(dir)
-}
-
-/// Open (or create with `mode` 0700) the subdirectory `name` of `dir`.
-pub fn sub_dir(dir: &Dir, name: &str) -> Result<Dir> {
-    if let Some(d) = dir.try_open_dir(name)? {
-        return Ok(d);
-    }
-    let euid = nix::unistd::geteuid().as_raw();
-    let egid = nix::unistd::getegid().as_raw();
-    match dir.create_dir(name, &Meta::new(euid, egid, 0o700)) {
-        Ok(d) => Ok(d),
-        // Someone else created it between the two calls.
-        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
-            dir.open_dir(name)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Write `data` to `name` in `dir` only if `name` does not exist yet,
-/// atomically (never a partial file) and durably. Returns `false` if it
-/// already existed (nothing written).
-pub fn write_new(dir: &Dir, name: &str, data: &[u8], meta: &Meta) -> Result<bool> {
-    let tmp = format!(".new-{name}-{}", crate::protocol::client::random_id());
-    dir.write_atomic(&tmp, data, meta)?;
-    let linked = linkat(
-        dir.as_fd(),
-        tmp.as_str(),
-        dir.as_fd(),
-        name,
-        AtFlags::empty(),
-    );
-    let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-    match linked {
-        Ok(()) => {
-            dir.sync()?;
-            Ok(true)
-        }
-        Err(Errno::EEXIST) => Ok(false),
-        Err(e) => Err(e).ctx(|| format!("publishing {}", dir.display(name).display())),
     }
 }
 
@@ -105,7 +28,8 @@ pub struct Identity {
 
 impl Identity {
     /// Load `identity.key` from `state`, creating it on first use.
-    pub fn load_or_create(state: &Dir) -> Result<Identity> {
+    pub fn load_or_create(state: &StateDir) -> Result<Identity> {
+        let state = state.dir();
         if let Some(id) = Self::load(state)? {
             return Ok(id);
         }
@@ -118,24 +42,17 @@ impl Identity {
             "{}\n",
             crate::protocol::dsse::encode_b64(seed.as_ref())
         ));
-        let euid = nix::unistd::geteuid().as_raw();
-        let egid = nix::unistd::getegid().as_raw();
-        write_new(
-            state,
-            IDENTITY_FILE,
-            text.as_bytes(),
-            &Meta::new(euid, egid, 0o600),
-        )?;
+        write_new(state, IDENTITY_KEY, text.as_bytes(), &private_file_meta())?;
         // Whether we won the race or not, the file on disk is the identity.
         Self::load(state)?.ok_or_else(|| Error::Io {
-            context: format!("reading {}", state.display(IDENTITY_FILE).display()),
+            context: format!("reading {}", state.display(IDENTITY_KEY).display()),
             source: io::Error::from(io::ErrorKind::NotFound),
         })
     }
 
-    fn load(state: &Dir) -> Result<Option<Identity>> {
-        let path = state.display(IDENTITY_FILE);
-        let Some(data) = state.read(IDENTITY_FILE)? else {
+    fn load(state: &crate::fsx::Dir) -> Result<Option<Identity>> {
+        let path = state.display(IDENTITY_KEY);
+        let Some(data) = state.read(IDENTITY_KEY)? else {
             return Ok(None);
         };
         let bytes = Zeroizing::new(data.bytes);
@@ -186,7 +103,7 @@ mod tests {
     #[test]
     fn identity_is_created_once_0600_and_reloaded() {
         let tmp = tempfile::tempdir().unwrap();
-        let state = open_state_dir(&tmp.path().join("state")).unwrap();
+        let state = StateDir::open(&tmp.path().join("state")).unwrap();
         let a = Identity::load_or_create(&state).unwrap();
         let b = Identity::load_or_create(&state).unwrap();
         assert_eq!(a.public_key_b64(), b.public_key_b64());
@@ -195,7 +112,7 @@ mod tests {
         let md = std::fs::metadata(tmp.path().join("state")).unwrap();
         assert_eq!(md.mode() & 0o777, 0o700);
         // No temporary files are left behind.
-        assert_eq!(state.list().unwrap(), vec![IDENTITY_FILE.to_string()]);
+        assert_eq!(state.dir().list().unwrap(), vec![IDENTITY_KEY.to_string()]);
     }
 
     #[test]
@@ -209,7 +126,7 @@ mod tests {
             let hs: Vec<_> = (0..8)
                 .map(|_| {
                     s.spawn(|| {
-                        let d = open_state_dir(&path).unwrap();
+                        let d = StateDir::open(&path).unwrap();
                         Identity::load_or_create(&d).unwrap().public_key_b64()
                     })
                 })
@@ -223,18 +140,10 @@ mod tests {
     fn a_readable_identity_key_is_refused() {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
-        let state = open_state_dir(tmp.path()).unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
         Identity::load_or_create(&state).unwrap();
-        let p = tmp.path().join(IDENTITY_FILE);
+        let p = tmp.path().join(IDENTITY_KEY);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(Identity::load_or_create(&state).is_err());
-    }
-
-    #[test]
-    fn a_world_writable_state_dir_is_refused() {
-        use std::os::unix::fs::PermissionsExt;
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(open_state_dir(tmp.path()).is_err());
     }
 }

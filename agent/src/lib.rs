@@ -15,7 +15,9 @@
 //! - [`daemon`]: `<state_dir>/inbox` → engine → `<state_dir>/outbox`, signals, systemd.
 //! - [`logging`]: stderr or journald, and the audit events (`MESSAGE_ID`s).
 //! - [`protocol`]: DSSE envelopes, typed commands, results, and the client half.
-//! - [`identity`], [`replay`], [`staging`]: the agent's state directory.
+//! - [`state_dir`]: the state directory's layout, trust check and private
+//!   subdirectories; [`identity`], [`replay`], [`staging`], [`suspensions`]
+//!   keep their records in it.
 //! - [`inventory`]: the `inventory` op's report.
 //! - [`sessions`]: a user's processes, found and ended through pidfds.
 //! - [`mqtt`]: fleet delivery through an MQTT broker (transport and client).
@@ -40,5 +42,6 @@ pub mod secret;
 pub mod sessions;
 pub mod ssh;
 pub mod staging;
+pub mod state_dir;
 pub mod suspensions;
 pub mod sys;

@@ -41,11 +41,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::fsx::{Dir, Meta};
-use crate::identity::{sub_dir, write_new};
+use crate::fsx::Dir;
+use crate::state_dir::{private_file_meta, write_new, StateDir};
 use crate::sys::Clock;
-
-pub const REPLAY_DIR: &str = "replay";
 
 /// How often pruning runs at most (it lists the directory).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
@@ -91,18 +89,10 @@ fn secs(t: SystemTime) -> u64 {
         .as_secs()
 }
 
-fn meta() -> Meta {
-    Meta::new(
-        nix::unistd::geteuid().as_raw(),
-        nix::unistd::getegid().as_raw(),
-        0o600,
-    )
-}
-
 impl ReplayStore {
-    pub fn open(state: &Dir) -> Result<ReplayStore> {
+    pub fn open(state: &StateDir) -> Result<ReplayStore> {
         Ok(ReplayStore {
-            dir: sub_dir(state, REPLAY_DIR)?,
+            dir: state.replay()?,
             last_prune: None,
         })
     }
@@ -125,7 +115,7 @@ impl ReplayStore {
             since_boot: Some(clock.since_boot().as_secs()),
         };
         let data = serde_json::to_vec(&rec).expect("a record serializes");
-        if write_new(&self.dir, &file_name(id), &data, &meta())? {
+        if write_new(&self.dir, &file_name(id), &data, &private_file_meta())? {
             Ok(())
         } else {
             Err(Error::Replayed(id.to_owned()))
@@ -192,7 +182,7 @@ impl ReplayStore {
                     rec.boot_id = Some(boot_id.clone());
                     rec.since_boot = Some(since_boot);
                     let data = serde_json::to_vec(&rec).expect("a record serializes");
-                    self.dir.write_atomic(&name, &data, &meta())?;
+                    self.dir.write_atomic(&name, &data, &private_file_meta())?;
                     stamped = true;
                 }
             }
@@ -216,7 +206,7 @@ mod tests {
     #[test]
     fn ids_are_remembered_across_reopen_and_pruned_after_both_clocks_pass_the_window() {
         let tmp = tempfile::tempdir().unwrap();
-        let state = Dir::open(tmp.path()).unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let clock = TestClock::at(t0);
         let w = Window {
@@ -243,11 +233,15 @@ mod tests {
     #[test]
     fn a_record_in_the_old_format_is_stamped_and_kept_a_whole_span() {
         let tmp = tempfile::tempdir().unwrap();
-        let state = Dir::open(tmp.path()).unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
         let mut s = ReplayStore::open(&state).unwrap();
         let name = file_name("c-old");
         s.dir
-            .write_atomic(&name, br#"{"id":"c-old","expires_at":1000}"#, &meta())
+            .write_atomic(
+                &name,
+                br#"{"id":"c-old","expires_at":1000}"#,
+                &private_file_meta(),
+            )
             .unwrap();
         let clock = TestClock::at(UNIX_EPOCH + Duration::from_secs(1_000_000));
         assert_eq!(s.prune(&clock, SKEW, MAX_TTL).unwrap(), 0, "stamped, kept");

@@ -7,32 +7,25 @@
 //! account expired.
 
 use crate::error::{Error, Result};
-use crate::fsx::{Dir, Meta};
-use crate::identity::sub_dir;
+use crate::fsx::Dir;
 use crate::names::UserName;
-
-pub const LOCKS_DIR: &str = "locks";
+use crate::state_dir::{private_file_meta, StateDir};
 
 pub struct Suspensions {
     dir: Dir,
 }
 
 impl Suspensions {
-    pub fn open(state: &Dir) -> Result<Suspensions> {
+    pub fn open(state: &StateDir) -> Result<Suspensions> {
         Ok(Suspensions {
-            dir: sub_dir(state, LOCKS_DIR)?,
+            dir: state.locks()?,
         })
     }
 
     /// Remember `expire` as what `user`'s lock replaced (atomically, durably).
     pub fn remember(&self, user: &UserName, expire: &str) -> Result<()> {
-        let euid = nix::unistd::geteuid().as_raw();
-        let egid = nix::unistd::getegid().as_raw();
-        self.dir.write_atomic(
-            user.as_str(),
-            expire.as_bytes(),
-            &Meta::new(euid, egid, 0o600),
-        )
+        self.dir
+            .write_atomic(user.as_str(), expire.as_bytes(), &private_file_meta())
     }
 
     /// The expiry `user`'s lock replaced, if one is remembered.

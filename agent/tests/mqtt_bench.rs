@@ -56,8 +56,9 @@ async fn bench_mqtt_fleet() {
             let state = dir.join("agents").join(&id);
             std::fs::create_dir_all(&state).unwrap();
             let cfg = agent_config(&dir, &broker.url(false), &id);
+            let state_dir = accessd::state_dir::StateDir::open(&state).unwrap();
             let (rx, handle) =
-                accessd::mqtt::spawn(&cfg, &id, &state, 64 * 1024, fast_backoff()).unwrap();
+                accessd::mqtt::spawn(&cfg, &id, &state_dir, 64 * 1024, fast_backoff()).unwrap();
             tokio::spawn(apply_loop(
                 rx,
                 state,

@@ -127,7 +127,8 @@ fn read_input(f: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
 
 fn apply_staged(config: &Path) -> accessd::error::Result<bool> {
     let (cfg, mut engine) = engine(config)?;
-    let mut spool = Spool::open(&cfg.state_dir, cfg.outbox.clone())?;
+    let state = accessd::state_dir::StateDir::open(&cfg.state_dir)?;
+    let mut spool = Spool::open(&state, cfg.outbox.clone())?;
     // Every entry answered (a failed one with its signed result and an
     // error event) is the job done: exit 0, so that the boot unit does not
     // leave the boot `degraded` over a user deleted since.

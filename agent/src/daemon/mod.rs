@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::engine::{Engine, Handled};
 use crate::error::{Error, IoContext, Result};
 use crate::logging;
+use crate::state_dir::StateDir;
 use crate::sys::System;
 
 pub use spool::{Outcome, Spool};
@@ -114,12 +115,13 @@ pub fn serve(config_path: &Path) -> Result<()> {
         .ctx(|| "starting the async runtime".into())?;
     rt.block_on(async {
         let control = signals()?;
-        let mut spool = Spool::open(&cfg.state_dir, cfg.outbox.clone())?;
+        let state = StateDir::open(&cfg.state_dir)?;
+        let mut spool = Spool::open(&state, cfg.outbox.clone())?;
         let mut engine = Engine::new(cfg.clone(), sys)?;
         let path = config_path.to_path_buf();
         let mut reload = move || Config::load(&path);
         // MQTT (issue 7): its commands join the same serial apply path.
-        let mqtt = crate::mqtt::start_for(&cfg)?;
+        let mqtt = crate::mqtt::start_for(&cfg, &state)?;
         let (mqtt_rx, mqtt_handle) = mqtt.map_or((None, None), |(rx, h)| (Some(rx), Some(h)));
         let r = run_with(&mut engine, &mut spool, cfg, &mut reload, control, mqtt_rx).await;
         if let Some(h) = mqtt_handle {

@@ -17,11 +17,10 @@ use nix::sys::stat::FileStat;
 
 use crate::config::OutboxConfig;
 use crate::engine::Handled;
-use std::os::unix::fs::DirBuilderExt;
-
-use crate::error::{Code, IoContext, Result};
+use crate::error::{Code, Result};
 use crate::fsx::{Dir, Meta};
 use crate::logging;
+use crate::state_dir::{private_file_meta, StateDir};
 
 use super::Handler;
 
@@ -66,54 +65,16 @@ fn is_regular(st: &FileStat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFREG
 }
 
-/// Open `state_dir/name`, creating it 0700 (owned by us) when missing. An
-/// existing directory is tightened to 0700: results are signed but may say
-/// which users exist.
-fn open_private_dir(state: &Dir, name: &str, meta: &Meta) -> Result<Dir> {
-    let dir = match state.try_open_dir(name)? {
-        Some(d) => d,
-        None => match state.create_dir(name, meta) {
-            Ok(d) => d,
-            // Created by a concurrent `accessd apply-staged` between our two calls.
-            Err(e) if matches!(&e, crate::error::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists) => {
-                state.open_dir(name)?
-            }
-            Err(e) => return Err(e),
-        },
-    };
-    dir.set_meta(meta.uid, meta.gid, 0o700)?;
-    Ok(dir)
-}
-
 impl Spool {
-    /// Open (creating 0700 where missing) `state_dir`, `state_dir/inbox` and
-    /// `state_dir/outbox`.
-    pub fn open(state_dir: &Path, cfg: OutboxConfig) -> Result<Spool> {
-        let meta = Meta::new(
-            nix::unistd::geteuid().as_raw(),
-            nix::unistd::getegid().as_raw(),
-            0o700,
-        );
-        if !state_dir.exists() {
-            // The state directory is the operator's (a trusted path, like
-            // the root); only what we create in it is made private here.
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(state_dir)
-                .ctx(|| format!("creating state directory {}", state_dir.display()))?;
-        }
-        let state = Dir::open(state_dir)?;
-        let inbox = open_private_dir(&state, "inbox", &meta)?;
-        let outbox = open_private_dir(&state, "outbox", &meta)?;
+    /// Open (creating 0700 where missing, see [`StateDir`]) the inbox and
+    /// the outbox. Results are signed but may say which users exist, so
+    /// both are private.
+    pub fn open(state: &StateDir, cfg: OutboxConfig) -> Result<Spool> {
         Ok(Spool {
-            inbox,
-            outbox,
+            inbox: state.inbox()?,
+            outbox: state.outbox()?,
             cfg,
-            meta: Meta {
-                mode: 0o600,
-                ..meta
-            },
+            meta: private_file_meta(),
             written_since_scan: 0,
             count_at_scan: 0,
             oldest_at_scan: None,

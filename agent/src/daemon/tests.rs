@@ -13,6 +13,7 @@ use super::*;
 use crate::config::OutboxConfig;
 use crate::engine::Status;
 use crate::error::Code;
+use crate::state_dir::StateDir;
 
 /// Answers `result:<input>` and remembers every input and reconfiguration.
 #[derive(Clone, Default)]
@@ -137,7 +138,7 @@ fn start_with(
             .build()
             .unwrap();
         rt.block_on(async {
-            let mut spool = Spool::open(&state, cfg.outbox.clone())?;
+            let mut spool = Spool::open(&StateDir::open(&state)?, cfg.outbox.clone())?;
             let good = cfg.clone();
             let mut reload = move || {
                 if reload_ok {
@@ -176,7 +177,7 @@ fn seen(r: &Recorder) -> Vec<String> {
 fn new_state() -> (tempfile::TempDir, PathBuf) {
     let t = tempfile::tempdir().unwrap();
     let state = t.path().join("state");
-    Spool::open(&state, OutboxConfig::default()).unwrap();
+    Spool::open(&StateDir::open(&state).unwrap(), OutboxConfig::default()).unwrap();
     (t, state)
 }
 
@@ -301,7 +302,7 @@ fn a_file_written_in_place_is_read_only_once_complete() {
 #[test]
 fn a_vanished_file_is_skipped() {
     let (_t, state) = new_state();
-    let mut spool = Spool::open(&state, OutboxConfig::default()).unwrap();
+    let mut spool = Spool::open(&StateDir::open(&state).unwrap(), OutboxConfig::default()).unwrap();
     let mut rec = Recorder::default();
     assert_eq!(
         spool.process("gone.json", &mut rec).unwrap(),
@@ -319,7 +320,7 @@ fn a_symlink_in_the_inbox_is_answered_but_never_followed() {
     std::os::unix::fs::symlink(&secret, state.join("inbox/link.json")).unwrap();
     let fifo = state.join("inbox/fifo.json");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let mut spool = Spool::open(&state, OutboxConfig::default()).unwrap();
+    let mut spool = Spool::open(&StateDir::open(&state).unwrap(), OutboxConfig::default()).unwrap();
     let mut rec = Recorder::default();
     assert_eq!(
         spool.process("fifo.json", &mut rec).unwrap(),
@@ -346,7 +347,7 @@ fn a_crash_after_answering_is_not_answered_twice() {
     std::fs::write(state.join("inbox/x.json"), "cmd").unwrap();
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(state.join("outbox/x.json"), "first answer\n").unwrap();
-    let mut spool = Spool::open(&state, OutboxConfig::default()).unwrap();
+    let mut spool = Spool::open(&StateDir::open(&state).unwrap(), OutboxConfig::default()).unwrap();
     let mut rec = Recorder::default();
     assert_eq!(
         spool.process("x.json", &mut rec).unwrap(),
@@ -366,7 +367,7 @@ fn a_new_file_reusing_an_answered_name_is_handled() {
     std::fs::write(state.join("outbox/x.json"), "old answer\n").unwrap();
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(state.join("inbox/x.json"), "new").unwrap();
-    let mut spool = Spool::open(&state, OutboxConfig::default()).unwrap();
+    let mut spool = Spool::open(&StateDir::open(&state).unwrap(), OutboxConfig::default()).unwrap();
     let mut rec = Recorder::default();
     assert_eq!(
         spool.process("x.json", &mut rec).unwrap(),
@@ -443,7 +444,7 @@ fn pruning_keeps_at_most_max_files_newest_first_and_drops_old_results() {
         max_age_secs: 3600,
         max_files: 3,
     };
-    let mut spool = Spool::open(&state, cfg).unwrap();
+    let mut spool = Spool::open(&StateDir::open(&state).unwrap(), cfg).unwrap();
     let mut rec = Recorder::default();
     for i in 0..5 {
         let n = format!("{i}.json");
@@ -467,7 +468,7 @@ fn pruning_keeps_at_most_max_files_newest_first_and_drops_old_results() {
 fn pruning_does_not_list_the_outbox_when_no_limit_can_be_crossed() {
     let (_t, state) = new_state();
     let mut spool = Spool::open(
-        &state,
+        &StateDir::open(&state).unwrap(),
         OutboxConfig {
             max_age_secs: 3600,
             max_files: 10,
@@ -515,7 +516,7 @@ fn a_sparse_64_gib_inbox_file_is_read_only_to_the_envelope_limit() {
     let (_t, state) = new_state();
     let big = std::fs::File::create(state.join("inbox/big.json")).unwrap();
     big.set_len(64 << 30).unwrap();
-    let mut spool = Spool::open(&state, OutboxConfig::default()).unwrap();
+    let mut spool = Spool::open(&StateDir::open(&state).unwrap(), OutboxConfig::default()).unwrap();
     let mut rec = Recorder::default();
     assert_eq!(
         spool.process("big.json", &mut rec).unwrap(),

@@ -39,7 +39,6 @@ pub mod pending;
 pub mod relay;
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -50,6 +49,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::MqttConfig;
 use crate::error::Result;
+use crate::state_dir::StateDir;
 use backoff::Backoff;
 use options::{Connection, Topics};
 use pending::Pending;
@@ -123,6 +123,7 @@ struct Answer {
 /// called inside the runtime.
 pub fn start_for(
     cfg: &crate::config::Config,
+    state: &StateDir,
 ) -> Result<Option<(mpsc::UnboundedReceiver<MqttCommand>, Handle)>> {
     let Some(mqtt) = &cfg.mqtt else {
         return Ok(None);
@@ -130,7 +131,7 @@ pub fn start_for(
     let (rx, handle) = spawn(
         mqtt,
         &cfg.instance_id,
-        &cfg.state_dir,
+        state,
         cfg.max_envelope_bytes,
         TransportOptions {
             max_result_bytes: cfg.max_result_bytes,
@@ -222,12 +223,12 @@ impl Drop for Handle {
 pub fn spawn(
     cfg: &MqttConfig,
     instance_id: &str,
-    state_dir: &Path,
+    state: &StateDir,
     max_envelope_bytes: usize,
     opts: TransportOptions,
 ) -> Result<(mpsc::UnboundedReceiver<MqttCommand>, Handle)> {
     let conn = Connection::from_config(cfg, instance_id, max_envelope_bytes)?;
-    let pending = Pending::open(state_dir)?;
+    let pending = Pending::open(state)?;
     let mut queue = VecDeque::new();
     for name in pending.list()? {
         match pending.outbox_result(&name)? {
@@ -256,7 +257,7 @@ pub fn spawn(
     }
     let ca_file = cfg.ca_file.as_ref().map(|p| crate::fsx::show(p));
     let relay = relay::Relay::start(
-        state_dir,
+        state,
         relay::Upstream {
             url: conn.url.clone(),
             tls: conn.tls.clone(),

@@ -10,13 +10,11 @@
 //! marker is dropped.
 
 use crate::error::Result;
-use crate::fsx::{Dir, Meta};
-
-pub const PENDING_DIR: &str = "mqtt-pending";
-pub const OUTBOX_DIR: &str = "outbox";
+use crate::fsx::Dir;
+use crate::state_dir::{private_file_meta, StateDir};
 
 pub struct Pending {
-    state: Dir,
+    state: StateDir,
     dir: Dir,
     /// The directory was already there: this agent has had a broker session.
     pub existed: bool,
@@ -24,14 +22,12 @@ pub struct Pending {
 
 impl Pending {
     /// Open (creating, mode 0700) `<state_dir>/mqtt-pending`.
-    pub fn open(state_dir: &std::path::Path) -> Result<Pending> {
-        let state = Dir::open(state_dir)?;
-        let (dir, existed) = match state.try_open_dir(PENDING_DIR)? {
-            Some(d) => (d, true),
-            None => (state.create_dir(PENDING_DIR, &private_meta(0o700))?, false),
-        };
+    pub fn open(state: &StateDir) -> Result<Pending> {
+        let (dir, existed) = state.mqtt_pending()?;
         Ok(Pending {
-            state,
+            // The outbox is looked up at each recovery: the daemon's spool
+            // creates it, maybe after the transport started.
+            state: state.try_clone()?,
             dir,
             existed,
         })
@@ -48,7 +44,7 @@ impl Pending {
     }
 
     pub fn mark(&self, name: &str) -> Result<()> {
-        self.dir.write_atomic(name, b"", &private_meta(0o600))
+        self.dir.write_atomic(name, b"", &private_file_meta())
     }
 
     pub fn clear(&self, name: &str) -> Result<()> {
@@ -58,7 +54,7 @@ impl Pending {
 
     /// The result the apply loop wrote for `name`, if it is still there.
     pub fn outbox_result(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let Some(outbox) = self.state.try_open_dir(OUTBOX_DIR)? else {
+        let Some(outbox) = self.state.existing_outbox()? else {
             return Ok(None);
         };
         // The outbox file is the envelope plus a newline; the MQTT message
@@ -73,14 +69,6 @@ impl Pending {
     }
 }
 
-fn private_meta(mode: u32) -> Meta {
-    Meta::new(
-        nix::unistd::geteuid().as_raw(),
-        nix::unistd::getegid().as_raw(),
-        mode,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,11 +76,11 @@ mod tests {
     #[test]
     fn markers_survive_reopen_and_find_outbox_results() {
         let t = tempfile::tempdir().unwrap();
-        let p = Pending::open(t.path()).unwrap();
+        let p = Pending::open(&StateDir::open(t.path()).unwrap()).unwrap();
         p.mark("mqtt-2").unwrap();
         p.mark("mqtt-1").unwrap();
         drop(p);
-        let p = Pending::open(t.path()).unwrap();
+        let p = Pending::open(&StateDir::open(t.path()).unwrap()).unwrap();
         assert_eq!(p.list().unwrap(), ["mqtt-1", "mqtt-2"]);
         assert!(p.outbox_result("mqtt-1").unwrap().is_none());
         std::fs::create_dir(t.path().join("outbox")).unwrap();

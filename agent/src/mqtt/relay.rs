@@ -21,7 +21,7 @@
 //! the local socket.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,9 +32,7 @@ use tracing::debug;
 
 use super::options::BrokerUrl;
 use crate::error::{IoContext, Result};
-
-/// The socket's name in the state directory.
-pub const SOCKET: &str = "mqtt-relay.sock";
+use crate::state_dir::StateDir;
 
 /// Longest time to reach the broker (TCP connect and TLS handshake): a
 /// blackholed address must not hold the reconnect loop for minutes.
@@ -74,8 +72,8 @@ impl Relay {
     /// Listen on `<state_dir>/mqtt-relay.sock` (a stale socket from an
     /// earlier run is replaced). Publishes with a payload over
     /// `max_payload` bytes are dropped. Must run inside the runtime.
-    pub fn start(state_dir: &Path, upstream: Upstream, max_payload: usize) -> Result<Relay> {
-        let socket = state_dir.join(SOCKET);
+    pub fn start(state: &StateDir, upstream: Upstream, max_payload: usize) -> Result<Relay> {
+        let socket = state.mqtt_relay_socket();
         let ctx = || format!("MQTT relay socket {}", socket.display());
         match std::fs::remove_file(&socket) {
             Ok(()) => {}

@@ -448,7 +448,14 @@ impl Agent {
             .unwrap();
         let (rx, handle) = {
             let _g = rt.enter();
-            mqtt::spawn(cfg, instance, state_dir, 64 * 1024, fast_backoff()).unwrap()
+            mqtt::spawn(
+                cfg,
+                instance,
+                &accessd::state_dir::StateDir::open(state_dir).unwrap(),
+                64 * 1024,
+                fast_backoff(),
+            )
+            .unwrap()
         };
         rt.spawn(apply_loop(rx, state_dir.to_path_buf(), applied));
         Agent {

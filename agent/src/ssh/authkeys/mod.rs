@@ -19,8 +19,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fsx::{Dir, FileData, Meta};
+use crate::fsx::{Dir, FileData};
 use crate::names::{truncate_for_message, UserName};
+use crate::state_dir::{private_file_meta, StateDir};
 use crate::sys::System;
 
 use self::file::Owner;
@@ -358,13 +359,16 @@ impl Expiry {
     }
 }
 
-const STATE_SUBDIR: &str = "keys";
-
+/// The record's directory, created when missing.
 fn state_dir(sys: &System) -> Result<Dir> {
-    let state = Dir::open(&sys.state_dir)?;
-    match state.try_open_dir(STATE_SUBDIR)? {
-        Some(d) => Ok(d),
-        None => state.create_dir(STATE_SUBDIR, &Meta::new(0, 0, 0o700)),
+    StateDir::open(&sys.state_dir)?.keys()
+}
+
+/// The record's directory if there is one (none: no key is managed).
+fn existing_state_dir(sys: &System) -> Result<Option<Dir>> {
+    match StateDir::open_existing(&sys.state_dir)? {
+        Some(state) => state.existing_keys(),
+        None => Ok(None),
     }
 }
 
@@ -378,12 +382,7 @@ fn state_name(user: &UserName) -> String {
 /// account it belonged to, so that a later user of the same name never has
 /// keys removed by an old user's record.
 pub fn managed_record(sys: &System, user: &UserName) -> Result<(Option<Dir>, String)> {
-    let dir = match Dir::open(&sys.state_dir) {
-        Ok(state) => state.try_open_dir(STATE_SUBDIR)?,
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
-    };
-    Ok((dir, state_name(user)))
+    Ok((existing_state_dir(sys)?, state_name(user)))
 }
 
 fn load_managed(dir: &Dir, user: &UserName) -> Result<Managed> {
@@ -400,7 +399,7 @@ fn store_managed(dir: &Dir, user: &UserName, m: &Managed) -> Result<()> {
     let m = Managed { v: 1, ..m.clone() };
     let mut bytes = serde_json::to_vec_pretty(&m).expect("a set of strings serializes");
     bytes.push(b'\n');
-    dir.write_atomic(&state_name(user), &bytes, &Meta::new(0, 0, 0o600))
+    dir.write_atomic(&state_name(user), &bytes, &private_file_meta())
 }
 
 /// One edit of one user's file: read, change in memory, write once.
@@ -589,7 +588,7 @@ pub struct Sweep {
 /// Reads only the record when nothing is due.
 pub fn expire_due(sys: &System, now: u64) -> Result<Sweep> {
     let mut sweep = Sweep::default();
-    let Some(state) = Dir::open(&sys.state_dir)?.try_open_dir(STATE_SUBDIR)? else {
+    let Some(state) = existing_state_dir(sys)? else {
         return Ok(sweep);
     };
     for name in state.list()? {
@@ -657,7 +656,7 @@ pub fn expire_due(sys: &System, now: u64) -> Result<Sweep> {
 
 /// The managed expiries of `user`'s keys, by fingerprint (read only).
 fn managed_expiries(sys: &System, user: &UserName) -> Result<BTreeMap<String, Expiring>> {
-    let Some(state) = Dir::open(&sys.state_dir)?.try_open_dir(STATE_SUBDIR)? else {
+    let Some(state) = existing_state_dir(sys)? else {
         return Ok(BTreeMap::new());
     };
     Ok(load_managed(&state, user)?.expiring)
@@ -665,7 +664,7 @@ fn managed_expiries(sys: &System, user: &UserName) -> Result<BTreeMap<String, Ex
 
 /// When accessd removes the managed key `fingerprint` of `user`, if it does.
 pub fn managed_expiry(sys: &System, user: &UserName, fingerprint: &str) -> Result<Option<u64>> {
-    let Some(state) = Dir::open(&sys.state_dir)?.try_open_dir(STATE_SUBDIR)? else {
+    let Some(state) = existing_state_dir(sys)? else {
         return Ok(None);
     };
     Ok(load_managed(&state, user)?
