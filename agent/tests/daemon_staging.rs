@@ -5,6 +5,7 @@ mod daemon_support;
 
 use daemon_support::*;
 use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
 
 /// `openssl passwd -6 -salt saltsaltsaltsalt Next-Boot-pw1`
 const HASH: &str = "$6$saltsaltsaltsalt$O2HS/QLzw2LXNAuEEjzBCvpTtT4/qqIzkH/QWm9fEK8jpOPPP.cUucXonsJZdFdRiwQcmf6l9V6QcO14VJNDj1";
@@ -262,4 +263,116 @@ fn a_next_boot_password_with_must_change_must_be_changed_after_that_boot() {
     let r = m.result("staged-stage-mc.json");
     assert_eq!(r.code.as_str(), "ok", "{}", r.message);
     assert!(r.message.contains("must be changed"), "{}", r.message);
+}
+
+/// `openssl passwd -6 -salt saltsaltsaltsalt Next-Boot-pw2`
+const HASH2: &str = "$6$saltsaltsaltsalt$zg3jpwvlPXFNC3XpA2xQ0f68ENX2yVWaXqo8jNWaVYecUYLVZT8XI68Ea5T/O8r1Ckq7qX1xiNwCqXtFVBbBF0";
+
+fn stage_password(m: &Machine, id: &str, hash: &str) -> Vec<u8> {
+    m.sign(
+        id,
+        "set_password",
+        json!({"user": USER, "password": {"crypt": hash}, "apply_at": "next_boot"}),
+    )
+}
+
+/// Two next-boot passwords for one user in one second: the later command
+/// is the one in force after the boot. (Staged files were named by second
+/// and id digest, so within a second the digest decided; the ids here are
+/// chosen so that it decided wrong.)
+#[test]
+fn staged_commands_apply_in_arrival_order_within_a_second() {
+    if !require_root() {
+        return;
+    }
+    let m = Machine::new();
+    let out = m.apply(&[
+        stage_password(&m, "earlier", HASH),
+        stage_password(&m, "later", HASH2),
+    ]);
+    assert!(out.iter().all(|r| r.code.as_str() == "ok"), "{out:?}");
+    boot_apply_staged(&m);
+    assert_eq!(
+        m.shadow_line(USER).split(':').nth(1),
+        Some(HASH2),
+        "the later command wins"
+    );
+    for id in ["earlier", "later"] {
+        let r = m.result(&format!("staged-{id}.json"));
+        assert_eq!(r.code.as_str(), "ok", "{id}: {}", r.message);
+    }
+}
+
+/// Upgrade: a password staged by the previous version, under the name it
+/// gave (`<seconds:020>-<digest>.json`), is still applied at the next boot.
+#[test]
+fn a_password_staged_by_the_previous_version_is_applied_at_next_boot() {
+    if !require_root() {
+        return;
+    }
+    let m = Machine::new();
+    let staged = m.state.join("staged");
+    let old = json!({
+        "id": "from-old-version",
+        "user": USER,
+        "hash": HASH,
+        "staged_at": 1_700_000_000u64,
+        "boot_id": "0b7a2c55-6d1e-4f3a-9c8b-7e6d5c4b3a29",
+        "must_change": false,
+    });
+    let f = staged.join("00000000001700000000-3f2a9c1d8e7b6a50.json");
+    std::fs::write(&f, serde_json::to_vec(&old).unwrap()).unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    boot_apply_staged(&m);
+    assert_eq!(m.shadow_line(USER).split(':').nth(1), Some(HASH));
+    let r = m.result("staged-from-old-version.json");
+    assert_eq!(r.code.as_str(), "ok", "{}", r.message);
+    assert!(Machine::names(&staged).is_empty(), "applied once, removed");
+}
+
+/// The state directory rule holds for `apply-staged` too: it holds the
+/// identity key and the replay record, and a group-writable one is refused
+/// before anything in it is read or written.
+#[test]
+fn a_group_writable_state_dir_is_refused_by_apply_staged() {
+    if !require_root() {
+        return;
+    }
+    let m = Machine::new();
+    m.apply(&[stage_password(&m, "refused-stage", HASH)]);
+    std::fs::set_permissions(&m.state, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let before = Machine::names(&m.state);
+    let out = m.run_in_boot(Some(NEXT_BOOT_ID), &["apply-staged"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("writable by group or others"), "{err}");
+    assert_eq!(Machine::names(&m.state), before, "nothing created");
+    assert_eq!(
+        Machine::names(&m.state.join("staged")).len(),
+        1,
+        "still staged"
+    );
+}
+
+/// The daemon checks the state directory before it creates its inbox and
+/// outbox there (it used to create them first, and only the engine,
+/// started after, refused the directory).
+#[test]
+fn the_daemon_creates_nothing_in_a_group_writable_state_dir() {
+    if !require_root() {
+        return;
+    }
+    let m = Machine::new();
+    std::fs::set_permissions(&m.state, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let before = Machine::names(&m.state);
+    let out = std::process::Command::new("timeout")
+        .args(["60", Machine::bin(), "run", "--config"])
+        .arg(&m.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("writable by group or others"), "{err}");
+    assert_eq!(Machine::names(&m.state), before, "nothing created");
 }
