@@ -609,7 +609,10 @@ fn send(inbox: &Path, agent_key: &str, timeout: Duration, input: &str) -> CliRes
     std::fs::rename(&tmp, inbox.join(&name))
         .map_err(|e| format!("renaming {} into the inbox: {e}", tmp.display()))?;
 
-    let outbox = inbox.join("..").join("outbox").join(&name);
+    let outbox = inbox
+        .join("..")
+        .join(accessd::state_dir::OUTBOX)
+        .join(&name);
     let deadline = Instant::now() + timeout;
     let bytes = loop {
         match std::fs::read(&outbox) {
