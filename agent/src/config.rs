@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::VerifyingKey;
+
+use crate::protocol::{parse_public_key, valid_key_id};
 use serde::Deserialize;
 
 use crate::accounts::{AccountsConfig, PasswordPolicy};
@@ -270,53 +272,6 @@ impl Config {
             rounds: self.passwords.rounds,
         }
     }
-}
-
-/// Key ids (PROTOCOL §1): 1..64 chars of `[A-Za-z0-9._-]`.
-pub fn valid_key_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-}
-
-/// A public key as PROTOCOL §1 writes it: standard base64 (padded) of the 32
-/// raw bytes. Surrounding whitespace (a trailing newline in a .pub file) is
-/// ignored. Points that are not on the curve, or of small order, are refused.
-pub fn parse_public_key(b64: &str) -> std::result::Result<VerifyingKey, String> {
-    use base64::Engine as _;
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|e| format!("not standard base64 ({e})"))?;
-    let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
-        format!(
-            "decodes to {} bytes, an Ed25519 public key is 32",
-            raw.len()
-        )
-    })?;
-    let key = VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| "is not a valid Ed25519 public key".to_string())?;
-    if key.is_weak() {
-        return Err("is a small-order (weak) Ed25519 point".into());
-    }
-    Ok(key)
-}
-
-/// Refuse a secret (a private key, a password file) that group or others may
-/// read, as sshd refuses such a key. `md` should come from the descriptor the
-/// caller then reads, so that the file checked is the file read.
-pub fn check_owner_only(path: &Path, md: &std::fs::Metadata, what: &str) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    if md.mode() & 0o077 != 0 {
-        return Err(crate::error::Error::unsafe_path(
-            path,
-            format!(
-                "{what} has mode {:04o}; it must not be readable by group or others (chmod 600)",
-                md.mode() & 0o7777
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Read a file that only its owner (root, or the user running the agent) may

@@ -116,7 +116,7 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
         ),
     )?;
 
-    let agent_key = crate::config::parse_public_key(&agent_pub)
+    let agent_key = crate::protocol::parse_public_key(&agent_pub)
         .map_err(|e| Error::invalid(format!("the agent key {e}")))?;
     let user_key = SigningKey::from_bytes(&random32());
     let key_line = format!(

@@ -741,6 +741,23 @@ pub fn show(p: &Path) -> String {
     String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned()
 }
 
+/// Refuse a secret (a private key, a password file) that group or others may
+/// read, as sshd refuses such a key. `md` should come from the descriptor the
+/// caller then reads, so that the file checked is the file read.
+pub fn check_owner_only(path: &Path, md: &std::fs::Metadata, what: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if md.mode() & 0o077 != 0 {
+        return Err(crate::error::Error::unsafe_path(
+            path,
+            format!(
+                "{what} has mode {:04o}; it must not be readable by group or others (chmod 600)",
+                md.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

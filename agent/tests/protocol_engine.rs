@@ -604,7 +604,7 @@ fn handle_in_child(rig: &Rig, envelope: &[u8]) -> accessd::protocol::result::Res
         .unwrap();
     assert!(status.success());
     let result = std::fs::read(&out_path).expect("the child wrote a result");
-    let agent = accessd::config::parse_public_key(
+    let agent = accessd::protocol::parse_public_key(
         &std::fs::read_to_string(rig.tmp.path().join("child-agent.pub")).unwrap(),
     )
     .unwrap();

@@ -230,7 +230,7 @@ pub fn read_password_file(path: &Path) -> Result<String> {
             "mqtt password_file is not a regular file",
         ));
     }
-    crate::config::check_owner_only(path, &md, "mqtt password_file")?;
+    crate::fsx::check_owner_only(path, &md, "mqtt password_file")?;
     if md.uid() != nix::unistd::geteuid().as_raw() {
         return Err(Error::unsafe_path(
             path,
@@ -296,7 +296,7 @@ pub fn tls_config(cfg: &MqttConfig) -> Result<rustls::ClientConfig> {
 /// A private key that group or others can read is refused, as sshd does.
 fn check_private(path: &Path, what: &str) -> Result<()> {
     let md = std::fs::metadata(path).ctx(|| format!("stat mqtt {what} {}", show(path)))?;
-    crate::config::check_owner_only(path, &md, &format!("mqtt {what}"))
+    crate::fsx::check_owner_only(path, &md, &format!("mqtt {what}"))
 }
 
 fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {

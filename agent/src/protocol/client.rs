@@ -99,7 +99,7 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey> {
     let ctx = || format!("reading key file {}", path.display());
     let mut f = std::fs::File::open(path).ctx(ctx)?;
     let md = f.metadata().ctx(ctx)?;
-    crate::config::check_owner_only(path, &md, "key file")?;
+    crate::fsx::check_owner_only(path, &md, "key file")?;
     let mut text = zeroize::Zeroizing::new(String::new());
     f.read_to_string(&mut text).ctx(ctx)?;
     signing_key_from_b64(&text).map_err(|msg| Error::Io {
@@ -130,7 +130,7 @@ pub fn public_key_arg(arg: &str) -> Result<VerifyingKey> {
     } else {
         arg.to_owned()
     };
-    crate::config::parse_public_key(&text).map_err(|msg| Error::Io {
+    super::parse_public_key(&text).map_err(|msg| Error::Io {
         context: format!("public key {}", crate::names::truncate_for_message(arg)),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
     })

@@ -179,7 +179,7 @@ impl Envelope {
                 .filter_map(|s| s.keyid.as_deref())
                 // Untrusted text going into a result and a log line.
                 .map(|k| {
-                    if crate::config::valid_key_id(k) {
+                    if super::valid_key_id(k) {
                         k
                     } else {
                         "<malformed>"

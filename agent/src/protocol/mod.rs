@@ -56,7 +56,7 @@ pub fn fuzz_envelope(data: &[u8]) {
     let _ = command::parse(data);
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = parse_time(s);
-        let _ = crate::config::parse_public_key(s);
+        let _ = parse_public_key(s);
     }
 
     let signed = dsse::sign(COMMAND_TYPE, data, key, "k");
@@ -64,6 +64,36 @@ pub fn fuzz_envelope(data: &[u8]) {
         .and_then(|e| e.verify(COMMAND_TYPE, &trusted))
         .expect("an envelope we signed verifies");
     assert_eq!(body, data, "verified bytes differ from signed bytes");
+}
+
+/// Key ids (PROTOCOL §1): 1..64 chars of `[A-Za-z0-9._-]`.
+pub fn valid_key_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// A public key as PROTOCOL §1 writes it: standard base64 (padded) of the 32
+/// raw bytes. Surrounding whitespace (a trailing newline in a .pub file) is
+/// ignored. Points that are not on the curve, or of small order, are refused.
+pub fn parse_public_key(b64: &str) -> std::result::Result<ed25519_dalek::VerifyingKey, String> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| format!("not standard base64 ({e})"))?;
+    let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
+        format!(
+            "decodes to {} bytes, an Ed25519 public key is 32",
+            raw.len()
+        )
+    })?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| "is not a valid Ed25519 public key".to_string())?;
+    if key.is_weak() {
+        return Err("is a small-order (weak) Ed25519 point".into());
+    }
+    Ok(key)
 }
 
 #[cfg(test)]

@@ -227,7 +227,7 @@ pub fn payload(agent: &VerifyingKey, h: &Handled) -> ResultPayload {
 }
 
 pub fn agent_key(e: &Engine) -> VerifyingKey {
-    accessd::config::parse_public_key(&e.public_key()).unwrap()
+    accessd::protocol::parse_public_key(&e.public_key()).unwrap()
 }
 
 pub type Snapshot = BTreeMap<PathBuf, (Vec<u8>, u32, u32, u32)>;
