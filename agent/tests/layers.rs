@@ -37,9 +37,8 @@ fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The node of a source file: "engine", "protocol::command", "ssh::sshd";
-/// None for lib.rs and binaries (the top, which may name anything).
-fn node_of_file(rel: &Path) -> Option<String> {
+/// The module path of a source file: `a/b.rs` and `a/b/mod.rs` are `a::b`.
+fn module_of_file(rel: &Path) -> Vec<String> {
     let mut parts: Vec<String> = rel
         .iter()
         .map(|c| c.to_string_lossy().trim_end_matches(".rs").to_string())
@@ -47,6 +46,13 @@ fn node_of_file(rel: &Path) -> Option<String> {
     if parts.last().is_some_and(|l| l == "mod") {
         parts.pop();
     }
+    parts
+}
+
+/// The node of a source file: "engine", "protocol::command", "ssh::sshd";
+/// None for lib.rs and binaries (the top, which may name anything).
+fn node_of_file(rel: &Path) -> Option<String> {
+    let parts = module_of_file(rel);
     if parts.first().is_some_and(|f| f == "bin" || f == "lib") || parts.is_empty() {
         return None;
     }
@@ -134,13 +140,7 @@ fn segments(s: &str) -> Vec<String> {
 /// `super::x` written as the `crate::` path it names, for the file at
 /// `rel` (the parent of `a/b.rs` and of `a/b/mod.rs` is `a`).
 fn resolve_super(code: &str, rel: &Path) -> String {
-    let mut module: Vec<String> = rel
-        .iter()
-        .map(|c| c.to_string_lossy().trim_end_matches(".rs").to_string())
-        .collect();
-    if module.last().is_some_and(|l| l == "mod") {
-        module.pop();
-    }
+    let mut module = module_of_file(rel);
     module.pop();
     let parent = if module.is_empty() {
         "crate::".to_string()
