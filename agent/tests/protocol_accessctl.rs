@@ -115,9 +115,10 @@ fn keygen_sign_send_round_trip_with_exit_codes() {
         std::fs::create_dir_all(rig.state.join(d)).unwrap();
     }
 
-    let sign = |extra: &[&str], stdin: Option<&str>| {
+    let sign = |op: &str, extra: &[&str], stdin: Option<&str>| {
         let mut args = vec![
             "sign",
+            op,
             "--key",
             key.to_str().unwrap(),
             "--key-id",
@@ -129,7 +130,7 @@ fn keygen_sign_send_round_trip_with_exit_codes() {
         let o = accessctl(&args, stdin);
         assert!(
             o.status.success(),
-            "sign {extra:?}: {}",
+            "sign {op} {extra:?}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
         text(&o)
@@ -138,25 +139,16 @@ fn keygen_sign_send_round_trip_with_exit_codes() {
     // is a replay of the first.
     let add_key_as_c_fixed = || {
         sign(
-            &[
-                "--op",
-                "add_keys",
-                "--user",
-                "root",
-                "--key-line",
-                KEY1,
-                "--id",
-                "c-fixed",
-            ],
+            "add-keys",
+            &["--user", "root", "--key-line", KEY1, "--id", "c-fixed"],
             None,
         )
     };
     let pw = "Accessctl-Pa55word";
     let envs = [
         sign(
+            "set-password",
             &[
-                "--op",
-                "set_password",
                 "--user",
                 "root",
                 "--password-stdin",
@@ -167,7 +159,7 @@ fn keygen_sign_send_round_trip_with_exit_codes() {
         ),
         add_key_as_c_fixed(),
         add_key_as_c_fixed(),
-        sign(&["--op", "delete_user", "--user", "no-such-user"], None),
+        sign("delete-user", &["--user", "no-such-user"], None),
     ];
     assert!(!envs[0].contains(pw));
     let agent = serve(engine, &rig.state, envs.len());
@@ -280,14 +272,13 @@ fn sign_refuses_flags_that_do_not_fit_the_op_and_usage_errors_exit_1() {
     let o = accessctl(
         &[
             "sign",
+            "inventory",
             "--key",
             key.to_str().unwrap(),
             "--key-id",
             "c",
             "--instance",
             "i",
-            "--op",
-            "inventory",
             "--user",
             "root",
         ],

@@ -216,13 +216,16 @@ container_poweroff() {
   fail "container did not power off within 60 s"
 }
 
-# sign NAME ARGS...: a command with id boot-RELEASE-NAME, signed by cp1 (or
-# KEY=cp2 before the call), written to $R/var/tmp/cmds/NAME.json.
+# sign NAME OP ARGS...: a command (OP is accessctl's subcommand: add-keys,
+# set-sshd...) with id boot-RELEASE-NAME, signed by cp1 (or KEY=cp2 before
+# the call), written to $R/var/tmp/cmds/NAME.json. A password given with
+# --password-stdin is sealed to the agent's key.
 sign() {
-  local name=$1; shift
+  local name=$1 op=$2 a seal=(); shift 2
+  for a in "$@"; do [ "$a" = --password-stdin ] && seal=(--agent-key "$(cat "$S/agent.pub")"); done
   mkdir -p "$R/var/tmp/cmds"
-  "$ACCESSCTL" sign --key "$cp/${KEY:-cp1}.key" --key-id "${KEY:-cp1}" --instance "$INSTANCE" \
-    --id "boot-$REL-$name" --agent-key "$(cat "$S/agent.pub")" "$@" --out "$R/var/tmp/cmds/$name.json"
+  "$ACCESSCTL" sign "$op" --key "$cp/${KEY:-cp1}.key" --key-id "${KEY:-cp1}" --instance "$INSTANCE" \
+    --id "boot-$REL-$name" "${seal[@]}" "$@" --out "$R/var/tmp/cmds/$name.json"
 }
 # send NAME: deliver a signed command through the inbox with the packaged
 # accessctl inside the container; the verified result goes to $S/res/NAME.json.
@@ -244,10 +247,12 @@ for k in sys.argv[2].split("."):
 print(v if not isinstance(v, (dict, list)) else json.dumps(v))
 EOF
 }
-# run NAME EXPECTED_STATUS [EXPECTED_CODE] SIGN-ARGS...: sign, send, check.
+# run NAME EXPECTED_STATUS [EXPECTED_CODE] OP SIGN-ARGS...: sign, send,
+# check. A result code has a '_' (unknown_key) or is one word the ops are
+# not; ops are dashed (add-keys).
 run() {
   local name=$1 want=$2 code=ok; shift 2
-  case "${1:-}" in --*) ;; *) code=$1; shift ;; esac
+  case "${1:-}" in *_*|ok|expired|replayed) code=$1; shift ;; esac
   sign "$name" "$@" || fail "accessctl sign $name"
   send "$name"
   expect_eq "$(field "$name" status) $(field "$name" code)" "$want $code" "$name result"
@@ -350,7 +355,7 @@ ck_start_notify() {
   expect_eq "$(c systemctl show -p Type --value accessd.service)" notify "Type"
   # A command waiting in the inbox before the daemon starts must be answered
   # by the time `systemctl start` returns (READY=1 comes after the backlog).
-  sign waiting --op inventory
+  sign waiting inventory
   install -d -m 0700 "$R/var/lib/accessd/inbox"
   cp "$R/var/tmp/cmds/waiting.json" "$R/var/lib/accessd/inbox/.000-waiting.json"
   mv "$R/var/lib/accessd/inbox/.000-waiting.json" "$R/var/lib/accessd/inbox/000-waiting.json"
@@ -366,7 +371,7 @@ ck_start_notify() {
 }
 
 ck_create_user_sudo() {
-  run create_alice ok --op create_user --user alice --sudo --key-file "$cp/alice1.pub"
+  run create_alice ok create-user --user alice --sudo --key-file "$cp/alice1.pub"
   login_ok alice key alice1
   # sudo -n: the grant works without a password prompt (alice has none).
   local out
@@ -376,7 +381,7 @@ ck_create_user_sudo() {
 }
 
 ck_set_password() {
-  printf '%s' "$PW_ALICE" | sign pw_alice --op set_password --user alice --password-stdin
+  printf '%s' "$PW_ALICE" | sign pw_alice set-password --user alice --password-stdin
   send pw_alice
   expect_eq "$(field pw_alice status)" ok "set_password"
   login_ok alice pw "$PW_ALICE"
@@ -384,11 +389,11 @@ ck_set_password() {
 }
 
 ck_root_prohibit_password() {
-  run root_key ok --op add_keys --user root --key-file "$cp/root1.pub"
-  printf '%s' "$PW_ROOT" | sign pw_root --op set_password --user root --password-stdin
+  run root_key ok add-keys --user root --key-file "$cp/root1.pub"
+  printf '%s' "$PW_ROOT" | sign pw_root set-password --user root --password-stdin
   send pw_root
   expect_eq "$(field pw_root status)" ok "set_password root"
-  run sshd_prohibit ok --op set_sshd --permit-root-login prohibit-password
+  run sshd_prohibit ok set-sshd --permit-root-login prohibit-password
   say "sshd -T permitrootlogin: $(sshd_T permitrootlogin)"
   case "$(sshd_T permitrootlogin)" in
     prohibit-password|without-password) ;;
@@ -399,26 +404,26 @@ ck_root_prohibit_password() {
 }
 
 ck_set_sshd_password_off() {
-  run sshd_pw_off ok --op set_sshd --password-auth no
+  run sshd_pw_off ok set-sshd --password-auth no
   expect_eq "$(sshd_T passwordauthentication)" no "sshd -T passwordauthentication"
   login_refused alice pw "$PW_ALICE"
   login_ok alice key alice1
-  run sshd_pw_on ok --op set_sshd --password-auth yes
+  run sshd_pw_on ok set-sshd --password-auth yes
   expect_eq "$(sshd_T passwordauthentication)" yes "sshd -T passwordauthentication"
   login_ok alice pw "$PW_ALICE"
 }
 
 ck_set_sshd_pubkey_off() {
-  run sshd_pk_off ok --op set_sshd --pubkey-auth no
+  run sshd_pk_off ok set-sshd --pubkey-auth no
   expect_eq "$(sshd_T pubkeyauthentication)" no "sshd -T pubkeyauthentication"
   login_refused alice key alice1
-  run sshd_pk_on ok --op set_sshd --pubkey-auth yes
+  run sshd_pk_on ok set-sshd --pubkey-auth yes
   expect_eq "$(sshd_T pubkeyauthentication)" yes "sshd -T pubkeyauthentication"
   login_ok alice key alice1
 }
 
 ck_replace_keys() {
-  run replace_alice ok --op replace_keys --user alice --key-file "$cp/alice2.pub"
+  run replace_alice ok replace-keys --user alice --key-file "$cp/alice2.pub"
   login_ok alice key alice2
   login_refused alice key alice1
 }
@@ -426,13 +431,13 @@ ck_replace_keys() {
 ck_remove_keys() {
   local fp
   fp=$(ssh-keygen -l -E sha256 -f "$cp/alice2.pub" | awk '{print $2}')
-  run remove_alice ok --op remove_keys --user alice --fingerprint "$fp"
+  run remove_alice ok remove-keys --user alice --fingerprint "$fp"
   login_refused alice key alice2
   login_ok alice pw "$PW_ALICE"
 }
 
 ck_dsa_key() {
-  run dsa_root ok --op add_keys --user root --key-file "$cp/dsa1.pub"
+  run dsa_root ok add-keys --user root --key-file "$cp/dsa1.pub"
   grep -q 'ssh-dss' "$S/res/dsa_root.json" || fail "no ssh-dss warning in the result"
   grep -q '^ssh-dss ' "$R/root/.ssh/authorized_keys" || fail "the DSA key is not in root's authorized_keys"
   c sshd -t
@@ -448,7 +453,7 @@ ck_dsa_key() {
 }
 
 ck_inventory() {
-  run inventory ok --op inventory
+  run inventory ok inventory
   python3 - "$S/res/inventory.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -463,7 +468,7 @@ EOF
 ck_restart_sshd_starts_stopped() {
   c systemctl stop ssh.service
   expect_eq "$(c systemctl is-active ssh.service)" inactive "ssh stopped before the command"
-  run restart_sshd ok --op restart_sshd
+  run restart_sshd ok restart-sshd
   c systemctl status --no-pager ssh.service | head -n 5 || true
   expect_eq "$(c systemctl is-active ssh.service)" active "ssh running after restart_sshd"
   login_ok root key root1
@@ -547,21 +552,21 @@ ck_reload() {
   sed -i "s|^cp1 = .*|&\ncp2 = \"$(cat "$cp/cp2.pub")\"|" "$conf"
   grep -n '^cp' "$conf"
   # Before the reload the new key is unknown...
-  KEY=cp2 run cp2_before rejected unknown_key --op inventory
+  KEY=cp2 run cp2_before rejected unknown_key inventory
   c systemctl reload accessd.service
   # ...after it, trusted.
-  KEY=cp2 run cp2_after ok --op inventory
+  KEY=cp2 run cp2_after ok inventory
   # A config that does not load keeps the running one (and the daemon).
   printf '\n[[[ not toml\n' >>"$conf"
   c systemctl reload accessd.service
   sleep 1
   expect_eq "$(c systemctl is-active accessd.service)" active "accessd after a broken reload"
-  KEY=cp2 run cp2_broken ok --op inventory
+  KEY=cp2 run cp2_broken ok inventory
   c journalctl --no-pager -u accessd.service -n 5 -o cat
   # Back to the good config (cp1 only), reloaded.
   cp -p "$S/accessd.toml.good" "$conf"
   c systemctl reload accessd.service
-  KEY=cp2 run cp2_removed rejected unknown_key --op inventory
+  KEY=cp2 run cp2_removed rejected unknown_key inventory
 }
 
 # PROTOCOL §6: COMMAND_ID only once the signature verified; the id an
@@ -584,9 +589,9 @@ EOF
 }
 
 ck_lock_unlock() {
-  run alice_key_back ok --op add_keys --user alice --key-file "$cp/alice1.pub"
+  run alice_key_back ok add-keys --user alice --key-file "$cp/alice1.pub"
   login_ok alice key alice1
-  run lock_alice ok --op lock_user --user alice
+  run lock_alice ok lock-user --user alice
   expect_eq "$(awk -F: '$1 == "alice" { print $8 }' "$R/etc/shadow")" 1 "alice's account expiry after lock_user"
   # An expired account is dropped by sshd without a "Permission denied"
   # (PAM's account stage): refused is "did not get in", and another
@@ -597,21 +602,21 @@ ck_lock_unlock() {
   out=$(ssh_pw alice "$PW_ALICE") && fail "alice logged in by password while locked: $out"
   say "locked alice by password: $out"
   login_ok root key root1
-  run unlock_alice ok --op unlock_user --user alice
+  run unlock_alice ok unlock-user --user alice
   login_ok alice key alice1
   login_ok alice pw "$PW_ALICE"
 }
 
 ck_set_sudo() {
   local out
-  run sudo_off ok --op set_sudo --user alice --grant-sudo no
+  run sudo_off ok set-sudo --user alice --grant-sudo no
   out=$(c sudo -l -U alice 2>&1 || true)
   say "sudo -l -U alice after the revoke: $out"
   printf '%s' "$out" | grep -q 'is not allowed to run sudo' || fail "sudo -l -U alice still grants after set_sudo no"
   out=$(ssh_key alice alice1 'sudo -n id -un' || true)
   say "sudo -n id -un as alice after the revoke: $out"
   [ "$(printf '%s\n' "$out" | tail -n 1)" != root ] || fail "sudo -n still works after set_sudo no"
-  run sudo_on ok --op set_sudo --user alice --grant-sudo yes
+  run sudo_on ok set-sudo --user alice --grant-sudo yes
   out=$(c sudo -l -U alice 2>&1 || true)
   say "sudo -l -U alice after the grant: $out"
   printf '%s' "$out" | grep -q 'may run the following commands' || fail "sudo -l -U alice does not grant after set_sudo yes"
@@ -620,7 +625,7 @@ ck_set_sudo() {
 ck_key_expiry() {
   local at
   at=$(date -u -d '+8 seconds' +%Y-%m-%dT%H:%M:%SZ)
-  run alice_expiring ok --op add_keys --user alice --key-file "$cp/alice2.pub" --keys-expire-at "$at"
+  run alice_expiring ok add-keys --user alice --key-file "$cp/alice2.pub" --keys-expire-at "$at"
   grep -n 'expiry-time' "$R/home/alice/.ssh/authorized_keys" || fail "no expiry-time option written"
   login_ok alice key alice2
   sleep 11
@@ -631,7 +636,7 @@ ck_key_expiry() {
 }
 
 ck_delete_user() {
-  run delete_alice ok --op delete_user --user alice --remove-home
+  run delete_alice ok delete-user --user alice --remove-home
   login_refused alice pw "$PW_ALICE"
   [ ! -e "$R/home/alice" ] || fail "/home/alice left"
   ! grep -q '^alice:' "$R/etc/passwd" || fail "alice still in /etc/passwd"
@@ -639,12 +644,12 @@ ck_delete_user() {
 }
 
 ck_nextboot_staged() {
-  run create_bob ok --op create_user --user bob
-  printf '%s' "$PW_BOB1" | sign bob_pw1 --op set_password --user bob --password-stdin
+  run create_bob ok create-user --user bob
+  printf '%s' "$PW_BOB1" | sign bob_pw1 set-password --user bob --password-stdin
   send bob_pw1
   expect_eq "$(field bob_pw1 status)" ok "bob's first password"
   login_ok bob pw "$PW_BOB1"
-  printf '%s' "$PW_BOB2" | sign bob_next --op set_password --user bob --password-stdin --next-boot
+  printf '%s' "$PW_BOB2" | sign bob_next set-password --user bob --password-stdin --next-boot
   send bob_next
   expect_eq "$(field bob_next status)" ok "next-boot password staged"
   shadow_hash bob >"$S/bob.hash1"
@@ -726,7 +731,7 @@ ck_mqtt_round_trip() {
   local conf="$R/etc/accessd/accessd.toml"
   printf '\n[mqtt]\nurl = "mqtt://127.0.0.1:%s"\n' "$mqtt_port" >>"$conf"
   c systemctl restart accessd.service
-  sign mqtt_inv --op inventory
+  sign mqtt_inv inventory
   mkdir -p "$S/res"
   "$ACCESSCTL" send --mqtt "mqtt://127.0.0.1:$mqtt_port" --instance "$INSTANCE" \
     --agent-key "$(cat "$S/agent.pub")" --timeout 60s "$R/var/tmp/cmds/mqtt_inv.json" >"$S/res/mqtt_inv.json"
@@ -746,7 +751,7 @@ ck_image_reset() {
   printf '%s\n' "$new" >"$S/agent.pub"
   # A command sent before the reset is new to the reset agent, and answered
   # under the new key (send verifies with it).
-  run after_reset ok --op inventory
+  run after_reset ok inventory
 }
 
 ck_purge() {

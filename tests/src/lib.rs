@@ -1521,6 +1521,8 @@ impl Reply {
 /// A command being built for `accessctl sign`.
 pub struct Cmd<'a> {
     sb: &'a Sandbox,
+    /// The `accessctl sign` subcommand (`add-keys` for the op `add_keys`).
+    op: String,
     args: Vec<String>,
     password: Option<String>,
     key: Option<(PathBuf, String)>,
@@ -1590,6 +1592,7 @@ impl<'a> Cmd<'a> {
             .unwrap_or_else(|| (agent.control_key.clone(), CONTROL_KEY_ID.to_string()));
         let mut cmd = Command::new(accessctl_bin());
         cmd.arg("sign")
+            .arg(&self.op)
             .arg("--key")
             .arg(&key)
             .args(["--key-id", &key_id])
@@ -1776,7 +1779,8 @@ impl Sandbox {
     pub fn cmd(&self, op: &str) -> Cmd<'_> {
         Cmd {
             sb: self,
-            args: vec!["--op".into(), op.into()],
+            op: op.replace('_', "-"),
+            args: Vec::new(),
             password: None,
             key: None,
             instance: None,

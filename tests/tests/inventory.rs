@@ -119,7 +119,7 @@ fn inventory_lists_users_keys_and_sshd_settings_as_the_files_say() {
 }
 
 /// PROTOCOL §3/§4: a result never exceeds `max_result_bytes`; inventory is
-/// cut at a whole user with data.truncated/next, and `accessctl sign --op
+/// cut at a whole user with data.truncated/next, and `accessctl sign
 /// inventory --users ... --cursor NEXT` pages through exactly the named users.
 #[test]
 fn accessctl_pages_an_inventory_of_named_users_with_the_cursor() {

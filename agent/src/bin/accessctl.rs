@@ -10,11 +10,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use accessd::engine::Status;
+use accessd::names::UserName;
 use accessd::protocol::client::{self, CommandSpec};
+use accessd::protocol::command::{self, ApplyAt, Args, KeyExpiry, Password};
 use accessd::protocol::{dsse, parse_time};
+use accessd::ssh::sshd::PermitRootLogin;
 use clap::{Parser, Subcommand, ValueEnum};
 use ed25519_dalek::SigningKey;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
@@ -26,8 +29,8 @@ use zeroize::Zeroizing;
         accessctl keygen --out console            # console.key (0600) + console.pub\n  \
         # trust it on the instance: [trust] console = \"<contents of console.pub>\"\n  \
         accessd identity                          # on the instance: the agent's public key\n  \
-        accessctl sign --key console.key --key-id console --instance i-0abc123 \\\n      \
-        --op add_keys --user ecs-user --key-file id_ed25519.pub --out cmd.json\n  \
+        accessctl sign add-keys --key console.key --key-id console --instance i-0abc123 \\\n      \
+        --user ecs-user --key-file id_ed25519.pub --out cmd.json\n  \
         accessctl send --inbox /var/lib/accessd/inbox --agent-key AGENTPUB cmd.json"
 )]
 struct Cli {
@@ -55,24 +58,18 @@ enum Cmd {
         #[arg(long)]
         key: PathBuf,
     },
-    /// Build a command from flags, sign it, and print the envelope (one JSON line).
+    /// Build a command from flags, sign it, and print the envelope (one JSON
+    /// line). One subcommand per op, each with only that op's flags.
     #[command(after_help = "Examples:\n  \
-        accessctl sign --key cp.key --key-id console --instance i-0abc123 \\\n      \
-        --op add_keys --user ecs-user --key-file id_ed25519.pub\n  \
-        printf '%s' 'N3w-Passw0rd' | accessctl sign --key cp.key --key-id console \\\n      \
-        --instance i-0abc123 --op set_password --user root --password-stdin --agent-key AGENTPUB\n  \
-        accessctl sign --key cp.key --key-id console --instance i-0abc123 \\\n      \
-        --op set_sshd --password-auth no --permit-root-login prohibit-password\n  \
-        accessctl sign --key cp.key --key-id console --instance i-0abc123 \\\n      \
-        --op add_keys --user ecs-user --key-file id_ed25519.pub --keys-expire-at 2026-12-01T18:00:00Z\n  \
-        accessctl sign --key cp.key --key-id console --instance i-0abc123 --op lock_user --user bob\n  \
-        accessctl sign --key cp.key --key-id console --instance i-0abc123 \\\n      \
-        --op set_password --user bob --crypt \"$HASH\" --must-change\n  \
-        accessctl sign --key cp.key --key-id console --instance i-0abc123 \\\n      \
-        --op set_sudo --user ecs-user --grant-sudo yes\n\n\
-        Ops: set_password, create_user, delete_user, add_keys, remove_keys, replace_keys,\n\
-        set_sshd, restart_sshd, inventory, lock_user, unlock_user, set_sudo.")]
-    Sign(Box<SignArgs>),
+        accessctl sign add-keys --key cp.key --key-id console --instance i-0abc123 \\\n      \
+        --user ecs-user --key-file id_ed25519.pub\n  \
+        accessctl sign set-sshd --key cp.key --key-id console --instance i-0abc123 \\\n      \
+        --password-auth no --permit-root-login prohibit-password\n\n\
+        `accessctl sign OP --help` shows an op's flags and an example.")]
+    Sign {
+        #[command(subcommand)]
+        op: Box<SignOp>,
+    },
     /// Drop an envelope into an agent's inbox atomically, wait for the
     /// result in the sibling outbox, verify it and print its payload.
     /// Exit status: 0 ok, 2 rejected, 3 failed, 1 error (timeout, bad signature).
@@ -121,15 +118,10 @@ enum YesNo {
     No,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum RootLogin {
-    Yes,
-    No,
-    ProhibitPassword,
-}
-
+/// Flags every signed command takes: who signs it, for which instance, and
+/// how long it is valid.
 #[derive(clap::Args)]
-struct SignArgs {
+struct Common {
     /// The control plane's private key file (base64 seed, mode 0600).
     #[arg(long)]
     key: PathBuf,
@@ -139,9 +131,6 @@ struct SignArgs {
     /// The target instance id.
     #[arg(long)]
     instance: String,
-    /// The operation.
-    #[arg(long)]
-    op: String,
     /// Command id (default: random c-<hex>).
     #[arg(long)]
     id: Option<String>,
@@ -151,80 +140,259 @@ struct SignArgs {
     /// RFC 3339 UTC (default: now).
     #[arg(long)]
     issued_at: Option<String>,
-    /// RFC 3339 UTC (default: issued_at + --expires-in).
+    /// The command's own validity, RFC 3339 UTC (default: issued_at +
+    /// --expires-in). Not when keys stop working: that is --keys-expire-at.
     #[arg(long)]
     expires_at: Option<String>,
-    /// The user the command is about.
+    /// Write the envelope here (mode 0600) instead of stdout.
     #[arg(long)]
-    user: Option<String>,
+    out: Option<PathBuf>,
+}
+
+/// One op's flags with the [`Common`] ones.
+#[derive(clap::Args)]
+struct Signed<T: clap::Args> {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    op: T,
+}
+
+fn user_name(s: &str) -> Result<UserName, String> {
+    UserName::parse(s).map_err(|e| e.to_string())
+}
+
+fn key_expiry(s: &str) -> Result<KeyExpiry, String> {
+    KeyExpiry::parse(s).ok_or_else(|| format!("{s:?} is not an RFC 3339 UTC time"))
+}
+
+#[derive(clap::Args)]
+struct UserFlag {
+    /// The user the command is about.
+    #[arg(long, value_parser = user_name)]
+    user: UserName,
+}
+
+#[derive(clap::Args)]
+struct KeyFlags {
     /// A public key file; every non-comment line is a key (repeatable).
     #[arg(long)]
     key_file: Vec<PathBuf>,
     /// One authorized_keys line (repeatable).
     #[arg(long)]
     key_line: Vec<String>,
-    /// add_keys, replace_keys, create_user: the keys stop working at this
-    /// RFC 3339 UTC time (args `expires_at` / `keys_expire_at`; not
-    /// --expires-at, which is the command's own validity).
-    #[arg(long, value_name = "RFC3339")]
-    keys_expire_at: Option<String>,
-    /// A SHA256: fingerprint to remove (repeatable; remove_keys).
-    #[arg(long)]
-    fingerprint: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct ExpiryFlag {
+    /// The keys stop working at this RFC 3339 UTC time (not --expires-at,
+    /// which is the command's own validity).
+    #[arg(long, value_name = "RFC3339", value_parser = key_expiry)]
+    keys_expire_at: Option<KeyExpiry>,
+}
+
+#[derive(clap::Args)]
+struct PasswordFlags {
     /// Read the password from stdin (one line) and seal it to --agent-key.
     #[arg(long, requires = "agent_key")]
     password_stdin: bool,
     /// The agent's public key (base64, or a file holding it).
-    #[arg(long)]
+    #[arg(long, requires = "password_stdin")]
     agent_key: Option<String>,
     /// A crypt(3) hash ($6$, $5$, $y$) to store as the password.
     #[arg(long, conflicts_with = "password_stdin")]
     crypt: Option<String>,
-    /// set_password: apply at the next boot instead of now.
+}
+
+#[derive(clap::Args)]
+struct SetPasswordFlags {
+    #[command(flatten)]
+    user: UserFlag,
+    #[command(flatten)]
+    password: PasswordFlags,
+    /// Apply at the next boot instead of now.
     #[arg(long)]
     next_boot: bool,
-    /// set_password: the user must choose a new password at the next login
-    /// (as `passwd -e`).
+    /// The user must choose a new password at the next login (as `passwd -e`).
     #[arg(long)]
     must_change: bool,
-    /// create_user: grant sudo.
+}
+
+#[derive(clap::Args)]
+struct CreateUserFlags {
+    #[command(flatten)]
+    user: UserFlag,
+    /// Grant sudo.
     #[arg(long)]
     sudo: bool,
-    /// create_user: login shell.
+    /// Login shell.
     #[arg(long)]
     shell: Option<String>,
-    /// delete_user: remove the home directory too.
+    #[command(flatten)]
+    password: PasswordFlags,
+    #[command(flatten)]
+    keys: KeyFlags,
+    #[command(flatten)]
+    expiry: ExpiryFlag,
+}
+
+#[derive(clap::Args)]
+struct DeleteUserFlags {
+    #[command(flatten)]
+    user: UserFlag,
+    /// Remove the home directory too.
     #[arg(long)]
     remove_home: bool,
-    /// delete_user: end the user's running processes (SIGTERM, then
-    /// SIGKILL) instead of failing with user_busy; lock_user: end them
-    /// after the lock.
+    /// End the user's running processes (SIGTERM, then SIGKILL) instead of
+    /// failing with user_busy.
     #[arg(long)]
     terminate_sessions: bool,
-    /// set_sudo: grant (yes) or revoke (no) sudo for an existing user.
-    #[arg(long, value_enum)]
-    grant_sudo: Option<YesNo>,
-    /// set_sshd: PubkeyAuthentication.
+}
+
+#[derive(clap::Args)]
+struct BindKeysFlags {
+    #[command(flatten)]
+    user: UserFlag,
+    #[command(flatten)]
+    keys: KeyFlags,
+    #[command(flatten)]
+    expiry: ExpiryFlag,
+}
+
+#[derive(clap::Args)]
+struct RemoveKeysFlags {
+    #[command(flatten)]
+    user: UserFlag,
+    #[command(flatten)]
+    keys: KeyFlags,
+    /// A SHA256: fingerprint to remove (repeatable).
+    #[arg(long)]
+    fingerprint: Vec<String>,
+}
+
+#[derive(clap::Args)]
+#[group(id = "sshd_setting", required = true, multiple = true)]
+struct SetSshdSettings {
+    /// PubkeyAuthentication.
     #[arg(long, value_enum)]
     pubkey_auth: Option<YesNo>,
-    /// set_sshd: PasswordAuthentication.
+    /// PasswordAuthentication.
     #[arg(long, value_enum)]
     password_auth: Option<YesNo>,
-    /// set_sshd: PermitRootLogin.
+    /// PermitRootLogin.
     #[arg(long, value_enum)]
-    permit_root_login: Option<RootLogin>,
-    /// set_sshd: do not reload (or start) sshd.
+    permit_root_login: Option<PermitRootLogin>,
+}
+
+#[derive(clap::Args)]
+struct SetSshdFlags {
+    #[command(flatten)]
+    settings: SetSshdSettings,
+    /// Do not reload (or start) sshd.
     #[arg(long)]
     no_restart: bool,
-    /// inventory: report only these users (comma-separated or repeated).
-    #[arg(long, value_delimiter = ',')]
-    users: Vec<String>,
-    /// inventory: the next page, from an earlier result's data.next.
+}
+
+#[derive(clap::Args)]
+struct NoFlags {}
+
+#[derive(clap::Args)]
+struct InventoryFlags {
+    /// Report only these users (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',', value_parser = user_name)]
+    users: Vec<UserName>,
+    /// The next page, from an earlier result's data.next.
     #[arg(long)]
     cursor: Option<String>,
-    /// Write the envelope here (mode 0600) instead of stdout.
+}
+
+#[derive(clap::Args)]
+struct LockUserFlags {
+    #[command(flatten)]
+    user: UserFlag,
+    /// End the user's running processes after the lock.
     #[arg(long)]
-    out: Option<PathBuf>,
+    terminate_sessions: bool,
+}
+
+#[derive(clap::Args)]
+struct SetSudoFlags {
+    #[command(flatten)]
+    user: UserFlag,
+    /// Grant (yes) or revoke (no) sudo for an existing user.
+    #[arg(long, value_enum)]
+    grant_sudo: YesNo,
+}
+
+/// `K` in the examples: the flags every subcommand takes.
+macro_rules! signing {
+    () => {
+        "--key cp.key --key-id console --instance i-0abc123"
+    };
+}
+
+/// The ops, each a subcommand named as the op with dashes (`add-keys` for
+/// `add_keys`). This enum is the op list of `accessctl`.
+#[derive(Subcommand)]
+enum SignOp {
+    /// set_password: a password sealed to the agent's key, or a crypt hash.
+    #[command(after_help = concat!("Examples:\n  \
+        printf '%s' 'N3w-Passw0rd' | accessctl sign set-password ", signing!(), " \\\n      \
+        --user root --password-stdin --agent-key AGENTPUB\n  \
+        accessctl sign set-password ", signing!(), " \\\n      \
+        --user bob --crypt \"$HASH\" --must-change"))]
+    SetPassword(Signed<SetPasswordFlags>),
+    /// create_user: a new user, optionally with sudo, a password and keys.
+    #[command(after_help = concat!("Example:\n  \
+        accessctl sign create-user ", signing!(), " \\\n      \
+        --user alice --sudo --key-file alice.pub"))]
+    CreateUser(Signed<CreateUserFlags>),
+    /// delete_user: remove a user (and with --remove-home its home).
+    #[command(after_help = concat!("Example:\n  \
+        accessctl sign delete-user ", signing!(), " --user alice --remove-home"))]
+    DeleteUser(Signed<DeleteUserFlags>),
+    /// add_keys: bind SSH keys to a user.
+    #[command(after_help = concat!("Examples:\n  \
+        accessctl sign add-keys ", signing!(), " \\\n      \
+        --user ecs-user --key-file id_ed25519.pub\n  \
+        accessctl sign add-keys ", signing!(), " \\\n      \
+        --user ecs-user --key-file id_ed25519.pub --keys-expire-at 2026-12-01T18:00:00Z"))]
+    AddKeys(Signed<BindKeysFlags>),
+    /// remove_keys: unbind keys, given as key lines or SHA256: fingerprints.
+    #[command(after_help = concat!("Example:\n  \
+        accessctl sign remove-keys ", signing!(), " \\\n      \
+        --user ecs-user --fingerprint SHA256:ZzlM1AbDTeIhCSl8TPuPOTTJzuOQ+z5LrRAQq3jVBgU"))]
+    RemoveKeys(Signed<RemoveKeysFlags>),
+    /// replace_keys: the user's managed keys become exactly these (none: all removed).
+    #[command(after_help = concat!("Example:\n  \
+        accessctl sign replace-keys ", signing!(), " --user ecs-user --key-file new.pub"))]
+    ReplaceKeys(Signed<BindKeysFlags>),
+    /// set_sshd: PubkeyAuthentication, PasswordAuthentication, PermitRootLogin.
+    #[command(after_help = concat!("Example:\n  \
+        accessctl sign set-sshd ", signing!(), " \\\n      \
+        --password-auth no --permit-root-login prohibit-password"))]
+    SetSshd(Signed<SetSshdFlags>),
+    /// restart_sshd: reload (or start) sshd.
+    #[command(after_help = concat!("Example:\n  \
+        accessctl sign restart-sshd ", signing!()))]
+    RestartSshd(Signed<NoFlags>),
+    /// inventory: the users, their keys and sudo, and sshd's settings.
+    #[command(after_help = concat!("Examples:\n  \
+        accessctl sign inventory ", signing!(), " --users alice,bob\n  \
+        accessctl sign inventory ", signing!(), " --users alice,bob --cursor \"$NEXT\""))]
+    Inventory(Signed<InventoryFlags>),
+    /// lock_user: no password or key login until unlock_user.
+    #[command(after_help = concat!("Example:\n  \
+        accessctl sign lock-user ", signing!(), " --user bob --terminate-sessions"))]
+    LockUser(Signed<LockUserFlags>),
+    /// unlock_user: undo lock_user.
+    #[command(after_help = concat!("Example:\n  \
+        accessctl sign unlock-user ", signing!(), " --user bob"))]
+    UnlockUser(Signed<UserFlag>),
+    /// set_sudo: grant or revoke sudo for an existing user.
+    #[command(after_help = concat!("Example:\n  \
+        accessctl sign set-sudo ", signing!(), " --user ecs-user --grant-sudo yes"))]
+    SetSudo(Signed<SetSudoFlags>),
 }
 
 type CliResult<T> = Result<T, String>;
@@ -259,7 +427,7 @@ fn run(cli: Cli) -> CliResult<ExitCode> {
             println!("{}", dsse::encode_b64(k.verifying_key().as_bytes()));
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Sign(args) => sign(&args).map(|()| ExitCode::SUCCESS),
+        Cmd::Sign { op } => sign(*op).map(|()| ExitCode::SUCCESS),
         Cmd::Send {
             inbox,
             mqtt,
@@ -340,7 +508,7 @@ fn time_arg(s: &str, what: &str) -> CliResult<SystemTime> {
     parse_time(s).ok_or_else(|| format!("{what} {s:?} is not an RFC 3339 UTC time"))
 }
 
-fn keys_from_flags(a: &SignArgs) -> CliResult<Vec<String>> {
+fn keys_from_flags(a: &KeyFlags) -> CliResult<Vec<String>> {
     let mut keys = Vec::new();
     for f in &a.key_file {
         let text =
@@ -356,9 +524,17 @@ fn keys_from_flags(a: &SignArgs) -> CliResult<Vec<String>> {
     Ok(keys)
 }
 
-fn password_from_flags(a: &SignArgs) -> CliResult<Option<Value>> {
+fn some_keys(op: &str, keys: Vec<String>) -> CliResult<Vec<String>> {
+    if keys.is_empty() {
+        Err(format!("{op} needs --key-file or --key-line"))
+    } else {
+        Ok(keys)
+    }
+}
+
+fn password_from_flags(a: &PasswordFlags) -> CliResult<Option<Password>> {
     if let Some(c) = &a.crypt {
-        return Ok(Some(json!({ "crypt": c })));
+        return Ok(Some(Password::crypt(c)));
     }
     if !a.password_stdin {
         return Ok(None);
@@ -374,210 +550,140 @@ fn password_from_flags(a: &SignArgs) -> CliResult<Option<Value>> {
     if pw.is_empty() {
         return Err("the password on stdin is empty".into());
     }
-    Ok(Some(client::sealed_password(&agent, pw.as_bytes())))
+    Ok(Some(client::seal_password(&agent, pw.as_bytes())))
 }
 
 fn yes_no(v: YesNo) -> bool {
     matches!(v, YesNo::Yes)
 }
 
-/// The op's `args` object from the flags. Flags that do not belong to the op
-/// are an error, so a typo cannot silently sign a different command.
-fn build_args(a: &SignArgs) -> CliResult<Value> {
-    let mut args = Map::new();
-    let user = || {
-        a.user
-            .clone()
-            .ok_or_else(|| format!("--op {} needs --user", a.op))
-    };
-    let keys = keys_from_flags(a)?;
-    let mut used_keys = false;
-    let mut used_password = false;
-    match a.op.as_str() {
-        "set_password" => {
-            args.insert("user".into(), user()?.into());
-            let pw = password_from_flags(a)?.ok_or(
-                "--op set_password needs --password-stdin --agent-key KEY, or --crypt HASH",
-            )?;
-            args.insert("password".into(), pw);
-            used_password = true;
-            if a.next_boot {
-                args.insert("apply_at".into(), "next_boot".into());
-            }
-            if a.must_change {
-                args.insert("must_change".into(), true.into());
-            }
+/// The op's typed arguments from its flags (reading key files and the
+/// password), and the common flags.
+fn build_args(op: SignOp) -> CliResult<(Common, Args)> {
+    Ok(match op {
+        SignOp::SetPassword(Signed { common, op: a }) => {
+            let password = password_from_flags(&a.password)?
+                .ok_or("set-password needs --password-stdin --agent-key KEY, or --crypt HASH")?;
+            let args = Args::SetPassword(command::SetPassword {
+                user: a.user.user,
+                password,
+                apply_at: if a.next_boot {
+                    ApplyAt::NextBoot
+                } else {
+                    ApplyAt::Now
+                },
+                must_change: a.must_change,
+            });
+            (common, args)
         }
-        "set_sudo" => {
-            args.insert("user".into(), user()?.into());
-            let v = a
-                .grant_sudo
-                .ok_or("--op set_sudo needs --grant-sudo yes|no")?;
-            args.insert("sudo".into(), yes_no(v).into());
+        SignOp::CreateUser(Signed { common, op: a }) => {
+            let keys = keys_from_flags(&a.keys)?;
+            let args = Args::CreateUser(command::CreateUser {
+                user: a.user.user,
+                sudo: a.sudo,
+                shell: a.shell,
+                password: password_from_flags(&a.password)?,
+                keys: (!keys.is_empty()).then_some(keys),
+                keys_expire_at: a.expiry.keys_expire_at,
+            });
+            (common, args)
         }
-        "lock_user" | "unlock_user" => {
-            args.insert("user".into(), user()?.into());
-            if a.terminate_sessions && a.op == "lock_user" {
-                args.insert("terminate_sessions".into(), true.into());
-            }
+        SignOp::DeleteUser(Signed { common, op: a }) => {
+            let args = Args::DeleteUser(command::DeleteUser {
+                user: a.user.user,
+                remove_home: a.remove_home,
+                terminate_sessions: a.terminate_sessions,
+            });
+            (common, args)
         }
-        "create_user" => {
-            args.insert("user".into(), user()?.into());
-            if a.sudo {
-                args.insert("sudo".into(), true.into());
-            }
-            if let Some(s) = &a.shell {
-                args.insert("shell".into(), s.clone().into());
-            }
-            if let Some(pw) = password_from_flags(a)? {
-                args.insert("password".into(), pw);
-            }
-            used_password = true;
-            if !keys.is_empty() {
-                args.insert("keys".into(), keys.clone().into());
-            }
-            used_keys = true;
-            if let Some(t) = &a.keys_expire_at {
-                time_arg(t, "--keys-expire-at")?;
-                args.insert("keys_expire_at".into(), t.clone().into());
-            }
+        SignOp::AddKeys(Signed { common, op: a }) => {
+            let args = Args::AddKeys(command::AddKeys {
+                user: a.user.user,
+                keys: some_keys("add-keys", keys_from_flags(&a.keys)?)?,
+                expires_at: a.expiry.keys_expire_at,
+            });
+            (common, args)
         }
-        "delete_user" => {
-            args.insert("user".into(), user()?.into());
-            if a.remove_home {
-                args.insert("remove_home".into(), true.into());
-            }
-            if a.terminate_sessions {
-                args.insert("terminate_sessions".into(), true.into());
-            }
+        SignOp::RemoveKeys(Signed { common, op: a }) => {
+            let mut keys = keys_from_flags(&a.keys)?;
+            keys.extend(a.fingerprint);
+            let args = Args::RemoveKeys(command::RemoveKeys {
+                user: a.user.user,
+                keys: some_keys("remove-keys", keys)
+                    .map_err(|e| format!("{e} or --fingerprint"))?,
+            });
+            (common, args)
         }
-        "add_keys" | "replace_keys" | "remove_keys" => {
-            args.insert("user".into(), user()?.into());
-            let mut all = keys.clone();
-            if a.op == "remove_keys" {
-                all.extend(a.fingerprint.iter().cloned());
-            } else if !a.fingerprint.is_empty() {
-                return Err("--fingerprint is only for --op remove_keys".into());
-            }
-            if all.is_empty() && a.op != "replace_keys" {
-                return Err(format!("--op {} needs --key-file or --key-line", a.op));
-            }
-            args.insert("keys".into(), all.into());
-            used_keys = true;
-            if let Some(t) = &a.keys_expire_at {
-                if a.op == "remove_keys" {
-                    return Err("--keys-expire-at does not apply to --op remove_keys".into());
-                }
-                time_arg(t, "--keys-expire-at")?;
-                args.insert("expires_at".into(), t.clone().into());
-            }
+        SignOp::ReplaceKeys(Signed { common, op: a }) => {
+            let args = Args::ReplaceKeys(command::ReplaceKeys {
+                user: a.user.user,
+                keys: keys_from_flags(&a.keys)?,
+                expires_at: a.expiry.keys_expire_at,
+            });
+            (common, args)
         }
-        "set_sshd" => {
-            if let Some(v) = a.pubkey_auth {
-                args.insert("pubkey_authentication".into(), yes_no(v).into());
-            }
-            if let Some(v) = a.password_auth {
-                args.insert("password_authentication".into(), yes_no(v).into());
-            }
-            if let Some(v) = a.permit_root_login {
-                let s = match v {
-                    RootLogin::Yes => "yes",
-                    RootLogin::No => "no",
-                    RootLogin::ProhibitPassword => "prohibit-password",
-                };
-                args.insert("permit_root_login".into(), s.into());
-            }
-            if args.is_empty() {
-                return Err(
-                    "--op set_sshd needs --pubkey-auth, --password-auth or --permit-root-login"
-                        .into(),
-                );
-            }
-            if a.no_restart {
-                args.insert("restart".into(), false.into());
-            }
+        SignOp::SetSshd(Signed { common, op: a }) => {
+            let args = Args::SetSshd(command::SetSshd {
+                pubkey_authentication: a.settings.pubkey_auth.map(yes_no),
+                password_authentication: a.settings.password_auth.map(yes_no),
+                permit_root_login: a.settings.permit_root_login,
+                restart: !a.no_restart,
+            });
+            (common, args)
         }
-        "restart_sshd" => {}
-        "inventory" => {
-            if !a.users.is_empty() {
-                args.insert("users".into(), a.users.clone().into());
-            }
-            if let Some(c) = &a.cursor {
-                args.insert("cursor".into(), c.clone().into());
-            }
+        SignOp::RestartSshd(Signed {
+            common,
+            op: NoFlags {},
+        }) => (common, Args::RestartSshd(command::RestartSshd {})),
+        SignOp::Inventory(Signed { common, op: a }) => {
+            let args = Args::Inventory(command::Inventory {
+                users: (!a.users.is_empty()).then_some(a.users),
+                cursor: a.cursor,
+            });
+            (common, args)
         }
-        other => return Err(format!("unknown --op {other:?}")),
-    }
-    let stray = [
-        (a.user.is_some() && !args.contains_key("user"), "--user"),
-        (!used_keys && !keys.is_empty(), "--key-file/--key-line"),
-        (
-            !used_password && (a.password_stdin || a.crypt.is_some()),
-            "--password-stdin/--crypt",
+        SignOp::LockUser(Signed { common, op: a }) => {
+            let args = Args::LockUser(command::LockUser {
+                user: a.user.user,
+                terminate_sessions: a.terminate_sessions,
+            });
+            (common, args)
+        }
+        SignOp::UnlockUser(Signed { common, op: a }) => (
+            common,
+            Args::UnlockUser(command::UnlockUser { user: a.user }),
         ),
-        (
-            (a.next_boot || a.must_change) && a.op != "set_password",
-            "--next-boot/--must-change",
-        ),
-        (
-            (a.sudo || a.shell.is_some()) && a.op != "create_user",
-            "--sudo/--shell",
-        ),
-        (a.remove_home && a.op != "delete_user", "--remove-home"),
-        (a.grant_sudo.is_some() && a.op != "set_sudo", "--grant-sudo"),
-        (
-            a.terminate_sessions && a.op != "delete_user" && a.op != "lock_user",
-            "--terminate-sessions",
-        ),
-        (
-            a.keys_expire_at.is_some()
-                && !matches!(a.op.as_str(), "add_keys" | "replace_keys" | "create_user"),
-            "--keys-expire-at",
-        ),
-        (
-            (!a.users.is_empty() || a.cursor.is_some()) && a.op != "inventory",
-            "--users/--cursor",
-        ),
-        (
-            (a.no_restart
-                || a.pubkey_auth.is_some()
-                || a.password_auth.is_some()
-                || a.permit_root_login.is_some())
-                && a.op != "set_sshd",
-            "--no-restart/--pubkey-auth/--password-auth/--permit-root-login",
-        ),
-    ];
-    if let Some((_, flag)) = stray.iter().find(|(bad, _)| *bad) {
-        return Err(format!("{flag} does not apply to --op {}", a.op));
-    }
-    Ok(if args.is_empty() {
-        Value::Null
-    } else {
-        Value::Object(args)
+        SignOp::SetSudo(Signed { common, op: a }) => {
+            let args = Args::SetSudo(command::SetSudo {
+                user: a.user.user,
+                sudo: yes_no(a.grant_sudo),
+            });
+            (common, args)
+        }
     })
 }
 
-fn sign(a: &SignArgs) -> CliResult<()> {
-    let key = client::load_signing_key(&a.key).map_err(|e| e.to_string())?;
-    let args = build_args(a)?;
-    let issued_at = match &a.issued_at {
+fn sign(op: SignOp) -> CliResult<()> {
+    let (c, args) = build_args(op)?;
+    let key = client::load_signing_key(&c.key).map_err(|e| e.to_string())?;
+    let issued_at = match &c.issued_at {
         Some(s) => time_arg(s, "--issued-at")?,
         None => SystemTime::now(),
     };
-    let expires_at = match &a.expires_at {
+    let expires_at = match &c.expires_at {
         Some(s) => time_arg(s, "--expires-at")?,
-        None => issued_at + a.expires_in,
+        None => issued_at + c.expires_in,
     };
     let spec = CommandSpec {
-        id: a.id.clone().unwrap_or_else(client::random_id),
-        instance_id: a.instance.clone(),
+        id: c.id.clone().unwrap_or_else(client::random_id),
+        instance_id: c.instance.clone(),
         issued_at,
         expires_at,
-        op: a.op.clone(),
-        args,
+        op: args.op().to_owned(),
+        args: args.to_value(),
     };
-    let envelope = spec.sign(&key, &a.key_id);
-    match &a.out {
+    let envelope = spec.sign(&key, &c.key_id);
+    match &c.out {
         Some(p) => write_new_file(p, format!("{envelope}\n").as_bytes(), 0o600),
         None => {
             println!("{envelope}");
@@ -675,4 +781,85 @@ fn send_mqtt(
         Status::Rejected => ExitCode::from(2),
         Status::Failed => ExitCode::from(3),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_passes_clap_debug_assert() {
+        Cli::command().debug_assert();
+    }
+
+    /// The smallest valid flags of each `sign` subcommand.
+    fn minimal_flags(sub: &str) -> &'static [&'static str] {
+        match sub {
+            "set-password" => &["--user", "bob", "--crypt", "$6$s$h"],
+            "set-sshd" => &["--password-auth", "no"],
+            "set-sudo" => &["--user", "bob", "--grant-sudo", "yes"],
+            "add-keys" | "remove-keys" => &["--user", "bob", "--key-line", "ssh-ed25519 AAAA"],
+            "restart-sshd" | "inventory" => &[],
+            _ => &["--user", "bob"],
+        }
+    }
+
+    #[test]
+    fn sign_has_one_subcommand_per_op_that_builds_that_ops_args_and_shows_an_example() {
+        let cli = Cli::command();
+        let sign = cli.find_subcommand("sign").expect("sign");
+        let mut seen = Vec::new();
+        for sub in sign.get_subcommands() {
+            let name = sub.get_name();
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.contains("Example"),
+                "sign {name} --help has an example"
+            );
+            assert!(help.contains(&format!("accessctl sign {name} ")), "{help}");
+            let mut argv = vec!["accessctl", "sign", name, "--key", "k", "--key-id", "c"];
+            argv.extend(["--instance", "i"]);
+            argv.extend(minimal_flags(name));
+            let Cmd::Sign { op } = Cli::try_parse_from(&argv).unwrap().cmd else {
+                panic!("{argv:?}")
+            };
+            let (_, args) = build_args(*op).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert_eq!(args.op(), name.replace('-', "_"), "sign {name}");
+            seen.push(args.op());
+        }
+        seen.sort_unstable();
+        let mut ops = accessd::protocol::command::OPS.to_vec();
+        ops.sort_unstable();
+        assert_eq!(seen, ops);
+    }
+
+    #[test]
+    fn a_flag_of_another_op_is_a_usage_error() {
+        for argv in [
+            &["sign", "inventory", "--user", "root"][..],
+            &[
+                "sign",
+                "add-keys",
+                "--user",
+                "bob",
+                "--fingerprint",
+                "SHA256:x",
+            ],
+            &["sign", "lock-user", "--user", "bob", "--remove-home"],
+            &["sign", "set-sshd", "--no-restart"],
+        ] {
+            let common = ["--key", "k", "--key-id", "c", "--instance", "i"];
+            let argv: Vec<&str> = ["accessctl"]
+                .iter()
+                .chain(argv)
+                .chain(&common)
+                .copied()
+                .collect();
+            assert!(Cli::try_parse_from(&argv).is_err(), "{argv:?}");
+        }
+    }
 }

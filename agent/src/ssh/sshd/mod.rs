@@ -61,7 +61,9 @@ impl Default for SshdOptions {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// `PermitRootLogin`, named as sshd_config, the protocol and `accessctl
+/// sign set-sshd --permit-root-login` write it (`prohibit-password`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum PermitRootLogin {
     Yes,
