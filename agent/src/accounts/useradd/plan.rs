@@ -85,6 +85,13 @@ pub enum PlanError {
     UserExists,
     /// A group of the user's name exists and a private group is wanted.
     GroupExists,
+    /// login.defs has `{key}_MIN` above `{key}_MAX` (shadow's get_ranges:
+    /// "Invalid configuration").
+    InvertedRange {
+        key: &'static str,
+        min: u64,
+        max: u64,
+    },
     /// Every id of the range is taken.
     NoFreeId {
         what: &'static str,
@@ -103,6 +110,10 @@ impl fmt::Display for PlanError {
         match self {
             PlanError::UserExists => write!(f, "the user exists"),
             PlanError::GroupExists => write!(f, "a group of that name exists"),
+            PlanError::InvertedRange { key, min, max } => write!(
+                f,
+                "invalid configuration in login.defs: {key}_MIN ({min}) is above {key}_MAX ({max})"
+            ),
             PlanError::NoFreeId { what, min, max } => write!(f, "no free {what} in {min}..={max}"),
             PlanError::NoFreeSubordinateRange { key, count } => {
                 write!(f, "no free subordinate {key} range of {count}")
@@ -282,10 +293,14 @@ pub fn plan(input: &Input<'_>, tables: Tables) -> Result<Plan, PlanError> {
     })
 }
 
-/// `{key}_MIN..={key}_MAX` of login.defs (defaults 1000 and 60000).
+/// `{key}_MIN..={key}_MAX` of login.defs (defaults 1000 and 60000), refused
+/// when inverted as shadow's get_ranges refuses it.
 fn range(defs: &Defs, key: &'static str) -> Result<(u64, u64), PlanError> {
     let min = defs.num_or(&format!("{key}_MIN"), 1000) as u64;
     let max = defs.num_or(&format!("{key}_MAX"), 60000) as u64;
+    if max < min {
+        return Err(PlanError::InvertedRange { key, min, max });
+    }
     Ok((min, max))
 }
 
@@ -293,7 +308,7 @@ fn range(defs: &Defs, key: &'static str) -> Result<(u64, u64), PlanError> {
 /// preferred gid, which takes it only when it is inside GID_MIN..=GID_MAX
 /// and no group has it; otherwise the gid is allocated like a uid.
 fn private_gid(used: &[u64], uid: u64, min: u64, max: u64) -> Option<u64> {
-    if !used.contains(&uid) {
+    if (min..=max).contains(&uid) && !used.contains(&uid) {
         return Some(uid);
     }
     next_id(used, min, max)
@@ -309,7 +324,8 @@ fn next_id(used: &[u64], min: u64, max: u64) -> Option<u64> {
         .filter(|u| (min..=max).contains(u))
         .max();
     match highest {
-        None => Some(min),
+        None if min <= max => Some(min),
+        None => None,
         Some(h) if h < max => Some(h + 1),
         Some(_) => (min..=max).find(|c| !used.contains(c)),
     }
@@ -496,6 +512,47 @@ mod tests {
                 max: 1000
             }
         );
+    }
+
+    #[test]
+    fn the_private_group_gid_stays_inside_gid_min_max() {
+        // useradd offers the uid to find_new_gid only as a preference,
+        // which check_gid refuses outside GID_MIN..GID_MAX.
+        let defs =
+            "UID_MIN 1000\nUID_MAX 60000\nGID_MIN 2000\nGID_MAX 60000\nUSERGROUPS_ENAB yes\n";
+        let p = Case::new(defs).run(tables(PASSWD, GROUP)).unwrap();
+        assert_eq!((p.uid, p.gid), (1000, 2000));
+        let defs = "UID_MIN 5000\nUID_MAX 6000\nGID_MIN 1000\nGID_MAX 2000\nUSERGROUPS_ENAB yes\n";
+        let p = Case::new(defs).run(tables(PASSWD, GROUP)).unwrap();
+        assert_eq!((p.uid, p.gid), (5000, 1000));
+    }
+
+    #[test]
+    fn an_inverted_uid_range_is_refused() {
+        let defs = "UID_MIN 5000\nUID_MAX 1000\nUSERGROUPS_ENAB yes\n";
+        let e = Case::new(defs).run(tables(PASSWD, GROUP)).unwrap_err();
+        assert_eq!(
+            e,
+            PlanError::InvertedRange {
+                key: "UID",
+                min: 5000,
+                max: 1000
+            }
+        );
+    }
+
+    #[test]
+    fn an_inverted_gid_range_is_refused_for_a_private_group() {
+        let defs = "GID_MIN 5000\nGID_MAX 1000\nUSERGROUPS_ENAB yes\n";
+        let e = Case::new(defs).run(tables(PASSWD, GROUP)).unwrap_err();
+        assert!(
+            matches!(e, PlanError::InvertedRange { key: "GID", .. }),
+            "{e:?}"
+        );
+        // Without a private group no gid is allocated, as in useradd.
+        let defs = "GID_MIN 5000\nGID_MAX 1000\n";
+        let p = Case::new(defs).run(tables(PASSWD, GROUP)).unwrap();
+        assert_eq!((p.gid, p.private_group), (100, false));
     }
 
     #[test]
