@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::daemon::{self, Control, Spool};
 use crate::engine::Engine;
 use crate::error::{Error, IoContext, Result};
-use crate::protocol::client::{sealed_password, verify_result, CommandSpec};
+use crate::names::UserName;
+use crate::protocol::client::{seal_password, verify_result, CommandSpec};
+use crate::protocol::command::{self, Args};
 use crate::state_dir::{StateDir, INBOX, OUTBOX};
 use crate::sys::System;
 
@@ -123,36 +124,55 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
         "{} alice@laptop",
         ssh_ed25519_line(&user_key.verifying_key())
     );
-    let sealed = sealed_password(&agent_key, b"Demo-Passw0rd!");
+    let password = seal_password(&agent_key, b"Demo-Passw0rd!");
+    let user = UserName::parse(USER).expect("the demo user name is valid");
 
-    let steps: Vec<(&str, &str, Value)> = vec![
+    let steps: Vec<(&str, Args)> = vec![
         (
             "create a user with sudo",
-            "create_user",
-            json!({"user": USER, "sudo": true}),
+            Args::CreateUser(command::CreateUser {
+                user: user.clone(),
+                sudo: true,
+                shell: None,
+                password: None,
+                keys: None,
+                keys_expire_at: None,
+            }),
         ),
         (
             "bind an SSH key",
-            "add_keys",
-            json!({"user": USER, "keys": [key_line]}),
+            Args::AddKeys(command::AddKeys {
+                user: user.clone(),
+                keys: vec![key_line],
+                expires_at: None,
+            }),
         ),
         (
             "set a password (sealed to the agent's key)",
-            "set_password",
-            json!({"user": USER, "password": sealed}),
+            Args::SetPassword(command::SetPassword {
+                user,
+                password,
+                apply_at: command::ApplyAt::Now,
+                must_change: false,
+            }),
         ),
         (
             "turn PasswordAuthentication off",
-            "set_sshd",
-            json!({"password_authentication": false}),
+            Args::SetSshd(command::SetSshd {
+                pubkey_authentication: None,
+                password_authentication: Some(false),
+                permit_root_login: None,
+                restart: true,
+            }),
         ),
     ];
     let mut last_env = Vec::new();
-    for (n, (what, op, args)) in steps.into_iter().enumerate() {
+    for (n, (what, args)) in steps.into_iter().enumerate() {
+        let op = args.op();
         let id = format!("demo-{}-{op}", n + 1);
         let spec = CommandSpec {
             id: id.clone(),
-            ..CommandSpec::new(INSTANCE, op, args, Duration::from_secs(600))
+            ..CommandSpec::from_args(INSTANCE, &args, Duration::from_secs(600))
         };
         let env = spec.sign(&cp, "demo-console").into_bytes();
         w(out, format!("→ {what}: {op} (command {id})\n"))?;

@@ -15,12 +15,15 @@
 //! [`GRACE`].
 
 use std::fs;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+pub mod by_key;
 
 use crate::error::{IoContext, Result};
 
@@ -48,6 +51,9 @@ pub struct Process {
 pub struct Ended {
     pub pid: i32,
     pub user: String,
+    /// The key the session authenticated with, when it was ended for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
 }
@@ -132,6 +138,7 @@ pub fn end(procs: Vec<Process>, user: &str) -> (Vec<Ended>, Vec<Process>) {
         .map(|p| Ended {
             pid: p.pid,
             user: user.to_owned(),
+            fingerprint: None,
             from: p.from,
         })
         .collect();
@@ -217,50 +224,103 @@ fn is_sshd(pid: i32) -> bool {
 /// The peer address of the first established TCP connection the process
 /// holds a socket of (looked up in its own network namespace).
 fn remote_address(pid: i32) -> Option<String> {
-    let mut inodes = Vec::new();
-    for e in fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
-        if let Ok(target) = fs::read_link(e.path()) {
-            let t = target.to_string_lossy();
-            if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
-                inodes.push(n.to_owned());
-            }
-        }
+    tcp_peers(pid).first().map(|a| a.ip().to_string())
+}
+
+/// The socket inodes among the process's open descriptors.
+fn socket_inodes(pid: i32) -> Vec<u64> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let target = fs::read_link(e.path()).ok()?;
+            let t = target.to_str()?;
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+/// The remote ends of the established TCP connections whose sockets the
+/// process holds, as its own network namespace's tables list them.
+fn tcp_peers(pid: i32) -> Vec<SocketAddr> {
+    let inodes = socket_inodes(pid);
+    let mut out = Vec::new();
+    if inodes.is_empty() {
+        return out;
     }
     for table in ["tcp", "tcp6"] {
         let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
             continue;
         };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
-            if f.len() > 9 && f[3] == "01" && inodes.iter().any(|i| i == f[9]) {
-                return parse_proc_addr(f[2]);
-            }
-        }
+        out.extend(
+            text.lines()
+                .skip(1)
+                .filter_map(parse_tcp_line)
+                .filter(|e| e.established && inodes.contains(&e.inode))
+                .map(|e| e.remote),
+        );
     }
-    None
+    out
+}
+
+/// One line of /proc/net/tcp or tcp6.
+#[derive(Debug, PartialEq, Eq)]
+struct TcpEntry {
+    remote: SocketAddr,
+    established: bool,
+    inode: u64,
+}
+
+fn parse_tcp_line(line: &str) -> Option<TcpEntry> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+    if f.len() < 10 {
+        return None;
+    }
+    Some(TcpEntry {
+        remote: parse_proc_socket(f[2])?,
+        established: f[3] == "01",
+        inode: f[9].parse().ok()?,
+    })
 }
 
 /// `0100007F:D431` (IPv4) or 32 hex digits (IPv6) as /proc/net/tcp* writes
-/// them: each 32-bit word in host byte order.
-fn parse_proc_addr(s: &str) -> Option<String> {
-    let (hex, _port) = s.split_once(':')?;
+/// them: each 32-bit word in host byte order, the port in hex. An IPv4
+/// address mapped into IPv6 (a dual-stack listener) reads as the IPv4 one,
+/// as sshd logs it.
+fn parse_proc_socket(s: &str) -> Option<SocketAddr> {
+    let (hex, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    if hex.len() % 8 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     let words: Vec<u32> = (0..hex.len() / 8)
         .map(|i| u32::from_str_radix(&hex[i * 8..i * 8 + 8], 16).ok())
         .collect::<Option<_>>()?;
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    match bytes.len() {
-        4 => Some(std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string()),
+    let ip = match bytes.len() {
+        4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
         16 => {
             let a: [u8; 16] = bytes.try_into().ok()?;
-            let v6 = std::net::Ipv6Addr::from(a);
-            Some(match v6.to_ipv4_mapped() {
-                Some(v4) => v4.to_string(),
-                None => v6.to_string(),
-            })
+            canonical(IpAddr::V6(Ipv6Addr::from(a)))
         }
-        _ => None,
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
+}
+
+#[cfg(test)]
+fn parse_proc_addr(s: &str) -> Option<String> {
+    parse_proc_socket(s).map(|a| a.ip().to_string())
 }
 
 fn pidfd_open(pid: i32) -> Option<OwnedFd> {
@@ -341,6 +401,58 @@ mod tests {
             Some("::1")
         );
         assert_eq!(parse_proc_addr("zz"), None);
+    }
+
+    #[test]
+    fn proc_net_tcp_lines_are_parsed_for_v4_v6_and_mapped_peers() {
+        let v4 = "   3: 0100007F:0016 0100007F:9C40 01 00000000:00000000 \
+                  00:00000000 00000000     0        0 123456 1 0000000000000000 20 4 30 10 -1";
+        assert_eq!(
+            parse_tcp_line(v4),
+            Some(TcpEntry {
+                remote: "127.0.0.1:40000".parse().unwrap(),
+                established: true,
+                inode: 123456,
+            })
+        );
+        let v6 = "   0: 00000000000000000000000001000000:0016 \
+                  00000000000000000000000001000000:9C41 01 00000000:00000000 \
+                  00:00000000 00000000     0        0 777 1 0000000000000000 20 4 30 10 -1";
+        assert_eq!(
+            parse_tcp_line(v6).unwrap().remote,
+            "[::1]:40001".parse().unwrap()
+        );
+        let mapped = "   1: 0000000000000000FFFF00000100007F:0016 \
+                      0000000000000000FFFF00000100007F:9C42 01 00000000:00000000 \
+                      00:00000000 00000000     0        0 778 1 0000000000000000 20 4 30 10 -1";
+        assert_eq!(
+            parse_tcp_line(mapped).unwrap().remote,
+            "127.0.0.1:40002".parse().unwrap()
+        );
+        // A listening socket is not a connection.
+        let listen = "   2: 00000000:0016 00000000:0000 0A 00000000:00000000 \
+                      00:00000000 00000000     0        0 779 1 0000000000000000 100 0 0 10 0";
+        assert!(!parse_tcp_line(listen).unwrap().established);
+        assert_eq!(
+            parse_tcp_line("  sl  local_address rem_address   st tx_queue"),
+            None
+        );
+        assert_eq!(parse_proc_socket("0100007F:XYZ"), None);
+        assert_eq!(parse_proc_socket("0100007:0016"), None);
+    }
+
+    #[test]
+    fn the_peer_of_a_real_connection_is_read_from_proc() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_server, _) = listener.accept().unwrap();
+        let peers = tcp_peers(std::process::id() as i32);
+        // The accepted socket's peer is the client's address and port.
+        assert!(
+            peers.contains(&client.local_addr().unwrap()),
+            "{peers:?} lacks {:?}",
+            client.local_addr()
+        );
     }
 
     #[test]

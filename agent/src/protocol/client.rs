@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde_json::Value;
 
+use super::command::{Args, Password};
 use super::dsse::{self, Envelope};
 use super::result::ResultPayload;
 use super::{format_time, AGENT_KEY_ID, COMMAND_TYPE, RESULT_TYPE};
@@ -37,6 +38,12 @@ impl CommandSpec {
             op: op.to_owned(),
             args,
         }
+    }
+
+    /// A command valid from now for `ttl`, with a random `c-<hex>` id, from
+    /// typed arguments.
+    pub fn from_args(instance_id: &str, args: &Args, ttl: Duration) -> CommandSpec {
+        CommandSpec::new(instance_id, args.op(), args.to_value(), ttl)
     }
 
     /// The payload JSON (PROTOCOL §3).
@@ -75,13 +82,18 @@ pub fn seal_key(agent: &VerifyingKey) -> crypto_box::PublicKey {
     crypto_box::PublicKey::from_bytes(agent.to_montgomery().to_bytes())
 }
 
-/// `{"sealed": "<base64>"}` for a password argument: libsodium
+/// A `{"sealed": "<base64>"}` password argument: libsodium
 /// `crypto_box_seal` of the UTF-8 password to the agent's X25519 key.
-pub fn sealed_password(agent: &VerifyingKey, password: &[u8]) -> Value {
+pub fn seal_password(agent: &VerifyingKey, password: &[u8]) -> Password {
     let sealed = seal_key(agent)
         .seal(&mut rand_core::OsRng, password)
         .expect("sealing to a valid public key cannot fail");
-    serde_json::json!({ "sealed": dsse::encode_b64(&sealed) })
+    Password::sealed(&sealed)
+}
+
+/// [`seal_password`] as a JSON value, for arguments built by hand.
+pub fn sealed_password(agent: &VerifyingKey, password: &[u8]) -> Value {
+    seal_password(agent, password).to_value()
 }
 
 /// Verify a result envelope with the agent's public key and return its payload.

@@ -11,7 +11,7 @@
 
 use std::time::SystemTime;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::accounts::CryptHash;
@@ -46,12 +46,18 @@ pub struct Command {
     pub op: Op,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ApplyAt {
     #[default]
     Now,
     NextBoot,
+}
+
+impl ApplyAt {
+    fn is_now(&self) -> bool {
+        *self == ApplyAt::Now
+    }
 }
 
 /// A password argument: still sealed (opened by the engine, which holds the
@@ -177,120 +183,287 @@ struct RawCommand {
     args: Option<Value>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetPasswordArgs {
-    user: UserName,
-    password: Value,
-    #[serde(default)]
-    apply_at: ApplyAt,
-    #[serde(default)]
-    must_change: bool,
+// The argument objects of each op (PROTOCOL §3), one public type per op:
+// the engine parses them (`parse`), `accessctl`, the demo and the tests build
+// them, so the wire names and defaults are written once. Each serializes to
+// exactly what it parses from; defaults are left out when serializing, so a
+// built command carries only what was asked for. Values whose check must not
+// quote them (passwords) or whose message is fixed (times, keys, shells,
+// cursors) are kept as sent and checked by `parse`, which turns them into an
+// [`Op`].
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LockUserArgs {
-    user: UserName,
-    #[serde(default)]
-    terminate_sessions: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UserArgs {
-    user: UserName,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetSudoArgs {
-    user: UserName,
-    sudo: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateUserArgs {
-    user: UserName,
-    #[serde(default)]
-    sudo: bool,
-    #[serde(default)]
-    shell: Option<String>,
-    #[serde(default)]
-    password: Option<Value>,
-    #[serde(default)]
-    keys: Option<Vec<String>>,
-    #[serde(default)]
-    keys_expire_at: Option<Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeleteUserArgs {
-    user: UserName,
-    #[serde(default)]
-    remove_home: bool,
-    #[serde(default)]
-    terminate_sessions: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeysArgs {
-    user: UserName,
-    keys: Vec<String>,
-}
-
-/// `add_keys` and `replace_keys`: [`KeysArgs`] and an `expires_at`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BindKeysArgs {
-    user: UserName,
-    keys: Vec<String>,
-    #[serde(default)]
-    expires_at: Option<Value>,
-}
-
-/// A key expiry argument: an RFC 3339 UTC time (`Z` or `+00:00`). Whether
-/// it is in the future is the engine's check.
-fn key_expiry(v: Option<Value>, what: &str) -> Result<Option<SystemTime>> {
-    let Some(v) = v else { return Ok(None) };
-    let t = v
-        .as_str()
-        .and_then(super::parse_time)
-        .ok_or_else(|| invalid(format!("{what} is not an RFC 3339 UTC time")))?;
-    Ok(Some(t))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetSshdArgs {
-    #[serde(default)]
-    pubkey_authentication: Option<bool>,
-    #[serde(default)]
-    password_authentication: Option<bool>,
-    #[serde(default)]
-    permit_root_login: Option<PermitRootLogin>,
-    #[serde(default = "yes")]
-    restart: bool,
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn yes() -> bool {
     true
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoArgs {}
+/// A password argument as it is on the wire: `{"sealed": "<base64>"}` or
+/// `{"crypt": "<hash>"}`. Deserializing keeps the JSON as sent; [`parse`]
+/// checks it without ever quoting it. `Debug` never shows it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Password(Value);
 
-#[derive(Deserialize)]
+impl Password {
+    /// `{"crypt": hash}`: a crypt(3) hash made by the control plane.
+    pub fn crypt(hash: &str) -> Password {
+        Password(serde_json::json!({ "crypt": hash }))
+    }
+
+    /// `{"sealed": base64}` of a sealed box (see `client::seal_password`).
+    pub fn sealed(sealed_box: &[u8]) -> Password {
+        Password(serde_json::json!({ "sealed": super::dsse::encode_b64(sealed_box) }))
+    }
+
+    /// The JSON value, as it goes into `args`.
+    pub fn to_value(&self) -> Value {
+        self.0.clone()
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// A key expiry argument (`expires_at`, `keys_expire_at`) as sent: an
+/// RFC 3339 UTC time, checked by [`parse`] (whether it is in the future is
+/// the engine's check).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyExpiry(Value);
+
+impl KeyExpiry {
+    /// The time in whole seconds, as [`super::format_time`] writes it.
+    pub fn at(t: SystemTime) -> KeyExpiry {
+        KeyExpiry(Value::String(super::format_time(t)))
+    }
+
+    /// An RFC 3339 UTC time given as text; `None` if it is not one.
+    pub fn parse(s: &str) -> Option<KeyExpiry> {
+        super::parse_time(s).map(|_| KeyExpiry(Value::String(s.to_owned())))
+    }
+}
+
+/// `set_password`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InventoryArgs {
-    #[serde(default)]
-    users: Option<Vec<UserName>>,
-    #[serde(default)]
-    cursor: Option<String>,
+pub struct SetPassword {
+    pub user: UserName,
+    pub password: Password,
+    #[serde(default, skip_serializing_if = "ApplyAt::is_now")]
+    pub apply_at: ApplyAt,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub must_change: bool,
+}
+
+/// `create_user`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub user: UserName,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sudo: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Password>,
+    /// authorized_keys lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_expire_at: Option<KeyExpiry>,
+}
+
+/// `delete_user`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteUser {
+    pub user: UserName,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub remove_home: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub terminate_sessions: bool,
+}
+
+/// `add_keys`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddKeys {
+    pub user: UserName,
+    /// authorized_keys lines (at least one).
+    pub keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<KeyExpiry>,
+}
+
+/// `remove_keys`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveKeys {
+    pub user: UserName,
+    /// authorized_keys lines or `SHA256:` fingerprints (at least one).
+    pub keys: Vec<String>,
+}
+
+/// `replace_keys`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceKeys {
+    pub user: UserName,
+    /// authorized_keys lines (may be empty: remove every managed key).
+    pub keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<KeyExpiry>,
+}
+
+/// `set_sshd`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetSshd {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pubkey_authentication: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_authentication: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permit_root_login: Option<PermitRootLogin>,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub restart: bool,
+}
+
+/// `restart_sshd`: no arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSshd {}
+
+/// `inventory`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<UserName>>,
+    /// `data.next` of an earlier inventory result, unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `lock_user`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockUser {
+    pub user: UserName,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub terminate_sessions: bool,
+}
+
+/// `unlock_user`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnlockUser {
+    pub user: UserName,
+}
+
+/// `set_sudo`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetSudo {
+    pub user: UserName,
+    pub sudo: bool,
+}
+
+/// An op with its arguments: what a control plane builds. Its `op` is the
+/// wire name; [`Args::to_value`] is the `args` object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Args {
+    SetPassword(SetPassword),
+    CreateUser(CreateUser),
+    DeleteUser(DeleteUser),
+    AddKeys(AddKeys),
+    RemoveKeys(RemoveKeys),
+    ReplaceKeys(ReplaceKeys),
+    SetSshd(SetSshd),
+    RestartSshd(RestartSshd),
+    Inventory(Inventory),
+    LockUser(LockUser),
+    UnlockUser(UnlockUser),
+    SetSudo(SetSudo),
+}
+
+impl Args {
+    /// The arguments of `op` from a payload's `args` (absent or `null`: no
+    /// arguments). The op list the engine accepts.
+    pub fn from_json(op: &str, args: Option<Value>) -> Result<Args> {
+        Ok(match op {
+            "set_password" => Args::SetPassword(args_of(op, args)?),
+            "create_user" => Args::CreateUser(args_of(op, args)?),
+            "delete_user" => Args::DeleteUser(args_of(op, args)?),
+            "add_keys" => Args::AddKeys(args_of(op, args)?),
+            "remove_keys" => Args::RemoveKeys(args_of(op, args)?),
+            "replace_keys" => Args::ReplaceKeys(args_of(op, args)?),
+            "set_sshd" => Args::SetSshd(args_of(op, args)?),
+            "restart_sshd" => Args::RestartSshd(args_of(op, args)?),
+            "inventory" => Args::Inventory(args_of(op, args)?),
+            "lock_user" => Args::LockUser(args_of(op, args)?),
+            "unlock_user" => Args::UnlockUser(args_of(op, args)?),
+            "set_sudo" => Args::SetSudo(args_of(op, args)?),
+            other => {
+                return Err(invalid(format!(
+                    "unknown op {:?}",
+                    crate::names::truncate_for_message(other)
+                )))
+            }
+        })
+    }
+
+    /// The wire name, as in [`OPS`].
+    pub fn op(&self) -> &'static str {
+        match self {
+            Args::SetPassword(_) => "set_password",
+            Args::CreateUser(_) => "create_user",
+            Args::DeleteUser(_) => "delete_user",
+            Args::AddKeys(_) => "add_keys",
+            Args::RemoveKeys(_) => "remove_keys",
+            Args::ReplaceKeys(_) => "replace_keys",
+            Args::SetSshd(_) => "set_sshd",
+            Args::RestartSshd(_) => "restart_sshd",
+            Args::Inventory(_) => "inventory",
+            Args::LockUser(_) => "lock_user",
+            Args::UnlockUser(_) => "unlock_user",
+            Args::SetSudo(_) => "set_sudo",
+        }
+    }
+
+    /// The `args` object; `null` (no `args` member) when it would be empty,
+    /// as the payload has always been written for ops without arguments.
+    pub fn to_value(&self) -> Value {
+        let v = match self {
+            Args::SetPassword(a) => serde_json::to_value(a),
+            Args::CreateUser(a) => serde_json::to_value(a),
+            Args::DeleteUser(a) => serde_json::to_value(a),
+            Args::AddKeys(a) => serde_json::to_value(a),
+            Args::RemoveKeys(a) => serde_json::to_value(a),
+            Args::ReplaceKeys(a) => serde_json::to_value(a),
+            Args::SetSshd(a) => serde_json::to_value(a),
+            Args::RestartSshd(a) => serde_json::to_value(a),
+            Args::Inventory(a) => serde_json::to_value(a),
+            Args::LockUser(a) => serde_json::to_value(a),
+            Args::UnlockUser(a) => serde_json::to_value(a),
+            Args::SetSudo(a) => serde_json::to_value(a),
+        }
+        .expect("argument structs serialize to JSON");
+        match v {
+            Value::Object(m) if m.is_empty() => Value::Null,
+            v => v,
+        }
+    }
 }
 
 /// Command ids (PROTOCOL §3): 1..128 chars of `[A-Za-z0-9._:-]`.
@@ -401,12 +574,17 @@ fn invalid(msg: impl Into<String>) -> Error {
 }
 
 fn args_of<T: for<'de> Deserialize<'de>>(op: &str, args: Option<Value>) -> Result<T> {
-    let args = args.unwrap_or_else(|| Value::Object(Default::default()));
+    // `"args": null` never gets here as Some(Null) from a payload (serde
+    // reads it as None); from a caller it means the same: no arguments.
+    let args = match args {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(v) => v,
+    };
     serde_json::from_value(args).map_err(|e| invalid(format!("{op} args: {e}")))
 }
 
 /// Parse a password argument without ever quoting it.
-fn password_arg(v: Value, what: &str) -> Result<PasswordArg> {
+fn password_arg(Password(v): Password, what: &str) -> Result<PasswordArg> {
     let Value::Object(map) = v else {
         return Err(invalid(format!(
             "{what} must be an object {{\"sealed\": ...}} or {{\"crypt\": ...}}; \
@@ -455,6 +633,19 @@ fn password_arg(v: Value, what: &str) -> Result<PasswordArg> {
             invalid(format!("{what}.crypt: {why}"))
         }),
     }
+}
+
+/// A key expiry argument: an RFC 3339 UTC time (`Z` or `+00:00`). Whether
+/// it is in the future is the engine's check.
+fn key_expiry(v: Option<KeyExpiry>, what: &str) -> Result<Option<SystemTime>> {
+    let Some(KeyExpiry(v)) = v else {
+        return Ok(None);
+    };
+    let t = v
+        .as_str()
+        .and_then(super::parse_time)
+        .ok_or_else(|| invalid(format!("{what} is not an RFC 3339 UTC time")))?;
+    Ok(Some(t))
 }
 
 fn key_lines(keys: Vec<String>) -> Result<Vec<KeyLine>> {
@@ -511,57 +702,40 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
         .ok_or_else(|| invalid("issued_at is not an RFC 3339 UTC time"))?;
     let expires_at = super::parse_time(&raw.expires_at)
         .ok_or_else(|| invalid("expires_at is not an RFC 3339 UTC time"))?;
-    let op = raw.op.as_str();
-    let op = match op {
-        "set_password" => {
-            let a: SetPasswordArgs = args_of(op, raw.args)?;
-            Op::SetPassword {
-                user: a.user,
-                password: password_arg(a.password, "password")?,
-                apply_at: a.apply_at,
-                must_change: a.must_change,
-            }
-        }
-        "create_user" => {
-            let a: CreateUserArgs = args_of(op, raw.args)?;
-            Op::CreateUser {
-                user: a.user,
-                sudo: a.sudo,
-                shell: a.shell.map(shell).transpose()?,
-                password: a
-                    .password
-                    .map(|p| password_arg(p, "password"))
-                    .transpose()?,
-                keys: key_lines(a.keys.unwrap_or_default())?,
-                keys_expire_at: key_expiry(a.keys_expire_at, "keys_expire_at")?,
-            }
-        }
-        "delete_user" => {
-            let a: DeleteUserArgs = args_of(op, raw.args)?;
-            Op::DeleteUser {
-                user: a.user,
-                remove_home: a.remove_home,
-                terminate_sessions: a.terminate_sessions,
-            }
-        }
-        "add_keys" => {
-            let a: BindKeysArgs = args_of(op, raw.args)?;
-            Op::AddKeys {
-                user: a.user,
-                keys: nonempty(op, key_lines(a.keys)?)?,
-                expires_at: key_expiry(a.expires_at, "expires_at")?,
-            }
-        }
-        "replace_keys" => {
-            let a: BindKeysArgs = args_of(op, raw.args)?;
-            Op::ReplaceKeys {
-                user: a.user,
-                keys: key_lines(a.keys)?,
-                expires_at: key_expiry(a.expires_at, "expires_at")?,
-            }
-        }
-        "remove_keys" => {
-            let a: KeysArgs = args_of(op, raw.args)?;
+    let op = match Args::from_json(&raw.op, raw.args)? {
+        Args::SetPassword(a) => Op::SetPassword {
+            user: a.user,
+            password: password_arg(a.password, "password")?,
+            apply_at: a.apply_at,
+            must_change: a.must_change,
+        },
+        Args::CreateUser(a) => Op::CreateUser {
+            user: a.user,
+            sudo: a.sudo,
+            shell: a.shell.map(shell).transpose()?,
+            password: a
+                .password
+                .map(|p| password_arg(p, "password"))
+                .transpose()?,
+            keys: key_lines(a.keys.unwrap_or_default())?,
+            keys_expire_at: key_expiry(a.keys_expire_at, "keys_expire_at")?,
+        },
+        Args::DeleteUser(a) => Op::DeleteUser {
+            user: a.user,
+            remove_home: a.remove_home,
+            terminate_sessions: a.terminate_sessions,
+        },
+        Args::AddKeys(a) => Op::AddKeys {
+            user: a.user,
+            keys: nonempty("add_keys", key_lines(a.keys)?)?,
+            expires_at: key_expiry(a.expires_at, "expires_at")?,
+        },
+        Args::ReplaceKeys(a) => Op::ReplaceKeys {
+            user: a.user,
+            keys: key_lines(a.keys)?,
+            expires_at: key_expiry(a.expires_at, "expires_at")?,
+        },
+        Args::RemoveKeys(a) => {
             let keys = a
                 .keys
                 .iter()
@@ -570,11 +744,10 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
                 .collect::<Result<Vec<_>>>()?;
             Op::RemoveKeys {
                 user: a.user,
-                keys: nonempty(op, keys)?,
+                keys: nonempty("remove_keys", keys)?,
             }
         }
-        "set_sshd" => {
-            let a: SetSshdArgs = args_of(op, raw.args)?;
+        Args::SetSshd(a) => {
             let change = SshdChange {
                 pubkey_authentication: a.pubkey_authentication,
                 password_authentication: a.password_authentication,
@@ -591,12 +764,8 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
                 restart: a.restart,
             }
         }
-        "restart_sshd" => {
-            let NoArgs {} = args_of(op, raw.args)?;
-            Op::RestartSshd
-        }
-        "inventory" => {
-            let a: InventoryArgs = args_of(op, raw.args)?;
+        Args::RestartSshd(RestartSshd {}) => Op::RestartSshd,
+        Args::Inventory(a) => {
             if a.users.as_ref().is_some_and(Vec::is_empty) {
                 return Err(invalid(
                     "inventory: users must not be empty (leave it out to list every user)",
@@ -611,8 +780,7 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
                     .transpose()?,
             })
         }
-        "lock_user" => {
-            let a: LockUserArgs = args_of(op, raw.args)?;
+        Args::LockUser(a) => {
             if a.user.as_str() == "root" {
                 // Locking root out of a cloud instance is what the console's
                 // password reset exists to undo.
@@ -625,23 +793,11 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
                 terminate_sessions: a.terminate_sessions,
             }
         }
-        "unlock_user" => {
-            let a: UserArgs = args_of(op, raw.args)?;
-            Op::UnlockUser { user: a.user }
-        }
-        "set_sudo" => {
-            let a: SetSudoArgs = args_of(op, raw.args)?;
-            Op::SetSudo {
-                user: a.user,
-                sudo: a.sudo,
-            }
-        }
-        other => {
-            return Err(invalid(format!(
-                "unknown op {:?}",
-                crate::names::truncate_for_message(other)
-            )))
-        }
+        Args::UnlockUser(a) => Op::UnlockUser { user: a.user },
+        Args::SetSudo(a) => Op::SetSudo {
+            user: a.user,
+            sudo: a.sudo,
+        },
     };
     Ok(Command {
         id: raw.id,
@@ -814,6 +970,130 @@ mod tests {
         let Op::AddKeys { expires_at, .. } = c.op else {
             panic!("{:?}", c.op)
         };
+        assert_eq!(
+            expires_at,
+            Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_893_456_000))
+        );
+    }
+
+    /// Typed arguments for `op`, with every field set away from its default
+    /// (so a field that serializes under the wrong name, or is skipped when
+    /// it should not be, fails the round trip).
+    fn sample(op: &str) -> Args {
+        let user = UserName::parse("bob").unwrap();
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMU3PG77wArVV58QldS0w27ZKeU/f5DVdcL7Fbmo4fgY x"
+                .to_string();
+        let when =
+            KeyExpiry::at(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_893_456_000));
+        let crypt = Password::crypt("$6$salt$2g3wBi3ExZ8LZRNBhZBm4nDrd0pJeP9qsbn6dq9s6sDW.Lxh8u3vRvm6TsOsyDnbBQhn7oQEv3Cak/dXT/lqC0");
+        match op {
+            "set_password" => Args::SetPassword(SetPassword {
+                user,
+                password: Password::sealed(&[7; 48]),
+                apply_at: ApplyAt::NextBoot,
+                must_change: true,
+            }),
+            "create_user" => Args::CreateUser(CreateUser {
+                user,
+                sudo: true,
+                shell: Some("/bin/zsh".into()),
+                password: Some(crypt),
+                keys: Some(vec![key]),
+                keys_expire_at: Some(when),
+            }),
+            "delete_user" => Args::DeleteUser(DeleteUser {
+                user,
+                remove_home: true,
+                terminate_sessions: true,
+            }),
+            "add_keys" => Args::AddKeys(AddKeys {
+                user,
+                keys: vec![key],
+                expires_at: Some(when),
+            }),
+            "remove_keys" => Args::RemoveKeys(RemoveKeys {
+                user,
+                keys: vec![
+                    key,
+                    "SHA256:ZzlM1AbDTeIhCSl8TPuPOTTJzuOQ+z5LrRAQq3jVBgU".into(),
+                ],
+            }),
+            "replace_keys" => Args::ReplaceKeys(ReplaceKeys {
+                user,
+                keys: vec![key],
+                expires_at: Some(when),
+            }),
+            "set_sshd" => Args::SetSshd(SetSshd {
+                pubkey_authentication: Some(true),
+                password_authentication: Some(false),
+                permit_root_login: Some(PermitRootLogin::ProhibitPassword),
+                restart: false,
+            }),
+            "restart_sshd" => Args::RestartSshd(RestartSshd {}),
+            "inventory" => Args::Inventory(Inventory {
+                users: Some(vec![user]),
+                cursor: None,
+            }),
+            "lock_user" => Args::LockUser(LockUser {
+                user,
+                terminate_sessions: true,
+            }),
+            "unlock_user" => Args::UnlockUser(UnlockUser { user }),
+            "set_sudo" => Args::SetSudo(SetSudo { user, sudo: true }),
+            other => panic!("no sample arguments for op {other}: add them here"),
+        }
+    }
+
+    #[test]
+    fn typed_args_of_every_op_round_trip_through_the_wire_and_parse() {
+        for &op in OPS {
+            let args = sample(op);
+            assert_eq!(args.op(), op);
+            let v = args.to_value();
+            let back = Args::from_json(op, Some(v.clone())).unwrap();
+            assert_eq!(back, args, "{op}: {v}");
+            let c = parse(&cmd(op, v.clone())).unwrap_or_else(|e| panic!("{op}: {v}: {e}"));
+            assert_eq!(c.op.name(), op);
+        }
+        // Defaults are left out, and read back as the defaults.
+        let bare = Args::SetSshd(SetSshd {
+            pubkey_authentication: None,
+            password_authentication: Some(false),
+            permit_root_login: None,
+            restart: true,
+        });
+        assert_eq!(
+            bare.to_value(),
+            serde_json::json!({"password_authentication": false})
+        );
+        assert_eq!(
+            Args::from_json("set_sshd", Some(bare.to_value())).unwrap(),
+            bare
+        );
+        assert_eq!(Args::RestartSshd(RestartSshd {}).to_value(), Value::Null);
+        let Op::SetPassword {
+            password,
+            apply_at,
+            must_change,
+            ..
+        } = parse(&cmd("set_password", sample("set_password").to_value()))
+            .unwrap()
+            .op
+        else {
+            panic!()
+        };
+        assert!(matches!(password, PasswordArg::Sealed(b) if b == [7; 48]));
+        assert_eq!((apply_at, must_change), (ApplyAt::NextBoot, true));
+        let Op::AddKeys {
+            keys, expires_at, ..
+        } = parse(&cmd("add_keys", sample("add_keys").to_value()))
+            .unwrap()
+            .op
+        else {
+            panic!()
+        };
+        assert_eq!(keys.len(), 1);
         assert_eq!(
             expires_at,
             Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_893_456_000))
