@@ -294,3 +294,62 @@ fn an_existing_home_is_kept_as_useradd_m_keeps_it() {
         b"mine\n"
     );
 }
+
+/// The fixture's login.defs with `settings` replacing the keys they name.
+fn set_login_defs(root: &std::path::Path, settings: &[(&str, &str)]) {
+    let path = root.join("etc/login.defs");
+    let defs = fs::read_to_string(&path).unwrap();
+    let mut out: String = defs
+        .lines()
+        .filter(|l| {
+            let key = l.split_whitespace().next().unwrap_or("");
+            !settings.iter().any(|(k, _)| *k == key)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for (k, v) in settings {
+        out += &format!("{k} {v}\n");
+    }
+    fs::write(path, out).unwrap();
+}
+
+#[test]
+fn the_private_group_gid_stays_inside_gid_min_max_as_useradd_keeps_it() {
+    if !prerequisites(&["useradd"]) {
+        return;
+    }
+    // The uid (from 1000) is free as a gid but outside GID_MIN..GID_MAX:
+    // useradd does not take it for the private group.
+    let a = fixture();
+    set_login_defs(a.path(), &[("GID_MIN", "30000"), ("GID_MAX", "40000")]);
+    let b = clone_tree(a.path());
+
+    useradd(a.path(), &["-m", "ivan"]);
+    let c =
+        accounts::create_user(&sys(b.path()), &AccountsConfig::default(), &spec("ivan")).unwrap();
+    assert_eq!(snapshot(a.path(), true), snapshot(b.path(), true));
+    assert!((30000..=40000).contains(&c.gid), "gid {}", c.gid);
+    assert_ne!(c.gid, c.uid);
+}
+
+#[test]
+fn an_inverted_uid_range_is_refused_as_useradd_refuses_it() {
+    if !prerequisites(&["useradd"]) {
+        return;
+    }
+    let a = fixture();
+    set_login_defs(a.path(), &[("UID_MIN", "50000"), ("UID_MAX", "40000")]);
+    let before = whole_tree(a.path());
+    let out = std::process::Command::new("useradd")
+        .args(["-R", &root_arg(a.path()), "-m", "judy"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "useradd accepted UID_MIN > UID_MAX");
+    assert_tree_unchanged(a.path(), &before, "useradd changed files");
+
+    let e = accounts::create_user(&sys(a.path()), &AccountsConfig::default(), &spec("judy"))
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidCommand, "{e}");
+    assert!(e.to_string().contains("UID_MIN (50000)"), "{e}");
+    assert_tree_unchanged(a.path(), &before, "files changed");
+}

@@ -38,7 +38,7 @@ pub enum Grant {
 }
 
 /// Active (uncommented) sudoers lines.
-fn sudoers_lines(etc: &Dir) -> Result<Option<Vec<String>>> {
+pub fn sudoers_lines(etc: &Dir) -> Result<Option<Vec<String>>> {
     Ok(etc.read("sudoers")?.map(|d| {
         String::from_utf8_lossy(&d.bytes)
             .lines()
@@ -52,6 +52,11 @@ pub fn enabled_admin_groups(etc: &Dir, group: Option<&Table>) -> Result<Vec<Admi
     let (Some(lines), Some(group)) = (sudoers_lines(etc)?, group) else {
         return Ok(Vec::new());
     };
+    Ok(enabled_admin_groups_in(&lines, group))
+}
+
+/// [`enabled_admin_groups`] over sudoers lines already read.
+pub fn enabled_admin_groups_in(lines: &[String], group: &Table) -> Vec<AdminGroup> {
     let mut out = Vec::new();
     for name in ["sudo", "wheel"] {
         let rule = format!("%{name}");
@@ -74,32 +79,62 @@ pub fn enabled_admin_groups(etc: &Dir, group: Option<&Table>) -> Result<Vec<Admi
             }
         }
     }
-    Ok(out)
+    out
+}
+
+/// Why sudo cannot be granted on this system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoGrant {
+    /// There is no /etc/sudoers.
+    NoSudoers,
+    /// /etc/sudoers neither enables an admin group we can use nor reads
+    /// /etc/sudoers.d.
+    NoWay,
+}
+
+impl NoGrant {
+    /// The protocol error, naming the sudoers file under `etc`.
+    pub fn into_error(self, etc: &Dir) -> Error {
+        let path = etc.display("sudoers");
+        Error::invalid(match self {
+            NoGrant::NoSudoers => format!(
+                "cannot grant sudo: {} does not exist (is sudo installed?)",
+                path.display()
+            ),
+            NoGrant::NoWay => format!(
+                "cannot grant sudo: {} neither enables %sudo or %wheel nor includes /etc/sudoers.d",
+                path.display()
+            ),
+        })
+    }
 }
 
 /// How to grant sudo to a new user.
 pub fn choose(etc: &Dir, group: &Table, has_password: bool) -> Result<Grant> {
+    choose_in(sudoers_lines(etc)?.as_deref(), group, has_password).map_err(|e| e.into_error(etc))
+}
+
+/// [`choose`] over the active sudoers lines (`None`: no /etc/sudoers).
+pub fn choose_in(
+    sudoers: Option<&[String]>,
+    group: &Table,
+    has_password: bool,
+) -> Result<Grant, NoGrant> {
+    let Some(lines) = sudoers else {
+        return Err(NoGrant::NoSudoers);
+    };
     if has_password {
-        if let Some(g) = enabled_admin_groups(etc, Some(group))?.into_iter().next() {
+        if let Some(g) = enabled_admin_groups_in(lines, group).into_iter().next() {
             return Ok(Grant::Group(g.name));
         }
     }
-    let Some(lines) = sudoers_lines(etc)? else {
-        return Err(Error::invalid(format!(
-            "cannot grant sudo: {} does not exist (is sudo installed?)",
-            etc.display("sudoers").display()
-        )));
-    };
     let includes = lines.iter().any(|l| {
         let mut w = l.split_whitespace();
         matches!(w.next(), Some("@includedir" | "#includedir"))
             && w.next() == Some("/etc/sudoers.d")
     });
     if !includes {
-        return Err(Error::invalid(format!(
-            "cannot grant sudo: {} neither enables %sudo or %wheel nor includes /etc/sudoers.d",
-            etc.display("sudoers").display()
-        )));
+        return Err(NoGrant::NoWay);
     }
     Ok(Grant::Dropin)
 }
