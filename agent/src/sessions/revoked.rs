@@ -6,10 +6,10 @@
 //! root processes or a journal.
 
 use std::collections::BTreeSet;
-use std::time::SystemTime;
 
-use super::by_key::{self, KeyLogin, Outcome};
+use super::by_key::{self, Outcome};
 use crate::error::Result;
+use crate::ssh::logins::{self, Login};
 use crate::sys::System;
 
 /// Finding and ending the live SSH sessions of `user` (uid `uid`) that
@@ -39,17 +39,19 @@ pub trait KeySessions: Send + Sync {
 /// unbounded memory. Older sessions than the bound reaches are not seen.
 pub const MAX_LOGINS: usize = 10_000;
 
-/// The sessions sshd's own log names, checked against /proc
-/// ([`by_key::plan`]). In image mode (a root other than `/`) the image has
-/// no live sessions: there is nothing to read and nothing is ended.
+/// The sessions sshd's own log names ([`logins::accepted`]: the journal's
+/// trusted fields, else auth.log), each checked against /proc
+/// ([`by_key::plan`]) before it is counted or ended. In image mode (a root
+/// other than `/`) the image has no live sessions: nothing is read and
+/// nothing is ended.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SshdLog;
 
 impl SshdLog {
     /// sshd's records since this boot (no live session is older).
-    fn logins(sys: &System) -> Result<Vec<KeyLogin>> {
+    fn logins(sys: &System) -> Result<Vec<Login>> {
         let since = by_key::boot_time()?;
-        read_logins(sys, since, MAX_LOGINS)
+        logins::accepted(sys, Some(since), MAX_LOGINS)
     }
 }
 
@@ -79,11 +81,4 @@ impl KeySessions for SshdLog {
         }
         by_key::count(&Self::logins(sys)?, fingerprints, user, uid)
     }
-}
-
-fn read_logins(_sys: &System, _since: SystemTime, _max: usize) -> Result<Vec<KeyLogin>> {
-    Err(crate::error::Error::Io {
-        context: "reading sshd's login records".into(),
-        source: std::io::Error::other("not wired yet"),
-    })
 }
