@@ -20,7 +20,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use accessd::sessions::by_key::{self, KeyLogin};
+use accessd::sessions::by_key;
+use accessd::ssh::logins::{self, Login, Source};
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -69,17 +70,26 @@ fn session(key: &Path, port: u16) -> Child {
 }
 
 /// (port, fingerprint) of each "Accepted publickey" line.
+/// The "Accepted" records of the real sshd's log, read with the agent's
+/// own parser (`-E` prefixes each message with a time and the pid).
 fn accepted(log: &Path) -> Vec<(u16, String)> {
     fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
-            let rest = l
-                .split("Accepted publickey for root from 127.0.0.1 port ")
-                .nth(1)?;
-            let (port, rest) = rest.split_once(' ')?;
-            let fp = rest.split_whitespace().last()?;
-            Some((port.parse().ok()?, fp.to_owned()))
+            let msg = &l[l.find("Accepted ")?..];
+            let (user, method, addr, port, kt, fp) = logins::parse_accepted(msg)
+                .unwrap_or_else(|| panic!("sshd's own line does not parse: {l}"));
+            assert_eq!(
+                (user.as_str(), method.as_str(), addr, kt.as_deref()),
+                (
+                    "root",
+                    "publickey",
+                    IpAddr::from([127, 0, 0, 1]),
+                    Some("ED25519")
+                )
+            );
+            Some((port, fp?))
         })
         .collect()
 }
@@ -184,16 +194,19 @@ fn ending_one_keys_sessions_ends_only_that_keys_session_of_a_real_sshd() {
 
     // Every record paired with every session process: one true pairing per
     // record, the other a forgery that names the other key's connection.
-    let logins: Vec<KeyLogin> = children_of(sshd.pid)
+    let logins: Vec<Login> = children_of(sshd.pid)
         .into_iter()
         .flat_map(|pid| {
-            records.iter().map(move |(port, fp)| KeyLogin {
+            records.iter().map(move |(port, fp)| Login {
                 pid,
                 user: "root".into(),
                 addr: IpAddr::from([127, 0, 0, 1]),
                 port: *port,
-                fingerprint: fp.clone(),
+                method: "publickey".into(),
+                key_type: Some("ED25519".into()),
+                fingerprint: Some(fp.clone()),
                 at,
+                source: Source::AuthLog,
             })
         })
         .collect();
