@@ -79,7 +79,7 @@ pub fn init(default_level: &str) {
 
 /// Audit: an envelope arrived from `source` (an inbox file name, an MQTT
 /// message, an `accessd apply` argument). `claimed_id` is what the envelope
-/// claims before verification (see [`claimed_command_id`]); the outcome
+/// claims before verification (see [`crate::protocol::command::claimed_id`]); the outcome
 /// event carries the verified one as `COMMAND_ID`.
 pub fn received(source: &str, claimed_id: Option<&str>, bytes: usize) {
     tracing::info!(
@@ -210,42 +210,9 @@ pub fn key_expiry_failed(
     );
 }
 
-/// The `id` an envelope's payload claims, read without verifying anything,
-/// so that the "received" event can be correlated (as `CLAIMED_COMMAND_ID`)
-/// with the outcome. Only an id of the protocol's shape is returned (it is
-/// attacker-controlled until verified; the shape keeps it a harmless token).
-pub fn claimed_command_id(envelope: &[u8]) -> Option<String> {
-    let envelope = crate::protocol::dsse::Envelope::parse(envelope).ok()?;
-    crate::protocol::command::claimed_id(envelope.unverified_payload())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
-
-    fn env_with(payload: &str) -> Vec<u8> {
-        let p = base64::engine::general_purpose::STANDARD.encode(payload);
-        format!(r#"{{"payloadType":"x","payload":"{p}","signatures":[{{"sig":""}}]}}"#).into_bytes()
-    }
-
-    #[test]
-    fn peeks_a_well_formed_id() {
-        assert_eq!(
-            claimed_command_id(&env_with(r#"{"id":"c-1.2:3_x"}"#)).as_deref(),
-            Some("c-1.2:3_x")
-        );
-    }
-
-    #[test]
-    fn refuses_ids_that_could_forge_log_fields() {
-        assert_eq!(
-            claimed_command_id(&env_with(r#"{"id":"a\nMESSAGE_ID=x"}"#)),
-            None
-        );
-        assert_eq!(claimed_command_id(&env_with(r#"{"id":""}"#)), None);
-        assert_eq!(claimed_command_id(b"not json"), None);
-    }
 
     #[test]
     fn message_ids_are_128_bit_hex_and_distinct() {

@@ -17,7 +17,6 @@ use accessd::protocol::{dsse, parse_time};
 use accessd::ssh::sshd::PermitRootLogin;
 use clap::{Parser, Subcommand, ValueEnum};
 use ed25519_dalek::SigningKey;
-use serde_json::Value;
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
@@ -717,18 +716,10 @@ fn sign(op: SignOp) -> CliResult<()> {
     }
 }
 
-/// The command id inside our own envelope (for the file name); not verified,
-/// since it is the caller's own envelope.
-fn envelope_id(envelope: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(envelope).ok()?;
-    let body = dsse::decode_b64(v.get("payload")?.as_str()?)?;
-    accessd::protocol::command::claimed_id(&body)
-}
-
 fn send(inbox: &Path, agent_key: &str, timeout: Duration, input: &str) -> CliResult<ExitCode> {
     let agent = client::public_key_arg(agent_key).map_err(|e| e.to_string())?;
     let envelope = read_input(input)?;
-    let id = envelope_id(&envelope).unwrap_or_else(client::random_id);
+    let id = accessd::protocol::command::claimed_id(&envelope).unwrap_or_else(client::random_id);
     let stamp = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()

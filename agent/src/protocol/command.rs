@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::dsse::Envelope;
 use crate::accounts::CryptHash;
 use crate::error::{Error, Result};
 use crate::names::UserName;
@@ -485,20 +486,24 @@ pub fn valid_id(id: &str) -> bool {
 
 /// The `id` and `op` of a payload, when they can be read, for the result of
 /// a command that is rejected later (PROTOCOL §4: otherwise `id` is null).
-/// For verified bytes only: an unverified id would let anyone make the
-/// agent answer, or log, in a real command's name. Bytes not (yet)
-/// verified go through [`claimed_id`].
+/// For verified bytes only (what [`super::dsse::Envelope::verify`] hands
+/// back): an unverified id would let anyone make the agent answer, or log,
+/// in a real command's name. Envelopes not (yet) verified go through
+/// [`claimed_id`].
 pub fn peek(payload: &[u8]) -> (Option<String>, Option<String>) {
     read_id_op(payload)
 }
 
-/// The id that payload bytes *claim*, without any verification: for the
-/// `CLAIMED_COMMAND_ID` of a log event before (or without) a verified
-/// signature, and for a client naming files after its own envelope. Never
-/// an authority; only an id of the protocol's shape is returned, so it is a
-/// harmless token wherever it is written.
-pub fn claimed_id(payload: &[u8]) -> Option<String> {
-    read_id_op(payload).0
+/// The id a command envelope *claims*, read without verifying anything: for
+/// the `CLAIMED_COMMAND_ID` of a log event before (or without) a verified
+/// signature, and for a client naming files, or matching results, after its
+/// own envelope. Never an authority; only an id of the protocol's shape is
+/// returned (it is attacker-controlled until verified; the shape keeps it a
+/// harmless token wherever it is written). `None` when `envelope` is not a
+/// DSSE envelope ([`Envelope::parse`]) or its payload has no such id.
+pub fn claimed_id(envelope: &[u8]) -> Option<String> {
+    let envelope = Envelope::parse(envelope).ok()?;
+    read_id_op(envelope.unverified_payload()).0
 }
 
 fn read_id_op(payload: &[u8]) -> (Option<String>, Option<String>) {
@@ -930,6 +935,31 @@ mod tests {
             assert_eq!(e.code(), Code::InvalidCommand);
             assert!(!e.to_string().contains("Hunter2"), "{e}");
         }
+    }
+
+    fn envelope_with(payload: &str) -> Vec<u8> {
+        let p = super::super::dsse::encode_b64(payload.as_bytes());
+        format!(r#"{{"payloadType":"x","payload":"{p}","signatures":[{{"sig":""}}]}}"#).into_bytes()
+    }
+
+    #[test]
+    fn an_envelope_claims_a_well_formed_id_unverified() {
+        assert_eq!(
+            claimed_id(&envelope_with(r#"{"id":"c-1.2:3_x"}"#)).as_deref(),
+            Some("c-1.2:3_x")
+        );
+    }
+
+    #[test]
+    fn a_claimed_id_that_could_forge_log_fields_is_not_read() {
+        assert_eq!(
+            claimed_id(&envelope_with(r#"{"id":"a\nMESSAGE_ID=x"}"#)),
+            None
+        );
+        assert_eq!(claimed_id(&envelope_with(r#"{"id":""}"#)), None);
+        assert_eq!(claimed_id(b"not json"), None);
+        // A payload is not an envelope: its id is claimed by nothing.
+        assert_eq!(claimed_id(br#"{"id":"c-1"}"#), None);
     }
 
     #[test]
