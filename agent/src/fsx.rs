@@ -71,6 +71,17 @@ pub struct FileData {
 }
 
 impl FileData {
+    // nlink_t is u64 here, u32 on other targets.
+    #[allow(clippy::unnecessary_cast)]
+    fn of(bytes: Vec<u8>, meta: Meta, st: &FileStat) -> Self {
+        FileData {
+            bytes,
+            meta,
+            nlink: st.st_nlink as u64,
+            size: st.st_size.max(0) as u64,
+        }
+    }
+
     /// Was the file larger than `limit` (then `bytes` is not all of it)?
     pub fn over(&self, limit: usize) -> bool {
         self.size > limit as u64 || self.bytes.len() > limit
@@ -303,6 +314,45 @@ impl Dir {
     /// file holds more than `limit` bytes (by its size or by what was read,
     /// for a file growing meanwhile); then `bytes` are only its start.
     pub fn read_at_most(&self, name: &str, limit: usize) -> Result<Option<FileData>> {
+        let Some((file, st, path)) = self.open_regular(name)? else {
+            return Ok(None);
+        };
+        let meta = Meta::of_fd(file.as_fd(), &st);
+        // At most limit + 1 bytes whatever the file says it holds: a
+        // reader that must answer an oversized input (the inbox) still gets
+        // its start, and the one byte more tells a file that grew.
+        let mut bytes = Vec::new();
+        file.take(limit as u64 + 1)
+            .read_to_end(&mut bytes)
+            .ctx(|| format!("reading {}", path.display()))?;
+        Ok(Some(FileData::of(bytes, meta, &st)))
+    }
+
+    /// The last `limit` bytes (at most) of the regular file `name`, through
+    /// one descriptor checked as [`Dir::read_at_most`] checks it: for logs,
+    /// whose newest part is at the end. `size` is the file's size when it
+    /// was opened; when it is over `limit`, `bytes` start mid-file (most
+    /// likely mid-line). Bytes appended meanwhile are not read.
+    pub fn read_tail(&self, name: &str, limit: usize) -> Result<Option<FileData>> {
+        use std::io::{Seek, SeekFrom};
+        let Some((mut file, st, path)) = self.open_regular(name)? else {
+            return Ok(None);
+        };
+        let meta = Meta::of_fd(file.as_fd(), &st);
+        let size = st.st_size.max(0) as u64;
+        let start = size.saturating_sub(limit as u64);
+        file.seek(SeekFrom::Start(start))
+            .ctx(|| format!("seeking in {}", path.display()))?;
+        let mut bytes = Vec::new();
+        file.take(size - start)
+            .read_to_end(&mut bytes)
+            .ctx(|| format!("reading {}", path.display()))?;
+        Ok(Some(FileData::of(bytes, meta, &st)))
+    }
+
+    /// `name` opened for reading, when it is a regular file on a local
+    /// file system: the file, its `fstat` and its path (for messages).
+    fn open_regular(&self, name: &str) -> Result<Option<(File, FileStat, PathBuf)>> {
         check_name(name)?;
         let path = self.display(name);
         // O_PATH first, as in try_open_dir: a file that is a FUSE or NFS
@@ -338,22 +388,7 @@ impl Dir {
         if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
             return Err(Error::unsafe_path(path, "is not a regular file"));
         }
-        let meta = Meta::of_fd(fd.as_fd(), &st);
-        let size = st.st_size.max(0) as u64;
-        // At most limit + 1 bytes whatever the file says it holds: a
-        // reader that must answer an oversized input (the inbox) still gets
-        // its start, and the one byte more tells a file that grew.
-        let mut bytes = Vec::new();
-        File::from(fd)
-            .take(limit as u64 + 1)
-            .read_to_end(&mut bytes)
-            .ctx(|| format!("reading {}", path.display()))?;
-        Ok(Some(FileData {
-            bytes,
-            meta,
-            nlink: st.st_nlink as u64,
-            size,
-        }))
+        Ok(Some((File::from(fd), st, path)))
     }
 
     /// Replace (or create) `name` with `data`, atomically and durably:
@@ -815,6 +850,21 @@ mod tests {
         );
         let data = d.read_at_most("f", 100).unwrap().unwrap();
         assert_eq!((data.bytes.len(), data.over(100)), (100, false));
+    }
+
+    #[test]
+    fn read_tail_reads_the_last_bytes_and_refuses_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..100u8).collect();
+        std::fs::write(t.path().join("f"), &body).unwrap();
+        std::os::unix::fs::symlink("f", t.path().join("l")).unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        let data = d.read_tail("f", 10).unwrap().unwrap();
+        assert_eq!((data.bytes.as_slice(), data.size), (&body[90..], 100));
+        let data = d.read_tail("f", 1000).unwrap().unwrap();
+        assert_eq!(data.bytes, body);
+        assert!(d.read_tail("l", 10).is_err());
+        assert!(d.read_tail("absent", 10).unwrap().is_none());
     }
 
     #[test]
