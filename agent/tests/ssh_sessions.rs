@@ -418,3 +418,93 @@ fn remove_keys_with_terminate_sessions_ends_only_the_removed_keys_session_of_a_r
     b.wait().unwrap();
     drop(sshd);
 }
+
+/// An expiring key bound by `replace_keys` with `terminate_sessions`: its
+/// session lives while the key does, and the engine's expiry sweep removes
+/// the line and then ends that session; a permanent key's session stays.
+/// The engine's clock starts at the real time (sshd checks the line's
+/// `expiry-time` against it) and is moved past the expiry by the test.
+#[test]
+fn an_expiring_key_bound_with_terminate_sessions_ends_its_real_session_at_expiry() {
+    if !prerequisites() {
+        return;
+    }
+    let rig = Rig::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for k in ["ka", "kb"] {
+        keygen(&d.join(k));
+    }
+    let pubkey = |k: &str| fs::read_to_string(d.join(format!("{k}.pub"))).unwrap();
+    let (ka, kb) = (pubkey("ka"), pubkey("kb"));
+    let now = SystemTime::now();
+    let clock = Arc::new(accessd::sys::TestClock::at(now));
+    let mut e = rig.engine_on(clock.clone());
+    let send = |e: &mut accessd::engine::Engine, id: &str, op: &str, args: serde_json::Value| {
+        let mut spec = rig.spec(id, op, args);
+        spec.issued_at = now - Duration::from_secs(60);
+        spec.expires_at = now + Duration::from_secs(540);
+        let h = e.handle(spec.sign(&rig.cp, protocol_support::KEY_ID).as_bytes());
+        assert_eq!(h.status, Status::Ok, "{op}: {}", h.message);
+    };
+    let until = now + Duration::from_secs(120);
+    send(
+        &mut e,
+        "c-bind",
+        "replace_keys",
+        json!({
+            "user": "root",
+            "keys": [ka.trim()],
+            "expires_at": accessd::protocol::format_time(until),
+            "terminate_sessions": true,
+        }),
+    );
+    send(
+        &mut e,
+        "c-keep",
+        "add_keys",
+        json!({"user": "root", "keys": [kb.trim()]}),
+    );
+    let ak = rig.root.join("root/.ssh/authorized_keys");
+    assert!(fs::read_to_string(&ak).unwrap().contains("expiry-time="));
+    let (sshd, port, log) = start_sshd(d, &ak);
+    let mut e = e.with_key_sessions(Arc::new(TestSshdLog {
+        log: log.clone(),
+        listener: sshd.pid,
+    }));
+
+    let mut a = session(&d.join("ka"), port);
+    wait_for("the expiring key's login", || accepted(&log).len() == 1);
+    let mut b = session(&d.join("kb"), port);
+    wait_for("the permanent key's login", || accepted(&log).len() == 2);
+    wait_for("both session processes", || {
+        children_of(sshd.pid).len() == 2
+    });
+    // Not due yet: nothing happens.
+    assert!(e.expire_keys().is_some());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(a.try_wait().unwrap().is_none());
+
+    clock.pass(Duration::from_secs(121));
+    let started = Instant::now();
+    assert_eq!(e.expire_keys(), None, "nothing else expires");
+    wait_for("the expired key's client to go", || {
+        a.try_wait().unwrap().is_some()
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!fs::read_to_string(&ak)
+        .unwrap()
+        .contains(ka.split(' ').nth(1).unwrap()));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        b.try_wait().unwrap().is_none(),
+        "the permanent key's session ended too"
+    );
+    b.kill().unwrap();
+    b.wait().unwrap();
+    drop(sshd);
+}
