@@ -136,8 +136,16 @@ pub fn outcome(source: &str, h: &Handled) {
 }
 
 /// Audit: a key bound with `expires_at` was removed at its time.
-/// `COMMAND_ID` is the (verified) command that bound it.
-pub fn key_expired(k: &crate::ssh::authkeys::ExpiredKey) {
+/// `COMMAND_ID` is the (verified) command that bound it. `sessions`, for a
+/// key whose command asked for `terminate_sessions`: what ending the live
+/// sessions of the user's keys expired in this sweep did. The event lists
+/// those of this key (`SESSIONS_ENDED`, the JSON list results carry) and
+/// how many of them all are still open (`SESSIONS_OPEN`), or why none
+/// could be ended (`SESSIONS_ERROR`).
+pub fn key_expired(
+    k: &crate::ssh::authkeys::ExpiredKey,
+    sessions: Option<&crate::error::Result<crate::sessions::by_key::Outcome>>,
+) {
     let user = k.user.as_str();
     let at =
         crate::protocol::format_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(k.at));
@@ -146,6 +154,27 @@ pub fn key_expired(k: &crate::ssh::authkeys::ExpiredKey) {
     } else {
         "its line was no longer there"
     };
+    let (ended, open, error) = match sessions {
+        None => (None, None, None),
+        Some(Ok(o)) => {
+            let mine: Vec<_> = o
+                .ended
+                .iter()
+                .filter(|e| e.fingerprint.as_deref() == Some(k.fingerprint.as_str()))
+                .collect();
+            let list = serde_json::to_string(&mine).expect("a list of sessions serializes");
+            (Some((mine.len(), list)), Some(o.open), None)
+        }
+        Some(Err(e)) => (None, None, Some(e.to_string())),
+    };
+    let told = match (&ended, open, &error) {
+        (Some((n, _)), Some(0), _) => format!("; ended {n} of its session(s)"),
+        (Some((n, _)), Some(open), _) => {
+            format!("; ended {n} of its session(s), {open} still open")
+        }
+        (_, _, Some(e)) => format!("; its sessions could not be ended: {e}"),
+        _ => String::new(),
+    };
     tracing::info!(
         message_id = message_id::KEY_EXPIRED,
         command_id = k.command_id.as_str(),
@@ -153,7 +182,10 @@ pub fn key_expired(k: &crate::ssh::authkeys::ExpiredKey) {
         fingerprint = k.fingerprint.as_str(),
         expired_at = at.as_str(),
         lines_removed = k.lines_removed,
-        "key {} of {user} expired at {at} (bound by {}): {what}",
+        sessions_ended = ended.as_ref().map(|(_, l)| l.as_str()),
+        sessions_open = open,
+        sessions_error = error.as_deref(),
+        "key {} of {user} expired at {at} (bound by {}): {what}{told}",
         k.fingerprint,
         k.command_id
     );

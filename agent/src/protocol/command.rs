@@ -111,11 +111,16 @@ pub enum Op {
     RemoveKeys {
         user: UserName,
         keys: Vec<KeySelector>,
+        /// End the live SSH sessions that authenticated with these keys.
+        terminate_sessions: bool,
     },
     ReplaceKeys {
         user: UserName,
         keys: Vec<KeyLine>,
         expires_at: Option<SystemTime>,
+        /// End the live SSH sessions of the keys removed now, and (with
+        /// `expires_at`) those of `keys` when they expire.
+        terminate_sessions: bool,
     },
     SetSshd {
         change: SshdChange,
@@ -313,6 +318,8 @@ pub struct RemoveKeys {
     pub user: UserName,
     /// authorized_keys lines or `SHA256:` fingerprints (at least one).
     pub keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub terminate_sessions: bool,
 }
 
 /// `replace_keys`.
@@ -324,6 +331,8 @@ pub struct ReplaceKeys {
     pub keys: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<KeyExpiry>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub terminate_sessions: bool,
 }
 
 /// `set_sshd`.
@@ -739,6 +748,7 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
             user: a.user,
             keys: key_lines(a.keys)?,
             expires_at: key_expiry(a.expires_at, "expires_at")?,
+            terminate_sessions: a.terminate_sessions,
         },
         Args::RemoveKeys(a) => {
             let keys = a
@@ -750,6 +760,7 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
             Op::RemoveKeys {
                 user: a.user,
                 keys: nonempty("remove_keys", keys)?,
+                terminate_sessions: a.terminate_sessions,
             }
         }
         Args::SetSshd(a) => {
@@ -992,6 +1003,13 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.code(), Code::InvalidCommand);
+        // add_keys removes nothing, so it has no sessions to end.
+        let e = parse(&cmd(
+            "add_keys",
+            serde_json::json!({"user": "bob", "keys": [key], "terminate_sessions": true}),
+        ))
+        .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidCommand);
         let c = parse(&cmd(
             "add_keys",
             serde_json::json!({"user": "bob", "keys": [key], "expires_at": "2030-01-01T00:00:00+00:00"}),
@@ -1048,11 +1066,13 @@ mod tests {
                     key,
                     "SHA256:ZzlM1AbDTeIhCSl8TPuPOTTJzuOQ+z5LrRAQq3jVBgU".into(),
                 ],
+                terminate_sessions: true,
             }),
             "replace_keys" => Args::ReplaceKeys(ReplaceKeys {
                 user,
                 keys: vec![key],
                 expires_at: Some(when),
+                terminate_sessions: true,
             }),
             "set_sshd" => Args::SetSshd(SetSshd {
                 pubkey_authentication: Some(true),
@@ -1128,6 +1148,47 @@ mod tests {
             expires_at,
             Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_893_456_000))
         );
+        // terminate_sessions reaches the op of both key removals, and is
+        // false (and left out of the wire form) when not given.
+        for op in ["remove_keys", "replace_keys"] {
+            let on = parse(&cmd(op, sample(op).to_value())).unwrap().op;
+            assert!(
+                matches!(
+                    on,
+                    Op::RemoveKeys {
+                        terminate_sessions: true,
+                        ..
+                    } | Op::ReplaceKeys {
+                        terminate_sessions: true,
+                        ..
+                    }
+                ),
+                "{op}"
+            );
+            let mut v = sample(op).to_value();
+            v.as_object_mut().unwrap().remove("terminate_sessions");
+            let off = parse(&cmd(op, v.clone())).unwrap().op;
+            assert!(
+                matches!(
+                    off,
+                    Op::RemoveKeys {
+                        terminate_sessions: false,
+                        ..
+                    } | Op::ReplaceKeys {
+                        terminate_sessions: false,
+                        ..
+                    }
+                ),
+                "{op}"
+            );
+            let back = Args::from_json(op, Some(v.clone())).unwrap();
+            assert_eq!(back.to_value(), v, "{op}: the default is left out");
+        }
+        let bad = cmd(
+            "remove_keys",
+            serde_json::json!({"user": "bob", "keys": ["SHA256:ZzlM1AbDTeIhCSl8TPuPOTTJzuOQ+z5LrRAQq3jVBgU"], "terminate_sessions": "yes"}),
+        );
+        assert_eq!(parse(&bad).unwrap_err().code(), Code::InvalidCommand);
     }
 
     #[test]
