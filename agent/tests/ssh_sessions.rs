@@ -148,13 +148,17 @@ fn start_sshd(d: &Path, authorized_keys: &Path) -> (Sshd, u16, PathBuf) {
         "sshd did not start: {}",
         fs::read_to_string(&log).unwrap_or_default()
     );
-    wait_for("sshd's pid file", || d.join("pid").exists());
+    // sshd creates the pid file, then writes it: wait for a whole pid.
+    let pid = || {
+        fs::read_to_string(d.join("pid"))
+            .ok()?
+            .strip_suffix('\n')?
+            .parse::<u32>()
+            .ok()
+    };
+    wait_for("sshd's pid file", || pid().is_some());
     let sshd = Sshd {
-        pid: fs::read_to_string(d.join("pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap(),
+        pid: pid().unwrap(),
     };
     (sshd, port, log)
 }
