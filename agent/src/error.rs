@@ -132,6 +132,11 @@ pub enum Error {
     /// A condition the code relies on did not hold (a bug, not bad input).
     #[error("internal error: {0}")]
     Internal(String),
+    /// A program the agent runs to read something (`journalctl`) failed:
+    /// the message names it and says how (exit status, its first line of
+    /// stderr, an output bound it went over).
+    #[error("{0}")]
+    Program(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -162,7 +167,9 @@ impl Error {
             Error::RestartFailed(_) => Code::RestartFailed,
             // Neither is a verdict on the command; the protocol has no
             // closer code than io_error for "the agent could not do it".
-            Error::Config { .. } | Error::Timeout(_) | Error::Internal(_) => Code::IoError,
+            Error::Config { .. } | Error::Timeout(_) | Error::Internal(_) | Error::Program(_) => {
+                Code::IoError
+            }
             Error::Io { .. } => Code::IoError,
         }
     }

@@ -3,8 +3,8 @@
 //! "Sessions").
 //!
 //! Which session used which key comes from sshd's own "Accepted publickey"
-//! records (a [`KeyLogin`] each, read by the caller from a source only root
-//! can write). A record names the pid of the connection's sshd process; that
+//! records (a [`Login`] each, read by the caller with
+//! [`crate::ssh::logins::accepted`]). A record names the pid of the connection's sshd process; that
 //! pid is signalled only once /proc shows it still is that very connection:
 //!
 //! - its executable is `sshd` or `sshd-session`, owned by root, and it runs
@@ -25,26 +25,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::{Ended, Process};
-use crate::error::{IoContext, Result};
-
-/// One "Accepted publickey for USER from ADDR port PORT ssh2: TYPE FP"
-/// record of sshd, with the pid of the process that wrote it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyLogin {
-    pub pid: i32,
-    pub user: String,
-    pub addr: IpAddr,
-    pub port: u16,
-    /// `SHA256:...` as sshd logs it.
-    pub fingerprint: String,
-    /// When the record was written.
-    pub at: SystemTime,
-}
+use crate::error::{Error, IoContext, Result};
+use crate::ssh::logins::Login;
 
 /// What /proc says about one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +65,7 @@ pub struct Snapshot {
 /// A session to end: its sshd process first, then its descendants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub login: KeyLogin,
+    pub login: Login,
     pub pids: Vec<i32>,
 }
 
@@ -88,19 +75,39 @@ pub struct Target {
 const CLOCK_SLACK: Duration = Duration::from_secs(1);
 
 /// The live sessions of `user` (uid `uid`) that authenticated with one of
-/// `fingerprints`, each verified against `snap` as the module doc says.
-/// One target per sshd process, whatever the number of records naming it.
+/// `fingerprints` (`publickey` records), each verified against `snap` as
+/// the module doc says. One target per sshd process, whatever the number
+/// of records naming it.
 pub fn plan(
-    logins: &[KeyLogin],
+    logins: &[Login],
     fingerprints: &BTreeSet<String>,
+    user: &str,
+    uid: u32,
+    snap: &Snapshot,
+) -> Vec<Target> {
+    verified(logins, Some(fingerprints), user, uid, snap)
+}
+
+/// As [`plan`], with `keys: None` for the live sessions of every method
+/// (inventory's `sessions`).
+pub fn verified(
+    logins: &[Login],
+    keys: Option<&BTreeSet<String>>,
     user: &str,
     uid: u32,
     snap: &Snapshot,
 ) -> Vec<Target> {
     let mut out: Vec<Target> = Vec::new();
     for l in logins {
-        if l.user != user || !fingerprints.contains(&l.fingerprint) {
+        if l.user != user {
             continue;
+        }
+        if let Some(keys) = keys {
+            let by_key =
+                l.method == "publickey" && l.fingerprint.as_ref().is_some_and(|f| keys.contains(f));
+            if !by_key {
+                continue;
+            }
         }
         if out.iter().any(|t| t.login.pid == l.pid) {
             continue;
@@ -159,7 +166,7 @@ fn descendants_of(pid: i32, procs: &BTreeMap<i32, ProcInfo>) -> Vec<i32> {
 
 impl Snapshot {
     /// The process table now, with sshd details for the pids `logins` name.
-    pub fn read(logins: &[KeyLogin]) -> Result<Snapshot> {
+    pub fn read(logins: &[Login]) -> Result<Snapshot> {
         let boot = boot_time()?;
         let tick = clock_tick();
         let mut snap = Snapshot::default();
@@ -245,8 +252,7 @@ pub fn boot_time() -> Result<SystemTime> {
         .lines()
         .find_map(|l| l.strip_prefix("btime "))
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .ok_or_else(|| std::io::Error::other("no btime line"))
-        .ctx(|| "reading /proc/stat".to_string())?;
+        .ok_or_else(|| Error::Internal("/proc/stat has no btime line".into()))?;
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
@@ -271,7 +277,7 @@ pub struct Outcome {
 /// The live sessions of `user` that authenticated with one of
 /// `fingerprints` (verified as [`plan`] does), without touching them.
 pub fn count(
-    logins: &[KeyLogin],
+    logins: &[Login],
     fingerprints: &BTreeSet<String>,
     user: &str,
     uid: u32,
@@ -284,7 +290,7 @@ pub fn count(
 /// `fingerprints`: SIGTERM to each session's processes, SIGKILL after
 /// [`super::GRACE`], all through pidfds.
 pub fn end(
-    logins: &[KeyLogin],
+    logins: &[Login],
     fingerprints: &BTreeSet<String>,
     user: &str,
     uid: u32,
@@ -314,7 +320,7 @@ pub fn end(
             out.ended.push(Ended {
                 pid: l.pid,
                 user: user.to_owned(),
-                fingerprint: Some(l.fingerprint),
+                fingerprint: l.fingerprint,
                 from: Some(super::canonical(l.addr).to_string()),
             });
         }
@@ -342,7 +348,7 @@ fn hold(pid: i32, snap: &Snapshot) -> Option<Process> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     const UID: u32 = 1001;
     const FP_A: &str = "SHA256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -352,14 +358,17 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(s)
     }
 
-    fn login(pid: i32, user: &str, port: u16, fp: &str, at: u64) -> KeyLogin {
-        KeyLogin {
+    fn login(pid: i32, user: &str, port: u16, fp: &str, at: u64) -> Login {
+        Login {
             pid,
             user: user.into(),
             addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port,
-            fingerprint: fp.into(),
+            method: "publickey".into(),
+            key_type: Some("ED25519".into()),
+            fingerprint: Some(fp.into()),
             at: t(at),
+            source: crate::ssh::logins::Source::Journal,
         }
     }
 
@@ -416,7 +425,25 @@ mod tests {
         ];
         let got = plan(&logins, &fps(&[FP_A]), "alice", UID, &table());
         assert_eq!(pids(&got), [vec![100, 101, 102]]);
-        assert_eq!(got[0].login.fingerprint, FP_A);
+        assert_eq!(got[0].login.fingerprint.as_deref(), Some(FP_A));
+    }
+
+    #[test]
+    fn only_publickey_records_name_a_key() {
+        // A hostbased record logs the host's key fingerprint: it is not the
+        // user's key, even when the fingerprints are equal.
+        let mut l = login(100, "alice", 40000, FP_A, 1001);
+        l.method = "hostbased".into();
+        assert!(plan(&[l.clone()], &fps(&[FP_A]), "alice", UID, &table()).is_empty());
+        // Every method counts when no key is asked for.
+        let mut p = login(200, "alice", 40001, FP_B, 1002);
+        (p.method, p.key_type, p.fingerprint) = ("password".into(), None, None);
+        let got = verified(&[l, p], None, "alice", UID, &table());
+        assert_eq!(pids(&got), [vec![100, 101, 102], vec![200, 201]]);
+        // The /proc checks hold without a key filter too: bob's connection
+        // named as alice's is not hers.
+        let forged = login(300, "alice", 40002, FP_A, 1001);
+        assert!(verified(&[forged], None, "alice", UID, &table()).is_empty());
     }
 
     #[test]
