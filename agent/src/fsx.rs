@@ -24,6 +24,8 @@ use nix::fcntl::{openat, renameat, OFlag};
 use nix::sys::stat::{fchmod, fstat, mkdirat, FileStat, Mode, SFlag};
 use nix::unistd::{fchown, fsync, unlinkat, Gid, Uid, UnlinkatFlags};
 
+use zeroize::Zeroizing;
+
 use crate::error::{Error, IoContext, Result};
 
 const SELINUX_XATTR: &str = "security.selinux";
@@ -776,21 +778,112 @@ pub fn show(p: &Path) -> String {
     String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned()
 }
 
-/// Refuse a secret (a private key, a password file) that group or others may
-/// read, as sshd refuses such a key. `md` should come from the descriptor the
-/// caller then reads, so that the file checked is the file read.
-pub fn check_owner_only(path: &Path, md: &std::fs::Metadata, what: &str) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    if md.mode() & 0o077 != 0 {
-        return Err(crate::error::Error::unsafe_path(
-            path,
-            format!(
-                "{what} has mode {:04o}; it must not be readable by group or others (chmod 600)",
-                md.mode() & 0o7777
-            ),
-        ));
+/// What is read of a secret file at most: far above any signing key,
+/// password or PEM private key (an RSA-8192 key is ~6.5 KiB).
+pub const MAX_SECRET_BYTES: usize = 64 << 10;
+
+/// Who besides its owner may touch a file the agent trusts
+/// ([`Dir::read_private`]). Either way the owner is root or the effective
+/// user, and the file is a regular file, not a symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Private {
+    /// A secret (a signing key, a password, a TLS private key): no
+    /// permission at all for group or others (`chmod 600`), as sshd asks of
+    /// private keys.
+    Secret,
+    /// Settings (accessd.toml): anyone may read them, only the owner may
+    /// write (`chmod go-w`): whoever can change them chooses which control
+    /// plane the agent obeys.
+    Settings,
+}
+
+impl Dir {
+    /// Read `name`, a file only its owner may change (and, for a
+    /// [`Private::Secret`], read), of at most `limit` bytes. One descriptor
+    /// ([`Dir::read_at_most`]): the type, owner and mode judged are those of
+    /// the bytes read, and a symlink is refused, never followed. `what`
+    /// names the file in errors ("mqtt password_file"); the contents never
+    /// appear in one. `None` if absent.
+    pub fn read_private(
+        &self,
+        name: &str,
+        what: &str,
+        rule: Private,
+        limit: usize,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let Some(data) = self.read_at_most(name, limit)? else {
+            return Ok(None);
+        };
+        let path = self.display(name);
+        let over = data.over(limit);
+        let (uid, mode) = (data.meta.uid, data.meta.mode);
+        let bytes = Zeroizing::new(data.bytes);
+        match rule {
+            Private::Secret if mode & 0o077 != 0 => {
+                return Err(Error::unsafe_path(
+                    path,
+                    format!(
+                        "the {what} has mode {mode:04o}; it must not be readable by group or \
+                         others (chmod 600; whoever could read it may have a copy)"
+                    ),
+                ))
+            }
+            Private::Settings if mode & 0o022 != 0 => {
+                return Err(Error::unsafe_path(
+                    &path,
+                    format!(
+                        "the {what} is writable by group or others (mode {mode:04o}); refusing it. \
+                         Fix with: chmod go-w {}",
+                        path.display()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        let euid = nix::unistd::geteuid().as_raw();
+        if uid != 0 && uid != euid {
+            return Err(Error::unsafe_path(
+                path,
+                format!(
+                    "the {what} is owned by uid {}, neither root nor the user accessd runs as \
+                     (uid {euid}); refusing it",
+                    uid
+                ),
+            ));
+        }
+        if over {
+            return Err(Error::Config {
+                path,
+                message: format!("the {what} is larger than {limit} bytes"),
+            });
+        }
+        Ok(Some(bytes))
     }
-    Ok(())
+}
+
+/// [`Dir::read_private`] of a file named by a configured path: the
+/// directories on the way are the operator's and followed as
+/// [`Dir::open`] follows them; the file itself must be there.
+pub fn read_private_file(
+    path: &Path,
+    what: &str,
+    rule: Private,
+    limit: usize,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::unsafe_path(path, format!("the {what} is not a UTF-8 file name")))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Dir::open(parent)?
+        .read_private(name, what, rule, limit)?
+        .ok_or_else(|| Error::Config {
+            path: path.to_path_buf(),
+            message: format!("the {what} does not exist"),
+        })
 }
 
 #[cfg(test)]
@@ -893,5 +986,86 @@ mod tests {
             crate::error::Code::UnsafePath
         );
         assert!(d.read("absent").unwrap().is_none());
+    }
+
+    fn secret(dir: &Path, name: &str, mode: u32) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, b"s3cret\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    fn refusal(r: Result<Zeroizing<Vec<u8>>>) -> String {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), crate::error::Code::UnsafePath, "{e}");
+        let msg = e.to_string();
+        assert!(!msg.contains("s3cret"), "{msg}");
+        msg
+    }
+
+    #[test]
+    fn a_secret_file_swapped_for_a_symlink_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let real = secret(t.path(), "real", 0o600);
+        let p = t.path().join("pw");
+        assert_eq!(
+            &read_private_file(&real, "pw", Private::Secret, 100).unwrap()[..],
+            b"s3cret\n"
+        );
+        symlink(&real, &p).unwrap();
+        let msg = refusal(read_private_file(&p, "pw", Private::Secret, 100));
+        assert!(msg.contains("symbolic link"), "{msg}");
+    }
+
+    #[test]
+    fn a_group_or_world_readable_secret_file_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        for mode in [0o640, 0o604, 0o620] {
+            let p = secret(t.path(), &format!("pw{mode:o}"), mode);
+            let msg = refusal(read_private_file(&p, "pw", Private::Secret, 100));
+            assert!(msg.contains(&format!("{mode:04o}")), "{msg}");
+        }
+    }
+
+    #[test]
+    fn settings_may_be_read_by_others_but_not_written() {
+        let t = tempfile::tempdir().unwrap();
+        let p = secret(t.path(), "accessd.toml", 0o644);
+        assert!(read_private_file(&p, "settings", Private::Settings, 100).is_ok());
+        for mode in [0o664, 0o646] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let msg = refusal(read_private_file(&p, "settings", Private::Settings, 100));
+            assert!(msg.contains("writable by group or others"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn a_secret_file_of_another_user_a_fifo_or_too_large_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        let p = secret(t.path(), "theirs", 0o600);
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+            let msg = refusal(
+                d.read_private("theirs", "pw", Private::Secret, 100)
+                    .map(Option::unwrap),
+            );
+            assert!(msg.contains("uid 65534"), "{msg}");
+        }
+        nix::unistd::mkfifo(&t.path().join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        refusal(
+            d.read_private("fifo", "pw", Private::Secret, 100)
+                .map(Option::unwrap),
+        );
+        secret(t.path(), "big", 0o600);
+        let e = d.read_private("big", "pw", Private::Secret, 3).unwrap_err();
+        assert!(e.to_string().contains("larger than 3 bytes"), "{e}");
+        assert!(d
+            .read_private("absent", "pw", Private::Secret, 100)
+            .unwrap()
+            .is_none());
+        let e =
+            read_private_file(&t.path().join("absent"), "pw", Private::Secret, 100).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
     }
 }

@@ -13,6 +13,7 @@ use ed25519_dalek::SigningKey;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
+use crate::fsx::{Private, MAX_SECRET_BYTES};
 use crate::state_dir::{private_file_meta, write_new, StateDir, IDENTITY_KEY};
 
 fn state_error(path: &Path, msg: String) -> Error {
@@ -52,19 +53,15 @@ impl Identity {
 
     fn load(state: &crate::fsx::Dir) -> Result<Option<Identity>> {
         let path = state.display(IDENTITY_KEY);
-        let Some(data) = state.read(IDENTITY_KEY)? else {
+        let Some(bytes) = state.read_private(
+            IDENTITY_KEY,
+            "identity key",
+            Private::Secret,
+            MAX_SECRET_BYTES,
+        )?
+        else {
             return Ok(None);
         };
-        let bytes = Zeroizing::new(data.bytes);
-        if data.meta.mode & 0o077 != 0 {
-            return Err(state_error(
-                &path,
-                format!(
-                    "the identity key has mode {:04o}; it must be 0600 (group and others may have read it: consider replacing the key)",
-                    data.meta.mode
-                ),
-            ));
-        }
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| state_error(&path, "the identity key is not base64 text".into()))?;
         let key = crate::protocol::client::signing_key_from_b64(text)
@@ -144,6 +141,20 @@ mod tests {
         Identity::load_or_create(&state).unwrap();
         let p = tmp.path().join(IDENTITY_KEY);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(Identity::load_or_create(&state).is_err());
+        let e = Identity::load_or_create(&state).err().unwrap();
+        assert_eq!(e.code(), crate::error::Code::UnsafePath, "{e}");
+        assert!(e.to_string().contains("0644"), "{e}");
+    }
+
+    #[test]
+    fn an_identity_key_swapped_for_a_symlink_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
+        Identity::load_or_create(&state).unwrap();
+        let p = tmp.path().join(IDENTITY_KEY);
+        std::fs::rename(&p, tmp.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), &p).unwrap();
+        let e = Identity::load_or_create(&state).err().unwrap();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
     }
 }

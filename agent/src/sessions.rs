@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub mod by_key;
+pub mod revoked;
 
 use crate::error::{IoContext, Result};
 

@@ -1,5 +1,6 @@
-//! Ending the SSH sessions of one key (`sessions::by_key`) against a real
-//! sshd on 127.0.0.1 and real `ssh -N` sessions.
+//! Ending the SSH sessions of one key (`sessions::by_key`, and through it
+//! `remove_keys` with `terminate_sessions`) against a real sshd on
+//! 127.0.0.1 and real `ssh -N` sessions.
 //!
 //! sshd runs in a private mount namespace (a tmpfs on /run for its
 //! privilege separation directory) with its own host key and an
@@ -10,18 +11,24 @@
 //! anything. The login is root's (this machine's /etc is not touched to
 //! make a user), which sshd does not privilege-separate.
 
-#[path = "gate/mod.rs"]
-mod gate;
+mod protocol_support;
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use accessd::sessions::by_key;
+use accessd::engine::Status;
+use accessd::error::Result;
+use accessd::sessions::by_key::{self, Outcome};
+use accessd::sessions::revoked::KeySessions;
 use accessd::ssh::logins::{self, Login, Source};
+use accessd::sys::System;
+use protocol_support::{agent_key, gate, payload, Rig};
+use serde_json::json;
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -111,48 +118,18 @@ fn children_of(ppid: u32) -> Vec<i32> {
     out
 }
 
-struct Sshd {
-    pid: u32,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        // SAFETY: signals the listener this test started, by its pid.
-        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
-    }
-}
-
-#[test]
-fn ending_one_keys_sessions_ends_only_that_keys_session_of_a_real_sshd() {
-    // SAFETY: geteuid takes nothing and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !gate::require(root, "needs root (sshd, pidfds of root's sessions)")
-        || !gate::require(Path::new(SSHD).exists(), "needs /usr/sbin/sshd")
-        || !gate::require(
-            Command::new("unshare").arg("--help").output().is_ok(),
-            "needs unshare",
-        )
-    {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    for k in ["host", "ka", "kb"] {
-        keygen(&d.join(k));
-    }
-    let ak = format!(
-        "{}{}",
-        fs::read_to_string(d.join("ka.pub")).unwrap(),
-        fs::read_to_string(d.join("kb.pub")).unwrap()
-    );
-    fs::write(d.join("ak"), ak).unwrap();
+/// Start sshd on a free port of 127.0.0.1 with its files in `d` and the
+/// keys of `authorized_keys`: the listener, its port and its log file.
+fn start_sshd(d: &Path, authorized_keys: &Path) -> (Sshd, u16, PathBuf) {
+    keygen(&d.join("host"));
     let port = free_port();
     fs::write(
         d.join("cfg"),
         format!(
-            "ListenAddress 127.0.0.1:{port}\nHostKey {0}/host\nAuthorizedKeysFile {0}/ak\n\
+            "ListenAddress 127.0.0.1:{port}\nHostKey {0}/host\nAuthorizedKeysFile {1}\n\
              PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile {0}/pid\n",
-            d.display()
+            d.display(),
+            authorized_keys.display()
         ),
     )
     .unwrap();
@@ -171,30 +148,28 @@ fn ending_one_keys_sessions_ends_only_that_keys_session_of_a_real_sshd() {
         "sshd did not start: {}",
         fs::read_to_string(&log).unwrap_or_default()
     );
-    wait_for("sshd's pid file", || d.join("pid").exists());
-    let sshd = Sshd {
-        pid: fs::read_to_string(d.join("pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap(),
+    // sshd creates the pid file, then writes it: wait for a whole pid.
+    let pid = || {
+        fs::read_to_string(d.join("pid"))
+            .ok()?
+            .strip_suffix('\n')?
+            .parse::<u32>()
+            .ok()
     };
+    wait_for("sshd's pid file", || pid().is_some());
+    let sshd = Sshd {
+        pid: pid().unwrap(),
+    };
+    (sshd, port, log)
+}
 
-    let mut a = session(&d.join("ka"), port);
-    wait_for("the first login", || accepted(&log).len() == 1);
-    let mut b = session(&d.join("kb"), port);
-    wait_for("the second login", || accepted(&log).len() == 2);
-    let records = accepted(&log);
-    let (fp_a, fp_b) = (records[0].1.clone(), records[1].1.clone());
-    assert_ne!(fp_a, fp_b);
-    wait_for("both session processes", || {
-        children_of(sshd.pid).len() == 2
-    });
+/// Every "Accepted publickey" record of the log paired with every session
+/// process of the listener (the log lines carry no pid): one true pairing
+/// per record, the others forgeries naming another key's connection.
+fn paired_logins(log: &Path, listener: u32) -> Vec<Login> {
+    let records = accepted(log);
     let at = SystemTime::now();
-
-    // Every record paired with every session process: one true pairing per
-    // record, the other a forgery that names the other key's connection.
-    let logins: Vec<Login> = children_of(sshd.pid)
+    children_of(listener)
         .into_iter()
         .flat_map(|pid| {
             records.iter().map(move |(port, fp)| Login {
@@ -209,7 +184,60 @@ fn ending_one_keys_sessions_ends_only_that_keys_session_of_a_real_sshd() {
                 source: Source::AuthLog,
             })
         })
-        .collect();
+        .collect()
+}
+
+fn prerequisites() -> bool {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    gate::require(root, "needs root (sshd, pidfds of root's sessions)")
+        && gate::require(Path::new(SSHD).exists(), "needs /usr/sbin/sshd")
+        && gate::require(
+            Command::new("unshare").arg("--help").output().is_ok(),
+            "needs unshare",
+        )
+}
+
+struct Sshd {
+    pid: u32,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        // SAFETY: signals the listener this test started, by its pid.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+    }
+}
+
+#[test]
+fn ending_one_keys_sessions_ends_only_that_keys_session_of_a_real_sshd() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for k in ["ka", "kb"] {
+        keygen(&d.join(k));
+    }
+    let ak = format!(
+        "{}{}",
+        fs::read_to_string(d.join("ka.pub")).unwrap(),
+        fs::read_to_string(d.join("kb.pub")).unwrap()
+    );
+    fs::write(d.join("ak"), ak).unwrap();
+    let (sshd, port, log) = start_sshd(d, &d.join("ak"));
+
+    let mut a = session(&d.join("ka"), port);
+    wait_for("the first login", || accepted(&log).len() == 1);
+    let mut b = session(&d.join("kb"), port);
+    wait_for("the second login", || accepted(&log).len() == 2);
+    let records = accepted(&log);
+    let (fp_a, fp_b) = (records[0].1.clone(), records[1].1.clone());
+    assert_ne!(fp_a, fp_b);
+    wait_for("both session processes", || {
+        children_of(sshd.pid).len() == 2
+    });
+    let logins = paired_logins(&log, sshd.pid);
     let only_a = BTreeSet::from([fp_a.clone()]);
     assert_eq!(by_key::count(&logins, &only_a, "root", 0).unwrap(), 1);
     // Not root's records for another user name.
@@ -238,6 +266,247 @@ fn ending_one_keys_sessions_ends_only_that_keys_session_of_a_real_sshd() {
     assert_eq!(
         by_key::count(&logins, &BTreeSet::from([fp_b]), "root", 0).unwrap(),
         1
+    );
+    b.kill().unwrap();
+    b.wait().unwrap();
+    drop(sshd);
+}
+
+/// The engine's sessions of removed keys, found in the test sshd's log (as
+/// [`paired_logins`] reads it) instead of the machine's journal: the rest
+/// is the agent's own path, the `KeySessions` the engine calls included.
+struct TestSshdLog {
+    log: PathBuf,
+    listener: u32,
+}
+
+impl KeySessions for TestSshdLog {
+    fn end(
+        &self,
+        _sys: &System,
+        user: &str,
+        uid: u32,
+        fingerprints: &BTreeSet<String>,
+    ) -> Result<Outcome> {
+        by_key::end(
+            &paired_logins(&self.log, self.listener),
+            fingerprints,
+            user,
+            uid,
+        )
+    }
+
+    fn count(
+        &self,
+        _sys: &System,
+        user: &str,
+        uid: u32,
+        fingerprints: &BTreeSet<String>,
+    ) -> Result<usize> {
+        by_key::count(
+            &paired_logins(&self.log, self.listener),
+            fingerprints,
+            user,
+            uid,
+        )
+    }
+}
+
+/// The issue's test, through the engine: two keys of root, a live session
+/// on each. `remove_keys` of the first without `terminate_sessions` ends
+/// nothing and reports `sessions_open: 1`; sent again with it, it ends that
+/// session within two seconds, keeps the other, and the key cannot log in
+/// again.
+#[test]
+fn remove_keys_with_terminate_sessions_ends_only_the_removed_keys_session_of_a_real_sshd() {
+    if !prerequisites() {
+        return;
+    }
+    let rig = Rig::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for k in ["ka", "kb"] {
+        keygen(&d.join(k));
+    }
+    let pubkey = |k: &str| fs::read_to_string(d.join(format!("{k}.pub"))).unwrap();
+    let (ka, kb) = (pubkey("ka"), pubkey("kb"));
+    let mut e = rig.engine();
+    let h = e.handle(&rig.signed(
+        "c-add",
+        "add_keys",
+        json!({"user": "root", "keys": [ka.trim(), kb.trim()]}),
+    ));
+    assert_eq!(h.status, Status::Ok, "{}", h.message);
+    // The engine's root is a temporary directory: sshd reads root's keys
+    // from there.
+    let ak = rig.root.join("root/.ssh/authorized_keys");
+    let (sshd, port, log) = start_sshd(d, &ak);
+    let mut e = e.with_key_sessions(Arc::new(TestSshdLog {
+        log: log.clone(),
+        listener: sshd.pid,
+    }));
+
+    let mut a = session(&d.join("ka"), port);
+    wait_for("the first login", || accepted(&log).len() == 1);
+    let mut b = session(&d.join("kb"), port);
+    wait_for("the second login", || accepted(&log).len() == 2);
+    wait_for("both session processes", || {
+        children_of(sshd.pid).len() == 2
+    });
+    let fp_a = accepted(&log)[0].1.clone();
+
+    let h = e.handle(&rig.signed(
+        "c-rm-1",
+        "remove_keys",
+        json!({"user": "root", "keys": [fp_a]}),
+    ));
+    assert_eq!(h.status, Status::Ok, "{}", h.message);
+    let data = payload(&agent_key(&e), &h).data;
+    assert_eq!(
+        (data["removed"].clone(), data["sessions_open"].clone()),
+        (json!(1), json!(1)),
+        "{data}"
+    );
+    assert!(data.get("sessions_ended").is_none(), "{data}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        a.try_wait().unwrap().is_none(),
+        "ended without terminate_sessions"
+    );
+    assert!(b.try_wait().unwrap().is_none());
+
+    let started = Instant::now();
+    let h = e.handle(&rig.signed(
+        "c-rm-2",
+        "remove_keys",
+        json!({"user": "root", "keys": [fp_a], "terminate_sessions": true}),
+    ));
+    assert_eq!(h.status, Status::Ok, "{}", h.message);
+    let data = payload(&agent_key(&e), &h).data;
+    assert_eq!(data["sessions_open"], 0, "{data}");
+    let ended = data["sessions_ended"].as_array().unwrap();
+    assert_eq!(ended.len(), 1, "{data}");
+    assert_eq!(
+        (
+            ended[0]["user"].clone(),
+            ended[0]["fingerprint"].clone(),
+            ended[0]["from"].clone()
+        ),
+        (json!("root"), json!(fp_a), json!("127.0.0.1"))
+    );
+    wait_for("the first key's client to go", || {
+        a.try_wait().unwrap().is_some()
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        b.try_wait().unwrap().is_none(),
+        "the second key's session ended too"
+    );
+    // The key's line is gone: its session cannot come back.
+    let mut again = session(&d.join("ka"), port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = again.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the removed key logged in again");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    b.kill().unwrap();
+    b.wait().unwrap();
+    drop(sshd);
+}
+
+/// An expiring key bound by `replace_keys` with `terminate_sessions`: its
+/// session lives while the key does, and the engine's expiry sweep removes
+/// the line and then ends that session; a permanent key's session stays.
+/// The engine's clock starts at the real time (sshd checks the line's
+/// `expiry-time` against it) and is moved past the expiry by the test.
+#[test]
+fn an_expiring_key_bound_with_terminate_sessions_ends_its_real_session_at_expiry() {
+    if !prerequisites() {
+        return;
+    }
+    let rig = Rig::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for k in ["ka", "kb"] {
+        keygen(&d.join(k));
+    }
+    let pubkey = |k: &str| fs::read_to_string(d.join(format!("{k}.pub"))).unwrap();
+    let (ka, kb) = (pubkey("ka"), pubkey("kb"));
+    let now = SystemTime::now();
+    let clock = Arc::new(accessd::sys::TestClock::at(now));
+    let mut e = rig.engine_on(clock.clone());
+    let send = |e: &mut accessd::engine::Engine, id: &str, op: &str, args: serde_json::Value| {
+        let mut spec = rig.spec(id, op, args);
+        spec.issued_at = now - Duration::from_secs(60);
+        spec.expires_at = now + Duration::from_secs(540);
+        let h = e.handle(spec.sign(&rig.cp, protocol_support::KEY_ID).as_bytes());
+        assert_eq!(h.status, Status::Ok, "{op}: {}", h.message);
+    };
+    let until = now + Duration::from_secs(120);
+    send(
+        &mut e,
+        "c-bind",
+        "replace_keys",
+        json!({
+            "user": "root",
+            "keys": [ka.trim()],
+            "expires_at": accessd::protocol::format_time(until),
+            "terminate_sessions": true,
+        }),
+    );
+    send(
+        &mut e,
+        "c-keep",
+        "add_keys",
+        json!({"user": "root", "keys": [kb.trim()]}),
+    );
+    let ak = rig.root.join("root/.ssh/authorized_keys");
+    assert!(fs::read_to_string(&ak).unwrap().contains("expiry-time="));
+    let (sshd, port, log) = start_sshd(d, &ak);
+    let mut e = e.with_key_sessions(Arc::new(TestSshdLog {
+        log: log.clone(),
+        listener: sshd.pid,
+    }));
+
+    let mut a = session(&d.join("ka"), port);
+    wait_for("the expiring key's login", || accepted(&log).len() == 1);
+    let mut b = session(&d.join("kb"), port);
+    wait_for("the permanent key's login", || accepted(&log).len() == 2);
+    wait_for("both session processes", || {
+        children_of(sshd.pid).len() == 2
+    });
+    // Not due yet: nothing happens.
+    assert!(e.expire_keys().is_some());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(a.try_wait().unwrap().is_none());
+
+    clock.pass(Duration::from_secs(121));
+    let started = Instant::now();
+    assert_eq!(e.expire_keys(), None, "nothing else expires");
+    wait_for("the expired key's client to go", || {
+        a.try_wait().unwrap().is_some()
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!fs::read_to_string(&ak)
+        .unwrap()
+        .contains(ka.split(' ').nth(1).unwrap()));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        b.try_wait().unwrap().is_none(),
+        "the permanent key's session ended too"
     );
     b.kill().unwrap();
     b.wait().unwrap();

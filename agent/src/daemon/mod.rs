@@ -453,7 +453,7 @@ fn apply_mqtt(
     let name = format!("{}.json", cmd.name);
     logging::received(
         &name,
-        logging::claimed_command_id(&cmd.envelope).as_deref(),
+        crate::protocol::command::claimed_id(&cmd.envelope).as_deref(),
         cmd.envelope.len(),
     );
     let handled = handler.handle(&cmd.envelope);

@@ -157,7 +157,7 @@ impl Spool {
         };
         logging::received(
             name,
-            logging::claimed_command_id(&bytes).as_deref(),
+            crate::protocol::command::claimed_id(&bytes).as_deref(),
             bytes.len(),
         );
         let handled = handler.handle(&bytes);

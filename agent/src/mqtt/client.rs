@@ -15,13 +15,6 @@ use crate::protocol::result::ResultPayload;
 
 use super::options::{invalid_setting, Connection};
 
-/// The id inside a command envelope (our own, so not verified here).
-fn command_id(envelope: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(envelope).ok()?;
-    let body = crate::protocol::dsse::decode_b64(v.get("payload")?.as_str()?)?;
-    crate::protocol::command::claimed_id(&body)
-}
-
 /// Publish `envelope` to `<prefix>/<instance_id>/commands` and return the
 /// verified result that answers it. `mqtt` holds the broker URL, TLS files
 /// and credentials (the control plane's own, not an agent's); its
@@ -33,7 +26,7 @@ pub fn send(
     agent: &VerifyingKey,
     timeout: Duration,
 ) -> Result<ResultPayload> {
-    let id = command_id(envelope)
+    let id = crate::protocol::command::claimed_id(envelope)
         .ok_or_else(|| Error::BadEnvelope("the envelope's payload has no readable id".into()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
