@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use accessd::inbox::Inbox;
 use accessd::protocol::client::{verify_result, CommandSpec};
 use accessd::protocol::result::ResultPayload;
 use base64::Engine as _;
@@ -190,11 +191,11 @@ impl Machine {
         self.state.join("outbox")
     }
 
-    /// Drop a command the way the protocol asks: hidden name, then rename.
+    /// Drop a command the way the protocol asks (accessctl's own routine).
     pub fn drop_cmd(&self, name: &str, env: &[u8]) {
-        let tmp = self.inbox().join(format!(".{name}.part"));
-        std::fs::write(&tmp, env).unwrap();
-        std::fs::rename(&tmp, self.inbox().join(name)).unwrap();
+        Inbox::of_state_dir(&self.state)
+            .drop_envelope(name, env)
+            .unwrap();
     }
 
     /// Start `accessd --config` and wait for READY=1 on a notify socket of
@@ -258,7 +259,9 @@ impl Machine {
 
     pub fn result(&self, name: &str) -> ResultPayload {
         let agent = self.agent_key();
-        let bytes = wait_file(&self.outbox().join(name));
+        let bytes = Inbox::of_state_dir(&self.state)
+            .wait_result(name, PATIENCE)
+            .unwrap();
         verify_result(&agent, &bytes).unwrap()
     }
 
@@ -342,18 +345,6 @@ pub fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
         assert!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-pub fn wait_file(p: &Path) -> Vec<u8> {
-    let mut out = None;
-    wait_until(
-        || {
-            out = std::fs::read(p).ok();
-            out.is_some()
-        },
-        &p.display().to_string(),
-    );
-    out.unwrap()
 }
 
 fn rand_suffix() -> String {
