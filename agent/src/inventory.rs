@@ -11,6 +11,21 @@
 //! [`MAX_KEYS_PER_USER`] keys are listed per user, with `keys_total`; long
 //! strings are shortened by [`shorten`]. Keys are streamed from the file
 //! (`authkeys::for_each_key`), never all held at once.
+//!
+//! Logins (PROTOCOL §3 "Sessions"): sshd's records are read once per page
+//! ([`Logins::read`], at most [`MAX_LOGIN_RECORDS`] of them, through
+//! [`crate::ssh::logins`]). A key's `last_login` is the newest `publickey`
+//! record of that user and fingerprint, absent when the retained log has
+//! none; a user's `sessions` is the number of their records since boot
+//! (any method) whose sshd process /proc shows to be that live connection,
+//! verified as `sessions::by_key` verifies a session before ending it.
+//! When the log cannot be read, `logins_error` says why, keys carry no
+//! `last_login` and `sessions` is null. In image mode there are no records:
+//! no `last_login`, and `sessions` is 0 (an image runs nothing).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::SystemTime;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
@@ -19,6 +34,8 @@ use serde_json::{json, Value};
 use crate::accounts;
 use crate::error::{Error, Result};
 use crate::names::UserName;
+use crate::sessions::by_key::{self, Snapshot};
+use crate::ssh::logins::{self, Login};
 use crate::ssh::{authkeys, sshd};
 use crate::sys::System;
 
@@ -29,6 +46,9 @@ pub const MAX_COMMENT_BYTES: usize = 128;
 /// Key options, home, shell, user names and error texts longer than this
 /// (bytes) are shortened.
 pub const MAX_FIELD_BYTES: usize = 256;
+/// sshd records read per page at most (newest first): beyond any real
+/// machine's logins within the log's retention, a bound on a noisy one's.
+pub const MAX_LOGIN_RECORDS: usize = 50_000;
 /// Longest cursor accepted back (a cursor this agent made is far shorter).
 const MAX_CURSOR_CHARS: usize = 512;
 const CURSOR_PREFIX: &str = "c1.";
@@ -149,7 +169,11 @@ pub fn collect(
         all.retain(|u| (u.record.uid, u.record.name.as_str()) > c.key());
     }
 
+    let logins = Logins::read(sys);
     let mut data = json!({ "users": [], "truncated": false });
+    if let Some(e) = &logins.error {
+        data["logins_error"] = json!(shorten(e, MAX_FIELD_BYTES));
+    }
     match sshd::effective(sys, opts) {
         Ok(eff) => data["sshd"] = json!(eff),
         Err(e) => {
@@ -170,7 +194,7 @@ pub fn collect(
     let total = all.len();
     for u in all {
         let room = budget.saturating_sub(used + 1);
-        let mut entry = user_entry(sys, &u, MAX_KEYS_PER_USER);
+        let mut entry = user_entry(sys, &u, MAX_KEYS_PER_USER, &logins);
         let mut size = size_of(&entry);
         if size > room {
             if !users.is_empty() {
@@ -182,7 +206,7 @@ pub fn collect(
             let mut keys = entry["keys"].as_array().map_or(0, Vec::len);
             while size > room && keys > 0 {
                 keys /= 2;
-                entry = user_entry(sys, &u, keys);
+                entry = user_entry(sys, &u, keys, &logins);
                 size = size_of(&entry);
             }
         }
@@ -200,8 +224,115 @@ pub fn collect(
     Ok(data)
 }
 
+/// sshd's login records as one inventory page needs them.
+#[derive(Debug, Default)]
+pub struct Logins {
+    /// The newest `publickey` record's time and address, by user and
+    /// fingerprint.
+    last: HashMap<String, HashMap<String, (SystemTime, IpAddr)>>,
+    /// Each user's records since boot (any method).
+    since_boot: HashMap<String, Vec<Login>>,
+    /// The process table the records are verified against; `None` when
+    /// sessions cannot be counted.
+    snap: Option<Snapshot>,
+    /// Why the records (or the process table) could not be read.
+    error: Option<String>,
+}
+
+impl Logins {
+    /// The records of this machine, read once (none in image mode).
+    pub fn read(sys: &System) -> Logins {
+        if !sys.is_live() {
+            return Logins::from_records(Vec::new(), SystemTime::UNIX_EPOCH, |_| {
+                Ok(Snapshot::default())
+            });
+        }
+        let records = match logins::accepted(sys, None, MAX_LOGIN_RECORDS) {
+            Ok(r) => r,
+            Err(e) => {
+                return Logins {
+                    error: Some(format!("reading sshd's log: {e}")),
+                    ..Logins::default()
+                }
+            }
+        };
+        match by_key::boot_time() {
+            Ok(boot) => Logins::from_records(records, boot, Snapshot::read),
+            Err(e) => {
+                let mut l = Logins::from_records(records, SystemTime::UNIX_EPOCH, |_| {
+                    Ok(Snapshot::default())
+                });
+                l.snap = None;
+                l.error = Some(e.to_string());
+                l
+            }
+        }
+    }
+
+    /// From `records` (newest first), those since `boot` verified against
+    /// the process table `snapshot` reads for them (only when there are
+    /// any: the whole of /proc is read).
+    pub fn from_records(
+        records: Vec<Login>,
+        boot: SystemTime,
+        snapshot: impl FnOnce(&[Login]) -> Result<Snapshot>,
+    ) -> Logins {
+        let mut out = Logins::default();
+        let mut recent = Vec::new();
+        for l in records {
+            if l.method == "publickey" {
+                if let Some(fp) = &l.fingerprint {
+                    let per_user = out.last.entry(l.user.clone()).or_default();
+                    let newest = per_user.entry(fp.clone()).or_insert((l.at, l.addr));
+                    if l.at > newest.0 {
+                        *newest = (l.at, l.addr);
+                    }
+                }
+            }
+            if l.at >= boot {
+                recent.push(l);
+            }
+        }
+        if recent.is_empty() {
+            out.snap = Some(Snapshot::default());
+            return out;
+        }
+        match snapshot(&recent) {
+            Ok(s) => out.snap = Some(s),
+            Err(e) => out.error = Some(format!("reading the process table: {e}")),
+        }
+        for l in recent {
+            out.since_boot.entry(l.user.clone()).or_default().push(l);
+        }
+        out
+    }
+
+    /// `{"at", "from"}` of the newest login of `user` with the key
+    /// `fingerprint`, when there is one.
+    pub fn last_login(&self, user: &str, fingerprint: &str) -> Option<Value> {
+        let (at, addr) = self.last.get(user)?.get(fingerprint)?;
+        Some(json!({
+            "at": humantime::format_rfc3339_seconds(*at).to_string(),
+            "from": crate::sessions::canonical(*addr).to_string(),
+        }))
+    }
+
+    /// The number of live SSH sessions of `user` (uid `uid`); null when
+    /// they cannot be counted.
+    pub fn sessions(&self, user: &str, uid: u32) -> Value {
+        let Some(snap) = &self.snap else {
+            return Value::Null;
+        };
+        let records = self.since_boot.get(user).map_or(&[][..], Vec::as_slice);
+        if records.is_empty() {
+            return json!(0);
+        }
+        json!(by_key::verified(records, None, user, uid, snap).len())
+    }
+}
+
 /// One user's entry, with at most `max_keys` keys.
-fn user_entry(sys: &System, u: &accounts::UserSummary, max_keys: usize) -> Value {
+fn user_entry(sys: &System, u: &accounts::UserSummary, max_keys: usize, logins: &Logins) -> Value {
     let mut entry = serde_json::to_value(u).expect("a summary serializes");
     for field in ["name", "home", "shell"] {
         if let Some(s) = entry[field].as_str() {
@@ -219,7 +350,12 @@ fn user_entry(sys: &System, u: &accounts::UserSummary, max_keys: usize) -> Value
             if keys.len() < max_keys {
                 k.comment = k.comment.map(|c| shorten(&c, MAX_COMMENT_BYTES));
                 k.options = k.options.map(|o| shorten(&o, MAX_FIELD_BYTES));
-                keys.push(k);
+                let last = logins.last_login(&u.record.name, &k.fingerprint);
+                let mut v = json!(k);
+                if let Some(last) = last {
+                    v["last_login"] = last;
+                }
+                keys.push(v);
             }
         });
         if let Err(e) = listed {
@@ -228,8 +364,9 @@ fn user_entry(sys: &System, u: &accounts::UserSummary, max_keys: usize) -> Value
             entry["keys_error"] = json!(shorten(&e.to_string(), MAX_FIELD_BYTES));
         }
     }
-    entry["keys"] = json!(keys);
+    entry["keys"] = Value::Array(keys);
     entry["keys_total"] = json!(total);
+    entry["sessions"] = logins.sessions(&u.record.name, u.record.uid);
     entry
 }
 
@@ -245,6 +382,137 @@ mod tests {
         assert!(s.len() <= 128, "{}", s.len());
         assert!(s.ends_with("...[2000 bytes]"), "{s}");
         assert!(s.starts_with("éé"));
+    }
+
+    use crate::sessions::by_key::{ProcInfo, SshdInfo};
+    use crate::ssh::logins::Source;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    const FP_A: &str = "SHA256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const FP_B: &str = "SHA256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn t(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    fn rec(pid: i32, user: &str, method: &str, fp: Option<&str>, addr: &str, at: u64) -> Login {
+        Login {
+            pid,
+            user: user.into(),
+            addr: addr.parse().unwrap(),
+            port: 40000 + pid as u16,
+            method: method.into(),
+            key_type: fp.map(|_| "ED25519".into()),
+            fingerprint: fp.map(Into::into),
+            at: t(at),
+            source: Source::Journal,
+        }
+    }
+
+    /// alice (uid 1001) has a live session from sshd 100 (child 101 runs as
+    /// her); sshd 200 is gone.
+    fn snap(logins: &[Login]) -> Result<Snapshot> {
+        let mut s = Snapshot::default();
+        for (pid, ppid, uid) in [(1, 0, 0), (100, 1, 0), (101, 100, 1001)] {
+            s.procs.insert(
+                pid,
+                ProcInfo {
+                    ppid,
+                    uids: [uid; 3],
+                    start_ticks: 1,
+                },
+            );
+        }
+        let l = logins.iter().find(|l| l.pid == 100).unwrap();
+        s.sshd.insert(
+            100,
+            SshdInfo {
+                root_sshd: true,
+                started: t(5000),
+                peers: vec![SocketAddr::new(l.addr, l.port)],
+            },
+        );
+        Ok(s)
+    }
+
+    #[test]
+    fn last_login_is_the_newest_publickey_record_of_that_user_and_key() {
+        // Newest first, as logins::accepted returns them.
+        let records = vec![
+            rec(100, "alice", "password", None, "192.0.2.9", 6000),
+            rec(
+                200,
+                "alice",
+                "publickey",
+                Some(FP_A),
+                "::ffff:192.0.2.1",
+                5500,
+            ),
+            rec(300, "alice", "publickey", Some(FP_A), "192.0.2.2", 3000),
+            rec(400, "bob", "publickey", Some(FP_B), "2001:db8::1", 2000),
+            rec(500, "alice", "hostbased", Some(FP_B), "192.0.2.3", 1000),
+        ];
+        let l = Logins::from_records(records, t(4000), |_| Ok(Snapshot::default()));
+        assert_eq!(
+            l.last_login("alice", FP_A),
+            Some(json!({"at": "1970-01-01T01:31:40Z", "from": "192.0.2.1"}))
+        );
+        assert_eq!(
+            l.last_login("bob", FP_B),
+            Some(json!({"at": "1970-01-01T00:33:20Z", "from": "2001:db8::1"}))
+        );
+        // Not the host key of a hostbased login, not another user's key.
+        assert_eq!(l.last_login("alice", FP_B), None);
+        assert_eq!(l.last_login("bob", FP_A), None);
+        assert_eq!(l.error, None);
+    }
+
+    #[test]
+    fn sessions_count_the_live_verified_logins_since_boot_of_any_method() {
+        let records = vec![
+            rec(100, "alice", "password", None, "192.0.2.9", 6000),
+            rec(100, "alice", "password", None, "192.0.2.9", 6000),
+            rec(200, "alice", "publickey", Some(FP_A), "192.0.2.1", 5500),
+            // Before boot: not read against /proc at all.
+            rec(300, "alice", "publickey", Some(FP_A), "192.0.2.2", 3000),
+            // A forged record naming alice's sshd process as bob's.
+            rec(100, "bob", "password", None, "192.0.2.9", 6000),
+        ];
+        let mut asked = Vec::new();
+        let l = Logins::from_records(records, t(4000), |r| {
+            asked = r.iter().map(|l| l.pid).collect();
+            snap(r)
+        });
+        assert_eq!(asked, [100, 100, 200, 100]);
+        assert_eq!(l.sessions("alice", 1001), json!(1));
+        assert_eq!(l.sessions("bob", 1002), json!(0));
+        assert_eq!(l.sessions("carol", 1003), json!(0));
+    }
+
+    #[test]
+    fn without_the_process_table_sessions_are_null_and_the_error_is_told() {
+        let records = vec![rec(100, "alice", "password", None, "192.0.2.9", 6000)];
+        let l = Logins::from_records(records, t(4000), |_| {
+            Err(Error::Internal("no /proc".into()))
+        });
+        assert_eq!(l.sessions("alice", 1001), Value::Null);
+        assert!(l.error.as_deref().unwrap().contains("no /proc"));
+        // Nothing since boot: the table is not read, nothing is live.
+        let l = Logins::from_records(
+            vec![rec(1, "alice", "publickey", Some(FP_A), "192.0.2.9", 10)],
+            t(4000),
+            |_| panic!("the process table is read only for records since boot"),
+        );
+        assert_eq!(l.sessions("alice", 1001), json!(0));
+        assert!(l.last_login("alice", FP_A).is_some());
+    }
+
+    #[test]
+    fn an_image_has_no_logins_and_no_sessions() {
+        let t = tempfile::tempdir().unwrap();
+        let l = Logins::read(&System::new(t.path(), t.path().join("state")));
+        assert_eq!((l.sessions("root", 0), l.error), (json!(0), None));
     }
 
     #[test]

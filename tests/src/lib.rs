@@ -40,6 +40,12 @@ mod sshd;
 #[path = "../../agent/tests/gate/mod.rs"]
 pub mod gate;
 
+/// The one wait loop of every suite (agent/tests/wait), shared by path.
+#[path = "../../agent/tests/wait/mod.rs"]
+pub mod wait;
+#[cfg(test)]
+mod wait_tests;
+
 pub use serde_json::Value;
 
 pub use bins::{accessctl_bin, accessd_bin};
@@ -51,3 +57,4 @@ pub use preflight::sandbox;
 pub use run::{run_with, Out};
 pub use sandbox::Sandbox;
 pub use sshd::{CLOUD_INIT_DROPIN, SSHD};
+pub use wait::wait_until;

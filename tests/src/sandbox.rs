@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::control::Agent;
 use crate::host_guard::{host_baseline, HostSnapshot};
 use crate::namespace::{enter_namespace, kill_namespace};
 use crate::run::{host_ok, run_with, Out, COMMAND_TIMEOUT};
 use crate::sshd::{restart_script, sshd_config, CLOUD_INIT_DROPIN};
+use crate::wait::wait_until;
 
 /// A private mount namespace with a real sshd and, optionally, accessd.
 pub struct Sandbox {
@@ -177,12 +178,8 @@ impl Sandbox {
     }
 
     /// Poll `cond` for up to 20 s; panic naming `what` if it never holds.
-    pub fn wait_for(&self, what: &str, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !cond() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            thread::sleep(Duration::from_millis(25));
-        }
+    pub fn wait_for(&self, what: &str, cond: impl FnMut() -> bool) {
+        wait_until(what, Duration::from_secs(20), cond);
     }
 
     /// The host path of the sandbox's throwaway tree (its tempdir).

@@ -139,7 +139,12 @@ fn from_journal(since: Option<SystemTime>, max: usize) -> Result<Vec<Login>> {
     let program = find_program("journalctl").ok_or_else(|| {
         Error::Program("the journal exists but journalctl is not installed".into())
     })?;
-    let cmd = journal_cmd(&program, since);
+    read_journal(&program, since, max)
+}
+
+/// The records `program` (journalctl) prints, through [`run_bounded`].
+fn read_journal(program: &Path, since: Option<SystemTime>, max: usize) -> Result<Vec<Login>> {
+    let cmd = journal_cmd(program, since);
     let mut out = Vec::new();
     let ran = run_bounded(&cmd, &Bounds::LOG, |line| {
         if let Some(l) = parse_journal_line(line) {
@@ -1065,6 +1070,56 @@ mod tests {
              --output-fields=MESSAGE,_PID,_UID,_COMM,_TRANSPORT --since=@1764742243 \
              _UID=0 _TRANSPORT=syslog _COMM=sshd + _UID=0 _TRANSPORT=syslog _COMM=sshd-session"
         );
+    }
+
+    /// A stand-in journalctl: a shell script printing `body`.
+    fn fake_journalctl(dir: &Path, body: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("journalctl");
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_journal_reader_keeps_only_roots_sshd_records_and_stops_at_max() {
+        let t = tempfile::tempdir().unwrap();
+        let msg: Value =
+            format!("Accepted publickey for alice from 192.0.2.7 port 40000 ssh2: ED25519 {FP}")
+                .into();
+        let mut lines = Vec::new();
+        for e in [
+            entry("0", "sshd-session", msg.clone()),
+            entry("1000", "sshd", msg.clone()),
+            entry("0", "bash", msg.clone()),
+            entry("0", "sshd", "Received disconnect from 192.0.2.7".into()),
+            b"not json".to_vec(),
+            entry("0", "sshd", msg.clone()),
+        ] {
+            lines.push(String::from_utf8(e).unwrap());
+        }
+        let data = t.path().join("out.json");
+        std::fs::write(&data, lines.join("\n")).unwrap();
+        let prog = fake_journalctl(t.path(), &format!("cat {}", data.display()));
+        let got = read_journal(&prog, None, 10).unwrap();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got.iter().all(|l| l.user == "alice" && l.pid == 4242));
+        assert_eq!(read_journal(&prog, None, 1).unwrap().len(), 1);
+
+        // One that never ends stops once `max` records are read.
+        let prog = fake_journalctl(
+            t.path(),
+            &format!("while :; do cat {}; echo; done", data.display()),
+        );
+        let started = std::time::Instant::now();
+        assert_eq!(read_journal(&prog, None, 50).unwrap().len(), 50);
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // A failing journalctl is an error that says what it printed.
+        let prog = fake_journalctl(t.path(), "echo 'Failed to open journal' >&2; exit 1");
+        let e = read_journal(&prog, None, 10).unwrap_err();
+        assert!(matches!(e, Error::Program(_)), "{e}");
+        assert!(e.to_string().contains("Failed to open journal"), "{e}");
     }
 
     #[test]

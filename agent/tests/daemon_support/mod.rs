@@ -11,12 +11,18 @@
 #[path = "../gate/mod.rs"]
 pub mod gate;
 
+// The one wait loop of every suite (see ../wait/mod.rs), shared by path.
+#[allow(clippy::duplicate_mod)]
+#[path = "../wait/mod.rs"]
+pub mod wait;
+pub use wait::wait_until;
+
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use accessd::inbox::Inbox;
 use accessd::protocol::client::{verify_result, CommandSpec};
@@ -251,10 +257,9 @@ impl Machine {
 
     /// Wait until the log contains `needle` `count` times.
     pub fn wait_log(&self, needle: &str, count: usize) {
-        wait_until(
-            || self.log_text().matches(needle).count() >= count,
-            &format!("{needle:?} x{count} in the log"),
-        );
+        wait_until(&format!("{needle:?} x{count} in the log"), PATIENCE, || {
+            self.log_text().matches(needle).count() >= count
+        });
     }
 
     pub fn result(&self, name: &str) -> ResultPayload {
@@ -316,14 +321,12 @@ impl Daemon {
     }
 
     pub fn wait(mut self) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(start.elapsed() < PATIENCE, "accessd did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut status = None;
+        wait_until("accessd to exit", PATIENCE, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.expect("wait_until returned, so accessd exited")
     }
 
     pub fn stop(self) -> ExitStatus {
@@ -336,14 +339,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-pub fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
