@@ -1,6 +1,6 @@
 //! Every dependency a workspace member (or the fuzz crate) declares is used
-//! by that member's
-//! code (issue 14: `sshkeys` sat in agent/Cargo.toml, used nowhere). The
+//! by that member's code (issue 14: `sshkeys` sat in agent/Cargo.toml, used
+//! nowhere). The
 //! equivalent of `cargo machete`, without installing it: for each member's
 //! `[dependencies]`, `[dev-dependencies]` and `[build-dependencies]`, the
 //! crate's library name (dashes as underscores; `package = "..."` renames
