@@ -7,9 +7,10 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use accessd::engine::Status;
+use accessd::inbox::Inbox;
 use accessd::names::UserName;
 use accessd::protocol::client::{self, CommandSpec};
 use accessd::protocol::command::{self, ApplyAt, Args, KeyExpiry, Password};
@@ -719,44 +720,19 @@ fn sign(op: SignOp) -> CliResult<()> {
 fn send(inbox: &Path, agent_key: &str, timeout: Duration, input: &str) -> CliResult<ExitCode> {
     let agent = client::public_key_arg(agent_key).map_err(|e| e.to_string())?;
     let envelope = read_input(input)?;
-    let id = accessd::protocol::command::claimed_id(&envelope).unwrap_or_else(client::random_id);
-    let stamp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    // Lexical order of names is arrival order: fixed-width nanoseconds first.
-    let name = format!("{stamp:020}-{id}.json");
-    let tmp = inbox.join(format!(".{name}"));
-    write_new_file(&tmp, &envelope, 0o600)?;
-    std::fs::rename(&tmp, inbox.join(&name))
-        .map_err(|e| format!("renaming {} into the inbox: {e}", tmp.display()))?;
-
-    let outbox = inbox
-        .join("..")
-        .join(accessd::state_dir::OUTBOX)
-        .join(&name);
-    let deadline = Instant::now() + timeout;
-    let bytes = loop {
-        match std::fs::read(&outbox) {
-            Ok(b) => break b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("reading {}: {e}", outbox.display())),
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "no result in {} after {}",
-                outbox.display(),
-                humantime::format_duration(timeout)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let inbox = Inbox::at(inbox);
+    let name = Inbox::name_for(&envelope);
+    let bytes = inbox
+        .send(&name, &envelope, timeout)
+        .map_err(|e| e.to_string())?;
+    let result = inbox.outbox().join(&name);
     let payload = client::verify_result(&agent, &bytes)
-        .map_err(|e| format!("result {}: {e}", outbox.display()))?;
-    if payload.id.as_ref().is_some_and(|rid| *rid != id) {
+        .map_err(|e| format!("result {}: {e}", result.display()))?;
+    let id = command::claimed_id(&envelope);
+    if payload.id.is_some() && payload.id != id {
         return Err(format!(
             "result {} answers command {:?}, not {id:?}",
-            outbox.display(),
+            result.display(),
             payload.id
         ));
     }

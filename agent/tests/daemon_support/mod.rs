@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use accessd::inbox::Inbox;
 use accessd::protocol::client::{verify_result, CommandSpec};
 use accessd::protocol::result::ResultPayload;
 use base64::Engine as _;
@@ -196,11 +197,11 @@ impl Machine {
         self.state.join("outbox")
     }
 
-    /// Drop a command the way the protocol asks: hidden name, then rename.
+    /// Drop a command the way the protocol asks (accessctl's own routine).
     pub fn drop_cmd(&self, name: &str, env: &[u8]) {
-        let tmp = self.inbox().join(format!(".{name}.part"));
-        std::fs::write(&tmp, env).unwrap();
-        std::fs::rename(&tmp, self.inbox().join(name)).unwrap();
+        Inbox::of_state_dir(&self.state)
+            .drop_envelope(name, env)
+            .unwrap();
     }
 
     /// Start `accessd --config` and wait for READY=1 on a notify socket of
@@ -263,7 +264,9 @@ impl Machine {
 
     pub fn result(&self, name: &str) -> ResultPayload {
         let agent = self.agent_key();
-        let bytes = wait_file(&self.outbox().join(name));
+        let bytes = Inbox::of_state_dir(&self.state)
+            .wait_result(name, PATIENCE)
+            .unwrap();
         verify_result(&agent, &bytes).unwrap()
     }
 
@@ -337,15 +340,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub fn wait_file(p: &Path) -> Vec<u8> {
-    let mut out = None;
-    wait_until(&p.display().to_string(), PATIENCE, || {
-        out = std::fs::read(p).ok();
-        out.is_some()
-    });
-    out.unwrap()
 }
 
 fn rand_suffix() -> String {
