@@ -68,10 +68,6 @@ impl Identity {
         Ok(Some(Identity { key }))
     }
 
-    pub fn from_signing_key(key: SigningKey) -> Identity {
-        Identity { key }
-    }
-
     pub fn signing_key(&self) -> &SigningKey {
         &self.key
     }

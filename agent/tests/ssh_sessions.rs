@@ -27,6 +27,7 @@ use accessd::sessions::by_key::{self, Outcome};
 use accessd::sessions::revoked::KeySessions;
 use accessd::ssh::logins::{self, Login, Source};
 use accessd::sys::System;
+use protocol_support::wait::wait_until;
 use protocol_support::{agent_key, gate, payload, Rig};
 use serde_json::json;
 
@@ -50,12 +51,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(20), f);
 }
 
 fn session(key: &Path, port: u16) -> Child {
@@ -409,15 +406,16 @@ fn remove_keys_with_terminate_sessions_ends_only_the_removed_keys_session_of_a_r
     );
     // The key's line is gone: its session cannot come back.
     let mut again = session(&d.join("ka"), port);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = again.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the removed key logged in again");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(!status.success());
+    let mut status = None;
+    wait_until(
+        "the removed key's login to fail (it logged in again)",
+        Duration::from_secs(10),
+        || {
+            status = again.try_wait().unwrap();
+            status.is_some()
+        },
+    );
+    assert!(!status.unwrap().success());
     b.kill().unwrap();
     b.wait().unwrap();
     drop(sshd);
