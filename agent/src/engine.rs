@@ -102,9 +102,9 @@ impl Engine {
     /// Load (or create) the agent identity in `sys.state_dir`, open the replay
     /// store, and be ready to handle envelopes.
     pub fn new(cfg: Config, sys: System) -> Result<Engine> {
-        let trusted = cfg.trusted_keys().map_err(|msg| Error::Io {
-            context: "configuration".into(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
+        let trusted = cfg.trusted_keys().map_err(|message| Error::Setting {
+            setting: "configuration".into(),
+            message,
         })?;
         if trusted.is_empty() {
             tracing::warn!("no [trust] key is configured: every command will be refused");

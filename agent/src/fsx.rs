@@ -298,12 +298,9 @@ impl Dir {
             return Ok(None);
         };
         if data.over(DEFAULT_READ_LIMIT) {
-            return Err(Error::Io {
-                context: format!("reading {}", self.display(name).display()),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::FileTooLarge,
-                    format!("larger than {DEFAULT_READ_LIMIT} bytes"),
-                ),
+            return Err(Error::BadFile {
+                path: self.display(name),
+                message: format!("larger than {DEFAULT_READ_LIMIT} bytes; not read"),
             });
         }
         Ok(Some(data))
@@ -560,10 +557,8 @@ impl Dir {
                 }
             }
         }
-        Err(Error::Io {
-            context: format!("creating a temp file in {}", self.path.display()),
-            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-        })
+        // Every name tried existed: EEXIST is what the OS said each time.
+        Err(Errno::EEXIST).ctx(|| format!("creating a temp file in {}", self.path.display()))
     }
 }
 

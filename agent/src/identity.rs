@@ -6,20 +6,19 @@
 //! published with `link()`, which fails if the name exists, so two agents
 //! starting at once end with one key (the loser reads the winner's).
 
-use std::io;
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::error::{random_failed, Error, Result};
 use crate::fsx::{Private, MAX_SECRET_BYTES};
 use crate::state_dir::{private_file_meta, write_new, StateDir, IDENTITY_KEY};
 
-fn state_error(path: &Path, msg: String) -> Error {
-    Error::Io {
-        context: format!("state directory {}", path.display()),
-        source: io::Error::new(io::ErrorKind::PermissionDenied, msg),
+fn state_error(path: &Path, message: String) -> Error {
+    Error::BadFile {
+        path: path.to_path_buf(),
+        message,
     }
 }
 
@@ -35,19 +34,19 @@ impl Identity {
             return Ok(id);
         }
         let mut seed = Zeroizing::new([0u8; 32]);
-        getrandom::getrandom(seed.as_mut()).map_err(|e| Error::Io {
-            context: "generating the agent identity".into(),
-            source: io::Error::other(e.to_string()),
-        })?;
+        getrandom::getrandom(seed.as_mut())
+            .map_err(|e| random_failed("generating the agent identity", e))?;
         let text = Zeroizing::new(format!(
             "{}\n",
             crate::protocol::dsse::encode_b64(seed.as_ref())
         ));
         write_new(state, IDENTITY_KEY, text.as_bytes(), &private_file_meta())?;
         // Whether we won the race or not, the file on disk is the identity.
-        Self::load(state)?.ok_or_else(|| Error::Io {
-            context: format!("reading {}", state.display(IDENTITY_KEY).display()),
-            source: io::Error::from(io::ErrorKind::NotFound),
+        Self::load(state)?.ok_or_else(|| {
+            Error::Internal(format!(
+                "{} is gone right after it was written (who removes it?)",
+                state.display(IDENTITY_KEY).display()
+            ))
         })
     }
 

@@ -22,12 +22,11 @@ use crate::fsx::{read_private_file, show, Private, MAX_SECRET_BYTES};
 /// results.
 const MIN_PACKET_LIMIT: usize = 1024 * 1024;
 
-/// A settings error: reported like an I/O error on the config (`io_error`),
-/// with a message that names the setting.
-pub(crate) fn invalid_setting(context: String, why: impl Into<String>) -> Error {
-    Error::Io {
-        context,
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.into()),
+/// A settings error (`io_error`), with a message that names the setting.
+fn invalid_setting(setting: String, why: impl Into<String>) -> Error {
+    Error::Setting {
+        setting,
+        message: why.into(),
     }
 }
 

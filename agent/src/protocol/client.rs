@@ -141,9 +141,9 @@ pub fn public_key_arg(arg: &str) -> Result<VerifyingKey> {
     } else {
         arg.to_owned()
     };
-    super::parse_public_key(&text).map_err(|msg| Error::Io {
-        context: format!("public key {}", crate::names::truncate_for_message(arg)),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
+    super::parse_public_key(&text).map_err(|message| Error::Setting {
+        setting: format!("public key {}", crate::names::truncate_for_message(arg)),
+        message,
     })
 }
 

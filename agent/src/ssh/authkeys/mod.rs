@@ -409,9 +409,9 @@ fn load_managed(dir: &Dir, user: &UserName) -> Result<Managed> {
     let Some(data) = dir.read(&state_name(user))? else {
         return Ok(Managed::default());
     };
-    serde_json::from_slice(&data.bytes).map_err(|e| Error::Io {
-        context: format!("reading {}", dir.display(&state_name(user)).display()),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    serde_json::from_slice(&data.bytes).map_err(|e| Error::BadFile {
+        path: dir.display(&state_name(user)),
+        message: format!("not a key record accessd wrote: {e}"),
     })
 }
 
