@@ -220,6 +220,7 @@ impl Snapshot {
         let root_id = super::identity(Path::new("/")).ctx(|| "stat /".to_string())?;
         let etc_id = super::identity(Path::new("/etc")).ctx(|| "stat /etc".to_string())?;
         let mut snap = Snapshot::default();
+        let mut tables = super::TcpTables::default();
         for e in fs::read_dir("/proc").ctx(|| "listing /proc".to_string())? {
             let Some(pid) = e
                 .ok()
@@ -240,7 +241,7 @@ impl Snapshot {
                         here: root && super::on_this_system(pid, root_id, etc_id),
                         started,
                         peers: if root {
-                            super::tcp_peers(pid)
+                            super::tcp_peers_cached(pid, &mut tables)
                         } else {
                             Vec::new()
                         },
