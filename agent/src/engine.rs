@@ -257,6 +257,12 @@ impl Engine {
                     }
                     data["sessions_ended"] = json!(o.ended);
                     data["sessions_open"] = json!(o.open);
+                    if let Some(e) = o.unmatched_error(user.as_str()) {
+                        // Live sessions of an unknown key: the ended and
+                        // open ones are not all there is.
+                        msg.push_str(&format!("; {e}: they were not ended"));
+                        data["sessions_error"] = json!(e);
+                    }
                 }
                 Err(e) => {
                     msg.push_str(&format!(
@@ -268,13 +274,14 @@ impl Engine {
             }
         } else {
             let r = match revoked.is_empty() {
-                true => Ok(0),
+                true => Ok(Default::default()),
                 false => {
                     uid().and_then(|uid| self.key_sessions.count(sys, user.as_str(), uid, revoked))
                 }
             };
             match r {
-                Ok(n) => {
+                Ok(o) => {
+                    let n = o.open;
                     if n > 0 {
                         msg.push_str(&format!(
                             "; {n} live session(s) that logged in with the removed key(s) \
@@ -282,6 +289,10 @@ impl Engine {
                         ));
                     }
                     data["sessions_open"] = json!(n);
+                    if let Some(e) = o.unmatched_error(user.as_str()) {
+                        msg.push_str(&format!("; {e}"));
+                        data["sessions_error"] = json!(e);
+                    }
                 }
                 Err(e) => {
                     msg.push_str(&format!(

@@ -13,15 +13,17 @@
 //! (`authkeys::for_each_key`), never all held at once.
 //!
 //! Logins (PROTOCOL §3 "Sessions"): sshd's records are read once per page
-//! ([`Logins::read`], at most [`MAX_LOGIN_RECORDS`] of them, through
-//! [`crate::ssh::logins`]). A key's `last_login` is the newest `publickey`
-//! record of that user and fingerprint, absent when the retained log has
-//! none; a user's `sessions` is the number of their records since boot
-//! (any method) whose sshd process /proc shows to be that live connection,
-//! verified as `sessions::by_key` verifies a session before ending it.
-//! When the log cannot be read, `logins_error` says why, keys carry no
-//! `last_login` and `sessions` is null. In image mode there are no records:
-//! no `last_login`, and `sessions` is 0 (an image runs nothing).
+//! ([`Logins::read`], at most [`MAX_LOGIN_RECORDS`] of them, newest first,
+//! through [`crate::ssh::logins`]). A key's `last_login` is the newest
+//! `publickey` record of that user and fingerprint, absent when the
+//! retained log has none; `logins_incomplete` says when a bound stopped
+//! the read (an older `last_login` may then be absent). A user's
+//! `sessions` is the number of their live SSH sessions found in /proc
+//! ([`by_key::candidates`]), whichever key or method they used and
+//! whatever the log still holds. When the log cannot be read (or there is
+//! none), `logins_error` says why and keys carry no `last_login`; when
+//! /proc cannot be read, `sessions` is null. In image mode there are no
+//! records: no `last_login`, and `sessions` is 0 (an image runs nothing).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -35,7 +37,7 @@ use crate::accounts;
 use crate::error::{Error, Result};
 use crate::names::UserName;
 use crate::sessions::by_key::{self, Snapshot};
-use crate::ssh::logins::{self, Login};
+use crate::ssh::logins::{self, Records};
 use crate::ssh::{authkeys, sshd};
 use crate::sys::System;
 
@@ -174,6 +176,9 @@ pub fn collect(
     if let Some(e) = &logins.error {
         data["logins_error"] = json!(shorten(e, MAX_FIELD_BYTES));
     }
+    if let Some(c) = &logins.incomplete {
+        data["logins_incomplete"] = json!(shorten(c, MAX_FIELD_BYTES));
+    }
     match sshd::effective(sys, opts) {
         Ok(eff) => data["sshd"] = json!(eff),
         Err(e) => {
@@ -224,85 +229,71 @@ pub fn collect(
     Ok(data)
 }
 
-/// sshd's login records as one inventory page needs them.
+/// sshd's login records and the live sessions, as one inventory page
+/// needs them.
 #[derive(Debug, Default)]
 pub struct Logins {
     /// The newest `publickey` record's time and address, by user and
     /// fingerprint.
     last: HashMap<String, HashMap<String, (SystemTime, IpAddr)>>,
-    /// Each user's records since boot (any method).
-    since_boot: HashMap<String, Vec<Login>>,
-    /// The process table the records are verified against; `None` when
-    /// sessions cannot be counted.
-    snap: Option<Snapshot>,
+    /// The number of live sessions by uid; `None` when /proc could not be
+    /// read.
+    live: Option<HashMap<u32, usize>>,
     /// Why the records (or the process table) could not be read.
     error: Option<String>,
+    /// Why the records read are not all the log holds.
+    incomplete: Option<String>,
 }
 
 impl Logins {
-    /// The records of this machine, read once (none in image mode).
+    /// The records and sessions of this machine, read once (none in image
+    /// mode).
     pub fn read(sys: &System) -> Logins {
         if !sys.is_live() {
-            return Logins::from_records(Vec::new(), SystemTime::UNIX_EPOCH, |_| {
-                Ok(Snapshot::default())
-            });
+            return Logins::from_parts(Ok(None), Ok(Snapshot::default()));
         }
-        let records = match logins::accepted(sys, None, MAX_LOGIN_RECORDS) {
-            Ok(r) => r,
-            Err(e) => {
-                return Logins {
-                    error: Some(format!("reading sshd's log: {e}")),
-                    ..Logins::default()
-                }
-            }
-        };
-        match by_key::boot_time() {
-            Ok(boot) => Logins::from_records(records, boot, Snapshot::read),
-            Err(e) => {
-                let mut l = Logins::from_records(records, SystemTime::UNIX_EPOCH, |_| {
-                    Ok(Snapshot::default())
-                });
-                l.snap = None;
-                l.error = Some(e.to_string());
-                l
-            }
-        }
+        Logins::from_parts(
+            logins::accepted(sys, None, MAX_LOGIN_RECORDS).map(Some),
+            Snapshot::read(),
+        )
     }
 
-    /// From `records` (newest first), those since `boot` verified against
-    /// the process table `snapshot` reads for them (only when there are
-    /// any: the whole of /proc is read).
-    pub fn from_records(
-        records: Vec<Login>,
-        boot: SystemTime,
-        snapshot: impl FnOnce(&[Login]) -> Result<Snapshot>,
-    ) -> Logins {
+    /// From sshd's records (newest first; `None`: there is no log, as in
+    /// an image) and the process table.
+    pub fn from_parts(records: Result<Option<Records>>, snap: Result<Snapshot>) -> Logins {
         let mut out = Logins::default();
-        let mut recent = Vec::new();
-        for l in records {
-            if l.method == "publickey" {
-                if let Some(fp) = &l.fingerprint {
-                    let per_user = out.last.entry(l.user.clone()).or_default();
-                    let newest = per_user.entry(fp.clone()).or_insert((l.at, l.addr));
-                    if l.at > newest.0 {
-                        *newest = (l.at, l.addr);
+        let mut errors = Vec::new();
+        match records {
+            Ok(Some(r)) => {
+                out.incomplete = r.cut;
+                for l in r.logins {
+                    if l.method != "publickey" {
+                        continue;
+                    }
+                    if let Some(fp) = l.fingerprint {
+                        let per_user = out.last.entry(l.user).or_default();
+                        let newest = per_user.entry(fp).or_insert((l.at, l.addr));
+                        if l.at > newest.0 {
+                            *newest = (l.at, l.addr);
+                        }
                     }
                 }
             }
-            if l.at >= boot {
-                recent.push(l);
+            Ok(None) => {}
+            Err(e) => errors.push(format!("reading sshd's log: {e}")),
+        }
+        match snap {
+            Ok(snap) => {
+                let mut live = HashMap::new();
+                for c in by_key::candidates(&snap) {
+                    *live.entry(c.uid).or_insert(0) += 1;
+                }
+                out.live = Some(live);
             }
+            Err(e) => errors.push(format!("reading the process table: {e}")),
         }
-        if recent.is_empty() {
-            out.snap = Some(Snapshot::default());
-            return out;
-        }
-        match snapshot(&recent) {
-            Ok(s) => out.snap = Some(s),
-            Err(e) => out.error = Some(format!("reading the process table: {e}")),
-        }
-        for l in recent {
-            out.since_boot.entry(l.user.clone()).or_default().push(l);
+        if !errors.is_empty() {
+            out.error = Some(errors.join("; "));
         }
         out
     }
@@ -317,17 +308,13 @@ impl Logins {
         }))
     }
 
-    /// The number of live SSH sessions of `user` (uid `uid`); null when
-    /// they cannot be counted.
-    pub fn sessions(&self, user: &str, uid: u32) -> Value {
-        let Some(snap) = &self.snap else {
-            return Value::Null;
-        };
-        let records = self.since_boot.get(user).map_or(&[][..], Vec::as_slice);
-        if records.is_empty() {
-            return json!(0);
+    /// The number of live SSH sessions of uid `uid`; null when they cannot
+    /// be counted.
+    pub fn sessions(&self, uid: u32) -> Value {
+        match &self.live {
+            Some(live) => json!(live.get(&uid).copied().unwrap_or(0)),
+            None => Value::Null,
         }
-        json!(by_key::verified(records, None, user, uid, snap).len())
     }
 }
 
@@ -366,7 +353,7 @@ fn user_entry(sys: &System, u: &accounts::UserSummary, max_keys: usize, logins: 
     }
     entry["keys"] = Value::Array(keys);
     entry["keys_total"] = json!(total);
-    entry["sessions"] = logins.sessions(&u.record.name, u.record.uid);
+    entry["sessions"] = logins.sessions(u.record.uid);
     entry
 }
 
@@ -385,7 +372,7 @@ mod tests {
     }
 
     use crate::sessions::by_key::{ProcInfo, SshdInfo};
-    use crate::ssh::logins::Source;
+    use crate::ssh::logins::{Login, Source};
     use std::net::SocketAddr;
     use std::time::Duration;
 
@@ -410,11 +397,38 @@ mod tests {
         }
     }
 
-    /// alice (uid 1001) has a live session from sshd 100 (child 101 runs as
-    /// her); sshd 200 is gone.
-    fn snap(logins: &[Login]) -> Result<Snapshot> {
+    fn records(logins: Vec<Login>) -> Result<Option<Records>> {
+        Ok(Some(Records {
+            logins,
+            source: Source::Journal,
+            cut: None,
+        }))
+    }
+
+    /// Two live sessions of alice (uid 1001: monitors 100 and 200, each
+    /// with its privilege-separated sshd child running as her), one of
+    /// root (monitor 300, no such child), and sshd's listener (1, no
+    /// connection).
+    fn snap() -> Snapshot {
         let mut s = Snapshot::default();
-        for (pid, ppid, uid) in [(1, 0, 0), (100, 1, 0), (101, 100, 1001)] {
+        let sshd = |peer: bool| SshdInfo {
+            root_sshd: true,
+            here: true,
+            started: t(5000),
+            peers: if peer {
+                vec![SocketAddr::new([192, 0, 2, 9].into(), 40000)]
+            } else {
+                Vec::new()
+            },
+        };
+        for (pid, ppid, uid, peer) in [
+            (1, 0, 0, false),
+            (100, 1, 0, true),
+            (101, 100, 1001, false),
+            (200, 1, 0, true),
+            (201, 200, 1001, false),
+            (300, 1, 0, true),
+        ] {
             s.procs.insert(
                 pid,
                 ProcInfo {
@@ -423,23 +437,15 @@ mod tests {
                     start_ticks: 1,
                 },
             );
+            s.sshd.insert(pid, sshd(peer));
         }
-        let l = logins.iter().find(|l| l.pid == 100).unwrap();
-        s.sshd.insert(
-            100,
-            SshdInfo {
-                root_sshd: true,
-                started: t(5000),
-                peers: vec![SocketAddr::new(l.addr, l.port)],
-            },
-        );
-        Ok(s)
+        s
     }
 
     #[test]
     fn last_login_is_the_newest_publickey_record_of_that_user_and_key() {
         // Newest first, as logins::accepted returns them.
-        let records = vec![
+        let records = records(vec![
             rec(100, "alice", "password", None, "192.0.2.9", 6000),
             rec(
                 200,
@@ -452,8 +458,8 @@ mod tests {
             rec(300, "alice", "publickey", Some(FP_A), "192.0.2.2", 3000),
             rec(400, "bob", "publickey", Some(FP_B), "2001:db8::1", 2000),
             rec(500, "alice", "hostbased", Some(FP_B), "192.0.2.3", 1000),
-        ];
-        let l = Logins::from_records(records, t(4000), |_| Ok(Snapshot::default()));
+        ]);
+        let l = Logins::from_parts(records, Ok(Snapshot::default()));
         assert_eq!(
             l.last_login("alice", FP_A),
             Some(json!({"at": "1970-01-01T01:31:40Z", "from": "192.0.2.1"}))
@@ -465,46 +471,41 @@ mod tests {
         // Not the host key of a hostbased login, not another user's key.
         assert_eq!(l.last_login("alice", FP_B), None);
         assert_eq!(l.last_login("bob", FP_A), None);
-        assert_eq!(l.error, None);
+        assert_eq!((l.error, l.incomplete), (None, None));
     }
 
     #[test]
-    fn sessions_count_the_live_verified_logins_since_boot_of_any_method() {
-        let records = vec![
-            rec(100, "alice", "password", None, "192.0.2.9", 6000),
-            rec(100, "alice", "password", None, "192.0.2.9", 6000),
-            rec(200, "alice", "publickey", Some(FP_A), "192.0.2.1", 5500),
-            // Before boot: not read against /proc at all.
-            rec(300, "alice", "publickey", Some(FP_A), "192.0.2.2", 3000),
-            // A forged record naming alice's sshd process as bob's.
-            rec(100, "bob", "password", None, "192.0.2.9", 6000),
-        ];
-        let mut asked = Vec::new();
-        let l = Logins::from_records(records, t(4000), |r| {
-            asked = r.iter().map(|l| l.pid).collect();
-            snap(r)
-        });
-        assert_eq!(asked, [100, 100, 200, 100]);
-        assert_eq!(l.sessions("alice", 1001), json!(1));
-        assert_eq!(l.sessions("bob", 1002), json!(0));
-        assert_eq!(l.sessions("carol", 1003), json!(0));
+    fn inventory_sessions_counts_a_live_session_with_no_record() {
+        // No record at all (rotated away, a volatile journal since cut):
+        // the sessions are /proc's, whichever key they used.
+        let l = Logins::from_parts(records(Vec::new()), Ok(snap()));
+        assert_eq!(l.sessions(1001), json!(2));
+        assert_eq!(l.sessions(0), json!(1));
+        assert_eq!(l.sessions(1002), json!(0));
+        // Nor does a missing log change them: it is told, and last_login
+        // is what is unknown.
+        let l = Logins::from_parts(Err(Error::Program("no sshd log".into())), Ok(snap()));
+        assert_eq!(l.sessions(1001), json!(2));
+        assert!(l.error.as_deref().unwrap().contains("no sshd log"));
     }
 
     #[test]
-    fn without_the_process_table_sessions_are_null_and_the_error_is_told() {
-        let records = vec![rec(100, "alice", "password", None, "192.0.2.9", 6000)];
-        let l = Logins::from_records(records, t(4000), |_| {
-            Err(Error::Internal("no /proc".into()))
-        });
-        assert_eq!(l.sessions("alice", 1001), Value::Null);
+    fn a_cut_log_is_told_and_without_the_process_table_sessions_are_null() {
+        let mut r = records(vec![rec(
+            100,
+            "alice",
+            "publickey",
+            Some(FP_A),
+            "192.0.2.9",
+            6000,
+        )]);
+        if let Ok(Some(r)) = &mut r {
+            r.cut = Some("only the newest 50000 records were read".into());
+        }
+        let l = Logins::from_parts(r, Err(Error::Internal("no /proc".into())));
+        assert_eq!(l.sessions(1001), Value::Null);
         assert!(l.error.as_deref().unwrap().contains("no /proc"));
-        // Nothing since boot: the table is not read, nothing is live.
-        let l = Logins::from_records(
-            vec![rec(1, "alice", "publickey", Some(FP_A), "192.0.2.9", 10)],
-            t(4000),
-            |_| panic!("the process table is read only for records since boot"),
-        );
-        assert_eq!(l.sessions("alice", 1001), json!(0));
+        assert!(l.incomplete.as_deref().unwrap().contains("50000"));
         assert!(l.last_login("alice", FP_A).is_some());
     }
 
@@ -512,7 +513,7 @@ mod tests {
     fn an_image_has_no_logins_and_no_sessions() {
         let t = tempfile::tempdir().unwrap();
         let l = Logins::read(&System::new(t.path(), t.path().join("state")));
-        assert_eq!((l.sessions("root", 0), l.error), (json!(0), None));
+        assert_eq!((l.sessions(0), l.error), (json!(0), None));
     }
 
     #[test]

@@ -163,11 +163,18 @@ pub fn key_expired(
                 .filter(|e| e.fingerprint.as_deref() == Some(k.fingerprint.as_str()))
                 .collect();
             let list = serde_json::to_string(&mine).expect("a list of sessions serializes");
-            (Some((mine.len(), list)), Some(o.open), None)
+            (
+                Some((mine.len(), list)),
+                Some(o.open),
+                o.unmatched_error(k.user.as_str()),
+            )
         }
         Some(Err(e)) => (None, None, Some(e.to_string())),
     };
     let told = match (&ended, open, &error) {
+        (Some((n, _)), Some(open), Some(e)) => {
+            format!("; ended {n} of its session(s), {open} still open; {e}")
+        }
         (Some((n, _)), Some(0), _) => format!("; ended {n} of its session(s)"),
         (Some((n, _)), Some(open), _) => {
             format!("; ended {n} of its session(s), {open} still open")

@@ -61,6 +61,8 @@ struct Recorder {
     calls: Mutex<Vec<Call>>,
     open: usize,
     fail: bool,
+    /// Live sessions of the user whose key is unknown (no record).
+    unmatched: usize,
 }
 
 impl Recorder {
@@ -70,6 +72,7 @@ impl Recorder {
             calls: Mutex::new(Vec::new()),
             open: 1,
             fail: false,
+            unmatched: 0,
         })
     }
 
@@ -121,6 +124,8 @@ impl KeySessions for Recorder {
                 })
                 .collect(),
             open: 0,
+            unmatched: self.unmatched,
+            unmatched_why: Some("their login records are no longer in the journal".into()),
         })
     }
 
@@ -130,7 +135,7 @@ impl KeySessions for Recorder {
         user: &str,
         uid: u32,
         fingerprints: &BTreeSet<String>,
-    ) -> Result<usize> {
+    ) -> Result<Outcome> {
         self.record(false, user, uid, fingerprints);
         if self.fail {
             return Err(Error::Io {
@@ -138,7 +143,12 @@ impl KeySessions for Recorder {
                 source: std::io::Error::other("no journal"),
             });
         }
-        Ok(self.open)
+        Ok(Outcome {
+            open: self.open,
+            unmatched: self.unmatched,
+            unmatched_why: Some("their login records are no longer in the journal".into()),
+            ..Outcome::default()
+        })
     }
 }
 
@@ -282,6 +292,48 @@ fn sessions_that_cannot_be_ended_leave_the_removal_ok_and_say_so() {
     ));
     assert_eq!(h.status, Status::Ok, "{}", h.message);
     assert!(data(&e, &h)["sessions_error"].is_string());
+}
+
+/// A live session of the user whose record is gone: its key is unknown,
+/// so it is neither ended nor counted, and the result does not claim that
+/// the removed keys' sessions are all accounted for.
+#[test]
+fn sessions_that_match_no_key_are_told_not_counted_as_closed() {
+    let Some(rig) = rig() else { return };
+    let mut r = Arc::into_inner(Recorder::new(&rig)).unwrap();
+    r.unmatched = 2;
+    let rec = Arc::new(r);
+    let mut e = rig.engine().with_key_sessions(rec.clone());
+    alice(&rig, &mut e);
+    let h = e.handle(&rig.signed(
+        "c-rm",
+        "remove_keys",
+        json!({"user": "alice", "keys": [KEY1], "terminate_sessions": true}),
+    ));
+    assert_eq!(h.status, Status::Ok, "{}", h.message);
+    let d = data(&e, &h);
+    assert_eq!(d["sessions_ended"].as_array().unwrap().len(), 1, "{d}");
+    assert_eq!(d["sessions_open"], 0, "{d}");
+    let err = d["sessions_error"].as_str().unwrap();
+    assert_eq!(
+        err,
+        "2 live session(s) of alice could not be matched to a key: \
+         their login records are no longer in the journal"
+    );
+    assert!(h.message.contains(err), "{}", h.message);
+    assert!(h.message.contains("they were not ended"), "{}", h.message);
+    // Without the flag: counted as far as known, and told the same way.
+    let h = e.handle(&rig.signed(
+        "c-rm-2",
+        "remove_keys",
+        json!({"user": "alice", "keys": [KEY2]}),
+    ));
+    let d = data(&e, &h);
+    assert_eq!(d["sessions_open"], 1, "{d}");
+    assert!(d["sessions_error"]
+        .as_str()
+        .unwrap()
+        .starts_with("2 live session(s) of alice"));
 }
 
 #[test]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use accessd::engine::Status;
 use accessd::error::Result;
-use accessd::sessions::by_key::{self, Outcome};
+use accessd::sessions::by_key::{self, Outcome, Snapshot};
 use accessd::sessions::revoked::KeySessions;
 use accessd::ssh::logins::{self, Login, Source};
 use accessd::sys::System;
@@ -184,6 +184,42 @@ fn paired_logins(log: &Path, listener: u32) -> Vec<Login> {
         .collect()
 }
 
+/// The process table, with only this test's sessions (the listener's
+/// children) as sshd's: other sshd sessions on this machine (other tests')
+/// are not this test's to count.
+fn snapshot(listener: u32) -> Snapshot {
+    let mut snap = Snapshot::read().unwrap();
+    let mine = children_of(listener);
+    snap.sshd.retain(|pid, _| mine.contains(pid));
+    snap
+}
+
+/// The sessions of `fingerprints` among the listener's, as the agent's
+/// `SshdLog` counts them: found in /proc, then matched to `logins`.
+fn count(
+    logins: &[Login],
+    fingerprints: &BTreeSet<String>,
+    user: &str,
+    uid: u32,
+    listener: u32,
+) -> Outcome {
+    let snap = snapshot(listener);
+    by_key::count(&by_key::attribute(logins, user, uid, &snap), fingerprints)
+}
+
+/// As [`count`], ending them.
+fn end(
+    logins: &[Login],
+    fingerprints: &BTreeSet<String>,
+    user: &str,
+    uid: u32,
+    listener: u32,
+) -> Outcome {
+    let snap = snapshot(listener);
+    let sessions = by_key::attribute(logins, user, uid, &snap);
+    by_key::end_keys(&sessions, fingerprints, user, &snap)
+}
+
 fn prerequisites() -> bool {
     // SAFETY: geteuid takes nothing and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
@@ -236,13 +272,19 @@ fn ending_one_keys_sessions_ends_only_that_keys_session_of_a_real_sshd() {
     });
     let logins = paired_logins(&log, sshd.pid);
     let only_a = BTreeSet::from([fp_a.clone()]);
-    assert_eq!(by_key::count(&logins, &only_a, "root", 0).unwrap(), 1);
-    // Not root's records for another user name.
-    assert_eq!(by_key::count(&logins, &only_a, "alice", 0).unwrap(), 0);
+    let o = count(&logins, &only_a, "root", 0, sshd.pid);
+    assert_eq!((o.open, o.unmatched), (1, 0));
+    // Root's sessions, whose records name root and not another user: for
+    // that name, both are live sessions of an unknown key.
+    let o = count(&logins, &only_a, "alice", 0, sshd.pid);
+    assert_eq!((o.open, o.unmatched), (0, 2));
+    // Without a record, the session is still seen, never "none".
+    let o = count(&[], &only_a, "root", 0, sshd.pid);
+    assert_eq!((o.open, o.unmatched), (0, 2));
 
     let started = Instant::now();
-    let out = by_key::end(&logins, &only_a, "root", 0).unwrap();
-    assert_eq!(out.open, 0);
+    let out = end(&logins, &only_a, "root", 0, sshd.pid);
+    assert_eq!((out.open, out.unmatched), (0, 0));
     assert_eq!(out.ended.len(), 1, "{:?}", out.ended);
     assert_eq!(out.ended[0].fingerprint.as_deref(), Some(fp_a.as_str()));
     assert_eq!(out.ended[0].from.as_deref(), Some("127.0.0.1"));
@@ -260,10 +302,8 @@ fn ending_one_keys_sessions_ends_only_that_keys_session_of_a_real_sshd() {
         b.try_wait().unwrap().is_none(),
         "the second key's session ended too"
     );
-    assert_eq!(
-        by_key::count(&logins, &BTreeSet::from([fp_b]), "root", 0).unwrap(),
-        1
-    );
+    let o = count(&logins, &BTreeSet::from([fp_b]), "root", 0, sshd.pid);
+    assert_eq!((o.open, o.unmatched), (1, 0));
     b.kill().unwrap();
     b.wait().unwrap();
     drop(sshd);
@@ -285,12 +325,13 @@ impl KeySessions for TestSshdLog {
         uid: u32,
         fingerprints: &BTreeSet<String>,
     ) -> Result<Outcome> {
-        by_key::end(
+        Ok(end(
             &paired_logins(&self.log, self.listener),
             fingerprints,
             user,
             uid,
-        )
+            self.listener,
+        ))
     }
 
     fn count(
@@ -299,13 +340,14 @@ impl KeySessions for TestSshdLog {
         user: &str,
         uid: u32,
         fingerprints: &BTreeSet<String>,
-    ) -> Result<usize> {
-        by_key::count(
+    ) -> Result<Outcome> {
+        Ok(count(
             &paired_logins(&self.log, self.listener),
             fingerprints,
             user,
             uid,
-        )
+            self.listener,
+        ))
     }
 }
 

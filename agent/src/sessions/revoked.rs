@@ -7,9 +7,9 @@
 
 use std::collections::BTreeSet;
 
-use super::by_key::{self, Outcome};
+use super::by_key::{self, Outcome, Snapshot, UserSessions};
 use crate::error::Result;
-use crate::ssh::logins::{self, Login};
+use crate::ssh::logins::{self, Records, Source};
 use crate::sys::System;
 
 /// Finding and ending the live SSH sessions of `user` (uid `uid`) that
@@ -24,34 +24,61 @@ pub trait KeySessions: Send + Sync {
         fingerprints: &BTreeSet<String>,
     ) -> Result<Outcome>;
 
-    /// How many there are, touching none.
+    /// How many there are (`open`), touching none; `unmatched` as for
+    /// [`KeySessions::end`].
     fn count(
         &self,
         sys: &System,
         user: &str,
         uid: u32,
         fingerprints: &BTreeSet<String>,
-    ) -> Result<usize>;
+    ) -> Result<Outcome>;
 }
 
-/// At most this many "Accepted publickey" records are read per call (the
-/// newest first): a busy host's log since boot must not cost the agent
-/// unbounded memory. Older sessions than the bound reaches are not seen.
-pub const MAX_LOGINS: usize = 10_000;
-
-/// The sessions sshd's own log names ([`logins::accepted`]: the journal's
-/// trusted fields, else auth.log), each checked against /proc
-/// ([`by_key::plan`]) before it is counted or ended. In image mode (a root
+/// The user's live sessions from /proc ([`by_key::candidates`]), each
+/// matched by its pid to sshd's own record ([`logins::for_pids`]: the
+/// journal's trusted fields, else auth.log's tail) before it is counted
+/// or ended. Every live session is seen whatever the log holds; one whose
+/// record is not found is `unmatched`, with why. In image mode (a root
 /// other than `/`) the image has no live sessions: nothing is read and
 /// nothing is ended.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SshdLog;
 
 impl SshdLog {
-    /// sshd's records since this boot (no live session is older).
-    fn logins(sys: &System) -> Result<Vec<Login>> {
-        let since = by_key::boot_time()?;
-        logins::accepted(sys, Some(since), MAX_LOGINS)
+    /// The process table and `user`'s sessions in it, attributed; the log
+    /// is read only when the user has a live session.
+    fn sessions(
+        sys: &System,
+        user: &str,
+        uid: u32,
+    ) -> Result<(Snapshot, UserSessions, Option<String>)> {
+        let snap = Snapshot::read()?;
+        let live = by_key::candidates_of(&snap, uid);
+        if live.is_empty() {
+            return Ok((snap, UserSessions::default(), None));
+        }
+        let pids = live.iter().map(|c| (c.pid, c.started)).collect();
+        let records = logins::for_pids(sys, &pids)?;
+        let sessions = by_key::attribute(&records.logins, user, uid, &snap);
+        Ok((snap, sessions, Some(unmatched_why(&records))))
+    }
+}
+
+/// Why a live session's record may be missing from `records`.
+pub fn unmatched_why(records: &Records) -> String {
+    let place = match records.source {
+        Source::Journal => "the journal",
+        Source::AuthLog => "/var/log/auth.log (or secure; rotated files are not read)",
+    };
+    match &records.cut {
+        Some(cut) => format!(
+            "their login records were not found in {place}, which was not read in full ({cut})"
+        ),
+        None => format!(
+            "their login records are no longer in {place} (rotated away or not kept), \
+             or do not match the connection"
+        ),
     }
 }
 
@@ -66,7 +93,10 @@ impl KeySessions for SshdLog {
         if !sys.is_live() || fingerprints.is_empty() {
             return Ok(Outcome::default());
         }
-        by_key::end(&Self::logins(sys)?, fingerprints, user, uid)
+        let (snap, sessions, why) = Self::sessions(sys, user, uid)?;
+        let mut o = by_key::end_keys(&sessions, fingerprints, user, &snap);
+        o.unmatched_why = why.filter(|_| o.unmatched > 0);
+        Ok(o)
     }
 
     fn count(
@@ -75,10 +105,13 @@ impl KeySessions for SshdLog {
         user: &str,
         uid: u32,
         fingerprints: &BTreeSet<String>,
-    ) -> Result<usize> {
+    ) -> Result<Outcome> {
         if !sys.is_live() || fingerprints.is_empty() {
-            return Ok(0);
+            return Ok(Outcome::default());
         }
-        by_key::count(&Self::logins(sys)?, fingerprints, user, uid)
+        let (_, sessions, why) = Self::sessions(sys, user, uid)?;
+        let mut o = by_key::count(&sessions, fingerprints);
+        o.unmatched_why = why.filter(|_| o.unmatched > 0);
+        Ok(o)
     }
 }

@@ -30,6 +30,7 @@
 //! `/`) there are no records: the image's log is not this machine's, and
 //! no program of the image is run.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -86,19 +87,152 @@ const MAX_USER: usize = 100;
 /// type and fingerprint.
 pub type Accepted = (String, String, IpAddr, u16, Option<String>, Option<String>);
 
+/// What a read of sshd's log found, and whether it is all there was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Records {
+    pub logins: Vec<Login>,
+    /// Where they were read.
+    pub source: Source,
+    /// `None` when every record the source holds for the query was read;
+    /// otherwise which bound stopped the read (the journal's output cut
+    /// at [`Bounds::LOG`], only the newest `max` records taken, only the
+    /// end of the file read): a record that is not in `logins` may then
+    /// still be in the log.
+    pub cut: Option<String>,
+}
+
+impl Records {
+    fn none() -> Records {
+        Records {
+            logins: Vec::new(),
+            source: Source::Journal,
+            cut: None,
+        }
+    }
+
+    pub fn complete(&self) -> bool {
+        self.cut.is_none()
+    }
+}
+
 /// The records, newest first, at most `max` of them, written at `since` or
-/// later when it is given.
-pub fn accepted(sys: &System, since: Option<SystemTime>, max: usize) -> Result<Vec<Login>> {
+/// later when it is given. A live system where sshd logs nowhere accessd
+/// reads (no journal, no auth.log or secure) is an error: "no records"
+/// would read as "nobody logged in".
+pub fn accepted(sys: &System, since: Option<SystemTime>, max: usize) -> Result<Records> {
     if !sys.is_live() || max == 0 {
-        return Ok(Vec::new());
+        return Ok(Records::none());
     }
     let mut out = if has_journal(sys) {
-        from_journal(since, max)?
+        let program = journalctl()?;
+        read_journal(&journal_cmd(&program, since), max, &mut |_| false)?
     } else {
-        from_syslog_file(sys, since, max)?
+        from_syslog_file(sys, since, max)?.ok_or_else(no_log)?
     };
-    out.sort_by_key(|l| std::cmp::Reverse(l.at));
-    out.truncate(max);
+    out.logins.sort_by_key(|l| std::cmp::Reverse(l.at));
+    out.logins.truncate(max);
+    Ok(out)
+}
+
+/// The records sshd's processes `pids` wrote (each started at the time
+/// given; the time bounds the search), for finding which login a live
+/// session is: the journal asked for those pids only, else the syslog
+/// file's tail. Records of other pids are not returned; `cut` says when
+/// a bound stopped the read. An error when sshd logs nowhere accessd
+/// reads.
+pub fn for_pids(sys: &System, pids: &BTreeMap<i32, SystemTime>) -> Result<Records> {
+    if !sys.is_live() || pids.is_empty() {
+        return Ok(Records::none());
+    }
+    if has_journal(sys) {
+        return journal_for_pids(&journalctl()?, pids, &Bounds::LOG);
+    }
+    let since = pids.values().min().map(|t| *t - PID_SINCE_SLACK);
+    let mut r = from_syslog_file(sys, since, usize::MAX)?.ok_or_else(no_log)?;
+    r.logins.retain(|l| pids.contains_key(&l.pid));
+    Ok(r)
+}
+
+/// How far before a process's start its record is looked for (clocks that
+/// round, a journal timestamp taken before the start was read).
+const PID_SINCE_SLACK: Duration = Duration::from_secs(60);
+/// Pids per `journalctl` call: a few hundred arguments, far under
+/// ARG_MAX, and one run per 200 live sessions.
+pub const PIDS_PER_CALL: usize = 200;
+
+fn no_log() -> Error {
+    Error::Program(
+        "sshd's log cannot be read: there is no systemd journal (/run/log/journal, \
+         /var/log/journal) and no /var/log/auth.log or /var/log/secure"
+            .into(),
+    )
+}
+
+fn journalctl() -> Result<std::path::PathBuf> {
+    find_program("journalctl")
+        .ok_or_else(|| Error::Program("the journal exists but journalctl is not installed".into()))
+}
+
+/// `journalctl` for the records of `pids` (one group: terms on the same
+/// field are alternatives, journalctl(1)), newest first, since `since`.
+pub fn journal_pids_cmd(program: &Path, since: SystemTime, pids: &[i32]) -> Cmd {
+    let secs = since
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Cmd::new(program)
+        .args([
+            "-o",
+            "json",
+            "--no-pager",
+            "-q",
+            "-r",
+            "--output-fields=MESSAGE,_PID,_UID,_COMM,_TRANSPORT",
+        ])
+        .arg(format!("--since=@{secs}"))
+        .args([
+            "_UID=0",
+            "_TRANSPORT=syslog",
+            "_COMM=sshd",
+            "_COMM=sshd-session",
+        ])
+        .args(pids.iter().map(|p| format!("_PID={p}")))
+}
+
+/// [`for_pids`] from the journal, [`PIDS_PER_CALL`] pids per run. A run
+/// stops as soon as each of its pids has a record written after that
+/// process started (newest first: that is its own).
+fn journal_for_pids(
+    program: &Path,
+    pids: &BTreeMap<i32, SystemTime>,
+    bounds: &Bounds,
+) -> Result<Records> {
+    let all: Vec<(i32, SystemTime)> = pids.iter().map(|(p, t)| (*p, *t)).collect();
+    let mut out = Records::none();
+    for chunk in all.chunks(PIDS_PER_CALL) {
+        let since = chunk
+            .iter()
+            .map(|(_, t)| *t)
+            .min()
+            .expect("a chunk is not empty");
+        let only: Vec<i32> = chunk.iter().map(|(p, _)| *p).collect();
+        let cmd = journal_pids_cmd(program, since - PID_SINCE_SLACK, &only);
+        let mut waiting: BTreeMap<i32, SystemTime> = chunk.iter().copied().collect();
+        let r = read_bounded(&cmd, bounds, usize::MAX, &mut |l: &Login| {
+            if waiting
+                .get(&l.pid)
+                .is_some_and(|start| l.at + PID_SINCE_SLACK >= *start)
+            {
+                waiting.remove(&l.pid);
+            }
+            waiting.is_empty()
+        })?;
+        out.logins
+            .extend(r.logins.into_iter().filter(|l| pids.contains_key(&l.pid)));
+        if out.cut.is_none() {
+            out.cut = r.cut;
+        }
+    }
     Ok(out)
 }
 
@@ -135,28 +269,43 @@ pub fn journal_cmd(program: &Path, since: Option<SystemTime>) -> Cmd {
     ])
 }
 
-fn from_journal(since: Option<SystemTime>, max: usize) -> Result<Vec<Login>> {
-    let program = find_program("journalctl").ok_or_else(|| {
-        Error::Program("the journal exists but journalctl is not installed".into())
-    })?;
-    read_journal(&program, since, max)
+/// The records `cmd` (journalctl) prints, at most `max`.
+fn read_journal(cmd: &Cmd, max: usize, enough: &mut dyn FnMut(&Login) -> bool) -> Result<Records> {
+    read_bounded(cmd, &Bounds::LOG, max, enough)
 }
 
-/// The records `program` (journalctl) prints, through [`run_bounded`].
-fn read_journal(program: &Path, since: Option<SystemTime>, max: usize) -> Result<Vec<Login>> {
-    let cmd = journal_cmd(program, since);
-    let mut out = Vec::new();
-    let ran = run_bounded(&cmd, &Bounds::LOG, |line| {
+/// The records `cmd` (journalctl) prints, through [`run_bounded`] within
+/// `bounds`, until `max` are read or `enough` says so. A bound hit is
+/// told in `cut`.
+fn read_bounded(
+    cmd: &Cmd,
+    bounds: &Bounds,
+    max: usize,
+    enough: &mut dyn FnMut(&Login) -> bool,
+) -> Result<Records> {
+    let mut logins = Vec::new();
+    let mut full = false;
+    let ran = run_bounded(cmd, bounds, |line| {
         if let Some(l) = parse_journal_line(line) {
-            out.push(l);
+            let done = enough(&l);
+            logins.push(l);
+            full = logins.len() >= max;
+            return !(done || full);
         }
-        out.len() < max
+        true
     })?;
-    match (ran.status, ran.cut) {
-        // Stopped early: the newest records were read, which is all that
-        // fits the bounds.
-        (_, Some(Cut::Done | Cut::Bytes | Cut::Lines)) => {}
-        (Some(st), None) if st.success() => {}
+    let cut = match (ran.status, ran.cut) {
+        (_, Some(Cut::Done)) if full => Some(format!("only the newest {max} records were read")),
+        (_, Some(Cut::Done)) => None,
+        (_, Some(Cut::Bytes)) => Some(format!(
+            "journalctl's output was cut at {} MiB",
+            bounds.max_bytes >> 20
+        )),
+        (_, Some(Cut::Lines)) => Some(format!(
+            "journalctl's output was cut at {} lines",
+            bounds.max_lines
+        )),
+        (Some(st), None) if st.success() => None,
         (status, None) => {
             let first = String::from_utf8_lossy(&ran.stderr);
             let first = first.lines().next().unwrap_or("").trim();
@@ -168,8 +317,12 @@ fn read_journal(program: &Path, since: Option<SystemTime>, max: usize) -> Result
                 first.chars().take(200).collect::<String>()
             )));
         }
-    }
-    Ok(out)
+    };
+    Ok(Records {
+        logins,
+        source: Source::Journal,
+        cut,
+    })
 }
 
 /// One line of `journalctl -o json`: a [`Login`] when it is an "Accepted"
@@ -403,10 +556,15 @@ fn parse_key_extra(method: &str, e: &str) -> Option<(String, Option<String>)> {
     Some((ktype.to_owned(), sha))
 }
 
-/// The newest records of `/var/log/auth.log`, else `/var/log/secure`.
-fn from_syslog_file(sys: &System, since: Option<SystemTime>, max: usize) -> Result<Vec<Login>> {
+/// The newest records of `/var/log/auth.log`, else `/var/log/secure`;
+/// `None` when neither file is there.
+fn from_syslog_file(
+    sys: &System,
+    since: Option<SystemTime>,
+    max: usize,
+) -> Result<Option<Records>> {
     let Some(dir) = Dir::open(sys.path("/"))?.try_open_dir("var/log")? else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     let mut data = None;
     for name in ["auth.log", "secure"] {
@@ -416,7 +574,7 @@ fn from_syslog_file(sys: &System, since: Option<SystemTime>, max: usize) -> Resu
         }
     }
     let Some((name, data)) = data else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     if data.meta.uid != 0 || data.meta.mode & 0o022 != 0 {
         return Err(Error::unsafe_path(
@@ -426,7 +584,13 @@ fn from_syslog_file(sys: &System, since: Option<SystemTime>, max: usize) -> Resu
     }
     let now = SystemTime::now();
     let mut bytes = data.bytes.as_slice();
+    let mut cut = None;
     if data.size > MAX_LOG_TAIL as u64 {
+        cut = Some(format!(
+            "only the last {} MiB of {} were read",
+            MAX_LOG_TAIL >> 20,
+            dir.display(name).display()
+        ));
         // The tail starts mid-line: that line is not whole.
         let nl = bytes
             .iter()
@@ -434,16 +598,22 @@ fn from_syslog_file(sys: &System, since: Option<SystemTime>, max: usize) -> Resu
             .map_or(bytes.len(), |i| i + 1);
         bytes = &bytes[nl..];
     }
-    let mut out: Vec<Login> = bytes
+    let mut all = bytes
         .split(|&b| b == b'\n')
         .rev()
         .filter_map(|l| std::str::from_utf8(l).ok())
         .filter_map(|l| parse_syslog_line(l, now, &local_time))
-        .filter(|l| since.is_none_or(|s| l.at >= s))
-        .take(max)
-        .collect();
+        .filter(|l| since.is_none_or(|s| l.at >= s));
+    let mut out: Vec<Login> = all.by_ref().take(max).collect();
+    if cut.is_none() && all.next().is_some() {
+        cut = Some(format!("only the newest {max} records were read"));
+    }
     out.sort_by_key(|l| std::cmp::Reverse(l.at));
-    Ok(out)
+    Ok(Some(Records {
+        logins: out,
+        source: Source::AuthLog,
+        cut,
+    }))
 }
 
 /// A date and time of day without a zone.
@@ -688,6 +858,7 @@ fn parse_rfc3339(s: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     const FP: &str = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
     const CA_FP: &str = "SHA256:8Ynge6O/XvhzWMNcCg3Uw6a5KHDmpVjT5mmFxcIqxgM";
@@ -1101,10 +1272,20 @@ mod tests {
         let data = t.path().join("out.json");
         std::fs::write(&data, lines.join("\n")).unwrap();
         let prog = fake_journalctl(t.path(), &format!("cat {}", data.display()));
-        let got = read_journal(&prog, None, 10).unwrap();
-        assert_eq!(got.len(), 2, "{got:?}");
-        assert!(got.iter().all(|l| l.user == "alice" && l.pid == 4242));
-        assert_eq!(read_journal(&prog, None, 1).unwrap().len(), 1);
+        let cmd = Cmd::new(&prog);
+        let got = read_journal(&cmd, 10, &mut |_| false).unwrap();
+        assert_eq!(got.logins.len(), 2, "{got:?}");
+        assert!(got
+            .logins
+            .iter()
+            .all(|l| l.user == "alice" && l.pid == 4242));
+        assert_eq!(got.cut, None);
+        let one = read_journal(&cmd, 1, &mut |_| false).unwrap();
+        assert_eq!(one.logins.len(), 1);
+        assert_eq!(
+            one.cut.as_deref(),
+            Some("only the newest 1 records were read")
+        );
 
         // One that never ends stops once `max` records are read.
         let prog = fake_journalctl(
@@ -1112,12 +1293,16 @@ mod tests {
             &format!("while :; do cat {}; echo; done", data.display()),
         );
         let started = std::time::Instant::now();
-        assert_eq!(read_journal(&prog, None, 50).unwrap().len(), 50);
+        let cmd = Cmd::new(&prog);
+        assert_eq!(
+            read_journal(&cmd, 50, &mut |_| false).unwrap().logins.len(),
+            50
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
 
         // A failing journalctl is an error that says what it printed.
         let prog = fake_journalctl(t.path(), "echo 'Failed to open journal' >&2; exit 1");
-        let e = read_journal(&prog, None, 10).unwrap_err();
+        let e = read_journal(&Cmd::new(&prog), 10, &mut |_| false).unwrap_err();
         assert!(matches!(e, Error::Program(_)), "{e}");
         assert!(e.to_string().contains("Failed to open journal"), "{e}");
     }
@@ -1132,7 +1317,9 @@ mod tests {
         )
         .unwrap();
         let sys = System::new(t.path(), t.path().join("state"));
-        assert_eq!(accepted(&sys, None, 10).unwrap(), Vec::new());
+        assert_eq!(accepted(&sys, None, 10).unwrap().logins, Vec::new());
+        let pids = BTreeMap::from([(812, UNIX_EPOCH)]);
+        assert_eq!(for_pids(&sys, &pids).unwrap().logins, Vec::new());
     }
 
     #[test]
@@ -1156,15 +1343,18 @@ mod tests {
         }
         std::fs::write(log.join("auth.log"), &text).unwrap();
         let sys = System::new(t.path(), t.path().join("state"));
-        let got = from_syslog_file(&sys, None, 10).unwrap();
+        let got = from_syslog_file(&sys, None, 10).unwrap().unwrap().logins;
         assert_eq!(
             got.iter().map(|l| l.pid).collect::<Vec<_>>(),
             [102, 101, 100]
         );
-        let got = from_syslog_file(&sys, None, 2).unwrap();
+        let got = from_syslog_file(&sys, None, 2).unwrap().unwrap().logins;
         assert_eq!(got.iter().map(|l| l.pid).collect::<Vec<_>>(), [102, 101]);
         let since = at("2026-12-03T06:01:00Z");
-        let got = from_syslog_file(&sys, Some(since), 10).unwrap();
+        let got = from_syslog_file(&sys, Some(since), 10)
+            .unwrap()
+            .unwrap()
+            .logins;
         assert_eq!(got.iter().map(|l| l.pid).collect::<Vec<_>>(), [102, 101]);
 
         // A file others may write is not sshd's.
@@ -1179,7 +1369,139 @@ mod tests {
         // /var/log/secure when there is no auth.log.
         std::fs::remove_file(log.join("auth.log")).unwrap();
         std::fs::write(log.join("secure"), line(7)).unwrap();
-        let got = from_syslog_file(&sys, None, 10).unwrap();
+        let got = from_syslog_file(&sys, None, 10).unwrap().unwrap().logins;
         assert_eq!(got.iter().map(|l| l.pid).collect::<Vec<_>>(), [107]);
+    }
+
+    #[test]
+    fn with_no_sshd_log_the_sessions_are_not_reported_as_zero() {
+        // Neither auth.log nor secure (and no journal): "no record" would
+        // read as "no session"; it is an error that says why.
+        let t = tempfile::tempdir().unwrap();
+        let sys = System::new(t.path(), t.path().join("state"));
+        assert_eq!(from_syslog_file(&sys, None, 10).unwrap(), None);
+        std::fs::create_dir_all(t.path().join("var/log")).unwrap();
+        assert_eq!(from_syslog_file(&sys, None, 10).unwrap(), None);
+        let e = no_log().to_string();
+        assert!(
+            e.contains("no systemd journal") && e.contains("auth.log"),
+            "{e}"
+        );
+        // An empty file is a source that says nobody logged in.
+        std::fs::write(t.path().join("var/log/auth.log"), "").unwrap();
+        let r = from_syslog_file(&sys, None, 10).unwrap().unwrap();
+        assert_eq!((r.logins.len(), r.cut), (0, None));
+    }
+
+    fn pid_entry(pid: i32, user: &str, port: u16, usec: u64) -> String {
+        let msg =
+            format!("Accepted publickey for {user} from 127.0.0.1 port {port} ssh2: ED25519 {FP}");
+        String::from_utf8(journal(&[
+            ("__REALTIME_TIMESTAMP", usec.to_string().into()),
+            ("_UID", "0".into()),
+            ("_COMM", "sshd-session".into()),
+            ("_TRANSPORT", "syslog".into()),
+            ("_PID", pid.to_string().into()),
+            ("MESSAGE", msg.into()),
+        ]))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_journal_is_asked_for_the_live_sessions_pids_only() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_764_742_243);
+        let cmd = journal_pids_cmd(Path::new("/usr/bin/journalctl"), t, &[812, 9000]);
+        assert_eq!(
+            cmd.display(),
+            "/usr/bin/journalctl -o json --no-pager -q -r \
+             --output-fields=MESSAGE,_PID,_UID,_COMM,_TRANSPORT --since=@1764742243 \
+             _UID=0 _TRANSPORT=syslog _COMM=sshd _COMM=sshd-session _PID=812 _PID=9000"
+        );
+        // Many sessions: several calls of PIDS_PER_CALL pids, each a few
+        // hundred arguments; every pid is asked for once.
+        let dir = tempfile::tempdir().unwrap();
+        let args = dir.path().join("args");
+        let prog = fake_journalctl(
+            dir.path(),
+            &format!(
+                "echo \"$#\" >> {}; for a; do echo \"$a\"; done >> {}.all",
+                args.display(),
+                args.display()
+            ),
+        );
+        let pids: BTreeMap<i32, SystemTime> = (0..450).map(|i| (1000 + i, t)).collect();
+        let r = journal_for_pids(&prog, &pids, &Bounds::LOG).unwrap();
+        assert_eq!((r.logins.len(), r.cut), (0, None));
+        let counts = std::fs::read_to_string(&args).unwrap();
+        assert_eq!(counts.lines().collect::<Vec<_>>(), ["211", "211", "61"]);
+        let all = std::fs::read_to_string(format!("{}.all", args.display())).unwrap();
+        let asked: BTreeSet<&str> = all.lines().filter(|l| l.starts_with("_PID=")).collect();
+        assert_eq!(asked.len(), 450);
+    }
+
+    #[test]
+    fn a_live_sessions_record_behind_newer_ones_is_read_by_its_pid() {
+        // Only the asked-for pid's records are kept, whatever else the
+        // program prints; the read stops once each pid has its record.
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("out.json");
+        let mut lines: Vec<String> = (0..20_000)
+            .map(|i| pid_entry(5000 + i, "bob", 1, 1_764_742_243_000_000 - i as u64))
+            .collect();
+        lines.insert(
+            10_000,
+            pid_entry(812, "alice", 40000, 1_764_700_000_000_000),
+        );
+        std::fs::write(&data, lines.join("\n")).unwrap();
+        let prog = fake_journalctl(dir.path(), &format!("cat {}", data.display()));
+        let pids = BTreeMap::from([(812, UNIX_EPOCH + Duration::from_secs(1_764_699_000))]);
+        let r = journal_for_pids(&prog, &pids, &Bounds::LOG).unwrap();
+        assert_eq!(r.logins.iter().map(|l| l.pid).collect::<Vec<_>>(), [812]);
+        assert_eq!(r.cut, None);
+    }
+
+    #[test]
+    fn a_truncated_journal_output_is_reported_not_taken_as_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = pid_entry(812, "alice", 40000, 1_764_700_000_000_000);
+        let prog = fake_journalctl(
+            dir.path(),
+            &format!("yes '{{}}' | head -n 200001; echo '{rec}'"),
+        );
+        let pids = BTreeMap::from([(812, UNIX_EPOCH)]);
+        let r = journal_for_pids(&prog, &pids, &Bounds::LOG).unwrap();
+        assert!(r.logins.is_empty());
+        assert_eq!(
+            r.cut.as_deref(),
+            Some("journalctl's output was cut at 200000 lines")
+        );
+        let small = Bounds {
+            max_bytes: 1 << 20,
+            max_lines: usize::MAX,
+            ..Bounds::LOG
+        };
+        let prog = fake_journalctl(dir.path(), "yes '{}'");
+        let r = journal_for_pids(&prog, &pids, &small).unwrap();
+        assert_eq!(
+            r.cut.as_deref(),
+            Some("journalctl's output was cut at 1 MiB")
+        );
+        // accepted()'s reader says so too.
+        let r = read_journal(&Cmd::new(&prog), 10, &mut |_| false).unwrap();
+        assert!(r.cut.unwrap().contains("cut at 200000 lines"));
+    }
+
+    #[test]
+    fn an_auth_log_longer_than_its_tail_is_reported_cut() {
+        let t = tempfile::tempdir().unwrap();
+        let log = t.path().join("var/log");
+        std::fs::create_dir_all(&log).unwrap();
+        let mut text = "x".repeat(MAX_LOG_TAIL);
+        text.push_str("\n2026-12-03T06:00:00Z h sshd[812]: Accepted password for a from 192.0.2.1 port 1 ssh2\n");
+        std::fs::write(log.join("auth.log"), &text).unwrap();
+        let sys = System::new(t.path(), t.path().join("state"));
+        let r = from_syslog_file(&sys, None, 10).unwrap().unwrap();
+        assert_eq!(r.logins.len(), 1);
+        assert!(r.cut.unwrap().contains("only the last 8 MiB"));
     }
 }
