@@ -331,10 +331,10 @@ impl Engine {
     /// result yet. An error only when the current boot cannot be told (then
     /// nothing is applied): applying then could be applying early.
     pub fn apply_staged(&mut self) -> Result<Vec<Handled>> {
-        let boot_id = self.sys.clock.boot_id().map_err(|e| Error::Io {
-            context: "reading the kernel's boot id (next-boot passwords wait for another boot)"
-                .into(),
-            source: e,
+        let boot_id = self.sys.clock.boot_id().map_err(|e| {
+            e.while_doing(
+                "reading the kernel's boot id (next-boot passwords wait for another boot)",
+            )
         })?;
         let boot_started = self
             .sys
@@ -791,9 +791,8 @@ impl Engine {
                 // The user exists now (checked above); a typo fails today, not at boot.
                 // Without the boot id, apply-staged could not tell this boot
                 // from the next one: refuse now rather than apply early.
-                let boot_id = sys.clock.boot_id().map_err(|e| Error::Io {
-                    context: "reading the kernel's boot id to stage for the next boot".into(),
-                    source: e,
+                let boot_id = sys.clock.boot_id().map_err(|e| {
+                    e.while_doing("reading the kernel's boot id to stage for the next boot")
                 })?;
                 self.staging.stage(
                     id,

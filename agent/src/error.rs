@@ -207,6 +207,19 @@ impl Error {
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidCommand(msg.into())
     }
+
+    /// An I/O error with `doing` (what it was for) in front of its
+    /// context; any other error as it is (its message already says what
+    /// is wrong). The code never changes.
+    pub fn while_doing(self, doing: &str) -> Self {
+        match self {
+            Error::Io { context, source } => Error::Io {
+                context: format!("{doing}: {context}"),
+                source,
+            },
+            e => e,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -12,7 +12,7 @@
 //!    the descriptor, write, fsync, rename, fsync the directory. Nothing is
 //!    ever truncated in place.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, IoContext, Result};
 
-const SELINUX_XATTR: &str = "security.selinux";
+const SELINUX_XATTR: &CStr = c"security.selinux";
 
 /// Owner, mode and security label of a file, as they must be kept when it is
 /// replaced.
@@ -726,14 +726,13 @@ fn random_suffix() -> String {
     crate::hex::encode(&b)
 }
 
-fn get_xattr(fd: BorrowedFd<'_>, name: &str) -> Option<Vec<u8>> {
-    let cname = CString::new(name).ok()?;
+fn get_xattr(fd: BorrowedFd<'_>, name: &CStr) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 256];
     // SAFETY: buf is valid for buf.len() bytes; fd is an open descriptor.
     let n = unsafe {
         libc::fgetxattr(
             fd.as_raw_fd(),
-            cname.as_ptr(),
+            name.as_ptr(),
             buf.as_mut_ptr().cast(),
             buf.len(),
         )
@@ -745,13 +744,12 @@ fn get_xattr(fd: BorrowedFd<'_>, name: &str) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-fn set_xattr(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> std::io::Result<()> {
-    let cname = CString::new(name).map_err(std::io::Error::other)?;
+fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> std::io::Result<()> {
     // SAFETY: value is valid for value.len() bytes; fd is an open descriptor.
     let rc = unsafe {
         libc::fsetxattr(
             fd.as_raw_fd(),
-            cname.as_ptr(),
+            name.as_ptr(),
             value.as_ptr().cast(),
             value.len(),
             0,

@@ -7,7 +7,8 @@
 //! - [`fsx`]: every file access below the root; symlink-safe walking and the one
 //!   atomic-write routine.
 //! - [`error`]: the error type; each variant is one protocol error code.
-//! - [`names`], [`secret`]: validated user names and zeroized passwords.
+//! - [`names`], [`secret`], [`hex`]: validated user names, zeroized passwords,
+//!   the one hex encoding.
 //! - [`accounts`]: /etc/passwd, shadow, group, gshadow, subuid, subgid, homes.
 //! - [`ssh`]: authorized_keys files and sshd's effective settings.
 //! - [`config`](crate::config): `accessd.toml`.

@@ -12,6 +12,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::error::{Error, IoContext};
+
 /// The time source. Passed in so that expiry, replay windows and `lastchg`
 /// are testable.
 ///
@@ -25,7 +27,7 @@ pub trait Clock: Send + Sync {
 
     /// The kernel's id of the current boot
     /// (`/proc/sys/kernel/random/boot_id`; a new random UUID at every boot).
-    fn boot_id(&self) -> std::io::Result<String>;
+    fn boot_id(&self) -> crate::error::Result<String>;
 
     /// Time since this boot, including suspend (`CLOCK_BOOTTIME`): never
     /// stepped, only meaningful together with [`Clock::boot_id`].
@@ -60,7 +62,7 @@ impl Clock for SystemClock {
         SystemTime::now()
     }
 
-    fn boot_id(&self) -> std::io::Result<String> {
+    fn boot_id(&self) -> crate::error::Result<String> {
         // The units pass systemd's own boot id (`%b`): under
         // ProtectKernelTunables=, systemd before 257 hides the per-boot
         // boot_id that a container manager (systemd-nspawn) mounts over
@@ -68,19 +70,16 @@ impl Clock for SystemClock {
         // at every boot of the container: next-boot passwords never
         // applied there. Outside a container both are the same UUID.
         if let Ok(v) = std::env::var(BOOT_ID_ENV) {
-            return parse_boot_id(&v).ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{BOOT_ID_ENV} does not hold a UUID"),
-                )
+            return parse_boot_id(&v).ok_or_else(|| Error::Setting {
+                setting: BOOT_ID_ENV.into(),
+                message: "does not hold a UUID".into(),
             });
         }
-        let text = std::fs::read_to_string(BOOT_ID_PATH)?;
-        parse_boot_id(&text).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{BOOT_ID_PATH} does not hold a UUID"),
-            )
+        let text =
+            std::fs::read_to_string(BOOT_ID_PATH).ctx(|| format!("reading {BOOT_ID_PATH}"))?;
+        parse_boot_id(&text).ok_or_else(|| Error::BadFile {
+            path: BOOT_ID_PATH.into(),
+            message: "does not hold a UUID".into(),
         })
     }
 
@@ -138,7 +137,7 @@ impl Clock for FixedClock {
     fn now(&self) -> SystemTime {
         self.0
     }
-    fn boot_id(&self) -> std::io::Result<String> {
+    fn boot_id(&self) -> crate::error::Result<String> {
         Ok(Self::BOOT_ID.to_owned())
     }
     fn since_boot(&self) -> Duration {
@@ -203,7 +202,7 @@ impl Clock for TestClock {
     fn now(&self) -> SystemTime {
         self.with(|s| s.wall)
     }
-    fn boot_id(&self) -> std::io::Result<String> {
+    fn boot_id(&self) -> crate::error::Result<String> {
         Ok(self.with(|s| format!("00000000-0000-4000-8000-{:012x}", s.boot)))
     }
     fn since_boot(&self) -> Duration {
@@ -351,7 +350,6 @@ pub fn run_bounded(
     bounds: &Bounds,
     mut line: impl FnMut(&[u8]) -> bool,
 ) -> crate::error::Result<Ran> {
-    use crate::error::{Error, IoContext};
     use std::os::fd::AsFd;
 
     /// Kills and reaps the child on every way out.
