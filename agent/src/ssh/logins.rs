@@ -147,7 +147,7 @@ pub fn for_pids(sys: &System, pids: &BTreeMap<i32, SystemTime>) -> Result<Record
     if has_journal(sys) {
         return journal_for_pids(&journalctl()?, pids, &Bounds::LOG);
     }
-    let since = pids.values().min().map(|t| *t - PID_SINCE_SLACK);
+    let since = pids.values().min().map(|t| before(*t));
     let mut r = from_syslog_file(sys, since, usize::MAX)?.ok_or_else(no_log)?;
     r.logins.retain(|l| pids.contains_key(&l.pid));
     Ok(r)
@@ -156,6 +156,13 @@ pub fn for_pids(sys: &System, pids: &BTreeMap<i32, SystemTime>) -> Result<Record
 /// How far before a process's start its record is looked for (clocks that
 /// round, a journal timestamp taken before the start was read).
 const PID_SINCE_SLACK: Duration = Duration::from_secs(60);
+
+/// [`PID_SINCE_SLACK`] before `t` (the epoch at the earliest).
+fn before(t: SystemTime) -> SystemTime {
+    t.checked_sub(PID_SINCE_SLACK)
+        .unwrap_or(UNIX_EPOCH)
+        .max(UNIX_EPOCH)
+}
 /// Pids per `journalctl` call: a few hundred arguments, far under
 /// ARG_MAX, and one run per 200 live sessions.
 pub const PIDS_PER_CALL: usize = 200;
@@ -216,12 +223,12 @@ fn journal_for_pids(
             .min()
             .expect("a chunk is not empty");
         let only: Vec<i32> = chunk.iter().map(|(p, _)| *p).collect();
-        let cmd = journal_pids_cmd(program, since - PID_SINCE_SLACK, &only);
+        let cmd = journal_pids_cmd(program, before(since), &only);
         let mut waiting: BTreeMap<i32, SystemTime> = chunk.iter().copied().collect();
         let r = read_bounded(&cmd, bounds, usize::MAX, &mut |l: &Login| {
             if waiting
                 .get(&l.pid)
-                .is_some_and(|start| l.at + PID_SINCE_SLACK >= *start)
+                .is_some_and(|start| before(*start) <= l.at)
             {
                 waiting.remove(&l.pid);
             }
