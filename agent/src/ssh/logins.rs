@@ -144,6 +144,11 @@ pub fn for_pids(sys: &System, pids: &BTreeMap<i32, SystemTime>) -> Result<Record
     if !sys.is_live() || pids.is_empty() {
         return Ok(Records::none());
     }
+    read_for_pids(sys, pids)
+}
+
+/// [`for_pids`] from the log sources under `sys`'s root.
+fn read_for_pids(sys: &System, pids: &BTreeMap<i32, SystemTime>) -> Result<Records> {
     if has_journal(sys) {
         return journal_for_pids(&journalctl()?, pids, &Bounds::LOG);
     }
@@ -1394,10 +1399,25 @@ mod tests {
             e.contains("no systemd journal") && e.contains("auth.log"),
             "{e}"
         );
+        // Asked for a live session's record, that is an error, not "no
+        // record" (which would leave the session out of every count).
+        let pids = BTreeMap::from([(812, UNIX_EPOCH + Duration::from_secs(1_764_700_000))]);
+        let e = read_for_pids(&sys, &pids).unwrap_err();
+        assert!(e.to_string().contains("sshd's log cannot be read"), "{e}");
         // An empty file is a source that says nobody logged in.
         std::fs::write(t.path().join("var/log/auth.log"), "").unwrap();
         let r = from_syslog_file(&sys, None, 10).unwrap().unwrap();
         assert_eq!((r.logins.len(), r.cut), (0, None));
+        // One with records: only the asked-for pid's are kept.
+        std::fs::write(
+            t.path().join("var/log/auth.log"),
+            "2026-12-03T06:00:00Z h sshd[812]: Accepted password for a from 192.0.2.1 port 1 ssh2\n\
+             2026-12-03T06:00:01Z h sshd[813]: Accepted password for b from 192.0.2.1 port 2 ssh2\n",
+        )
+        .unwrap();
+        let r = read_for_pids(&sys, &pids).unwrap();
+        assert_eq!(r.logins.iter().map(|l| l.pid).collect::<Vec<_>>(), [812]);
+        assert_eq!((r.source, r.cut), (Source::AuthLog, None));
     }
 
     fn pid_entry(pid: i32, user: &str, port: u16, usec: u64) -> String {
