@@ -392,10 +392,21 @@ fn a_users_session_is_found_by_its_privilege_separated_child_and_ended() {
     let mut a = Client(session_as(&d.join("ka"), port, USER));
     wait_for("the login", || accepted_by(&log, USER).len() == 1);
     let monitors = || children_of(sshd.pid);
+    // Its child running as the user (not the pre-authentication child,
+    // which runs as sshd's account and exits once the user is in).
+    let real_uid = |pid: i32| {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok())
+    };
     wait_for("the session's unprivileged child", || {
-        monitors()
-            .iter()
-            .any(|m| !children_of(*m as u32).is_empty())
+        monitors().iter().any(|m| {
+            children_of(*m as u32)
+                .into_iter()
+                .any(|c| real_uid(c) == Some(USER_UID))
+        })
     });
     let fp = accepted_by(&log, USER)[0].1.clone();
     let keys = BTreeSet::from([fp.clone()]);
