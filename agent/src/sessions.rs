@@ -360,9 +360,17 @@ fn parse_proc_addr(s: &str) -> Option<String> {
     parse_proc_socket(s).map(|a| a.ip().to_string())
 }
 
-/// A pidfd for `pid` opened by `open`; `None` when there is no such process.
+/// A pidfd for `pid` opened by `open`; `None` when there is no such
+/// process (ESRCH: it exited since /proc was listed). Any other failure is
+/// an error — ENOSYS (a kernel before 5.3), EMFILE (the descriptor limit),
+/// EPERM (a seccomp filter): taking it for "gone" would report a busy user
+/// as idle, or a live session as ended.
 pub(crate) fn held(pid: i32, open: &OpenPidfd) -> Result<Option<OwnedFd>> {
-    Ok(open(pid).ok())
+    match open(pid) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
+        Err(e) => Err(e).ctx(|| format!("opening a pidfd for process {pid} (needs Linux 5.3)")),
+    }
 }
 
 fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
