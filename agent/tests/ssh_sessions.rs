@@ -56,6 +56,10 @@ fn wait_for(what: &str, f: impl FnMut() -> bool) {
 }
 
 fn session(key: &Path, port: u16) -> Child {
+    session_as(key, port, "root")
+}
+
+fn session_as(key: &Path, port: u16, user: &str) -> Child {
     Command::new("ssh")
         .args([
             "-N",
@@ -67,7 +71,7 @@ fn session(key: &Path, port: u16) -> Child {
         .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
         .arg("-i")
         .arg(key)
-        .args(["-p", &port.to_string(), "root@127.0.0.1"])
+        .args(["-p", &port.to_string(), &format!("{user}@127.0.0.1")])
         .stdin(Stdio::null())
         .spawn()
         .unwrap()
@@ -77,6 +81,11 @@ fn session(key: &Path, port: u16) -> Child {
 /// The "Accepted" records of the real sshd's log, read with the agent's
 /// own parser (`-E` prefixes each message with a time and the pid).
 fn accepted(log: &Path) -> Vec<(u16, String)> {
+    accepted_by(log, "root")
+}
+
+/// As [`accepted`], for logins of `user`.
+fn accepted_by(log: &Path, want: &str) -> Vec<(u16, String)> {
     fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
@@ -87,7 +96,7 @@ fn accepted(log: &Path) -> Vec<(u16, String)> {
             assert_eq!(
                 (user.as_str(), method.as_str(), addr, kt.as_deref()),
                 (
-                    "root",
+                    want,
                     "publickey",
                     IpAddr::from([127, 0, 0, 1]),
                     Some("ED25519")
@@ -118,6 +127,12 @@ fn children_of(ppid: u32) -> Vec<i32> {
 /// Start sshd on a free port of 127.0.0.1 with its files in `d` and the
 /// keys of `authorized_keys`: the listener, its port and its log file.
 fn start_sshd(d: &Path, authorized_keys: &Path) -> (Sshd, u16, PathBuf) {
+    start_sshd_after(d, authorized_keys, "")
+}
+
+/// As [`start_sshd`], running the shell commands `pre` first in sshd's
+/// private mount namespace.
+fn start_sshd_after(d: &Path, authorized_keys: &Path, pre: &str) -> (Sshd, u16, PathBuf) {
     keygen(&d.join("host"));
     let port = free_port();
     fs::write(
@@ -134,7 +149,7 @@ fn start_sshd(d: &Path, authorized_keys: &Path) -> (Sshd, u16, PathBuf) {
     let ok = Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c"])
         .arg(format!(
-            "mount -t tmpfs tmpfs /run && mkdir /run/sshd && {SSHD} -f {0}/cfg -E {0}/log",
+            "{pre}mount -t tmpfs tmpfs /run && mkdir /run/sshd && {SSHD} -f {0}/cfg -E {0}/log",
             d.display()
         ))
         .status()
@@ -164,14 +179,19 @@ fn start_sshd(d: &Path, authorized_keys: &Path) -> (Sshd, u16, PathBuf) {
 /// process of the listener (the log lines carry no pid): one true pairing
 /// per record, the others forgeries naming another key's connection.
 fn paired_logins(log: &Path, listener: u32) -> Vec<Login> {
-    let records = accepted(log);
+    paired_logins_of(log, listener, "root")
+}
+
+/// As [`paired_logins`], for logins of `user`.
+fn paired_logins_of(log: &Path, listener: u32, user: &str) -> Vec<Login> {
+    let records = accepted_by(log, user);
     let at = SystemTime::now();
     children_of(listener)
         .into_iter()
         .flat_map(|pid| {
             records.iter().map(move |(port, fp)| Login {
                 pid,
-                user: "root".into(),
+                user: user.into(),
                 addr: IpAddr::from([127, 0, 0, 1]),
                 port: *port,
                 method: "publickey".into(),
@@ -185,13 +205,29 @@ fn paired_logins(log: &Path, listener: u32) -> Vec<Login> {
 }
 
 /// The process table, with only this test's sessions (the listener's
-/// children) as sshd's: other sshd sessions on this machine (other tests')
-/// are not this test's to count.
+/// children, and theirs: a session's privilege-separated child) as
+/// sshd's: other sshd sessions on this machine (other tests') are not
+/// this test's to count.
 fn snapshot(listener: u32) -> Snapshot {
     let mut snap = Snapshot::read().unwrap();
-    let mine = children_of(listener);
+    let monitors = children_of(listener);
+    let mut mine = monitors.clone();
+    for m in monitors {
+        mine.extend(children_of(m as u32));
+    }
     snap.sshd.retain(|pid, _| mine.contains(pid));
     snap
+}
+
+/// An ssh client killed when the test ends, passed or not: a session
+/// left open would outlive the test's sshd listener.
+struct Client(Child);
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The sessions of `fingerprints` among the listener's, as the agent's
@@ -306,6 +342,98 @@ fn ending_one_keys_sessions_ends_only_that_keys_session_of_a_real_sshd() {
     assert_eq!((o.open, o.unmatched), (1, 0));
     b.kill().unwrap();
     b.wait().unwrap();
+    drop(sshd);
+}
+
+/// A user that exists only in sshd's mount namespace: copies of
+/// /etc/passwd, shadow and group with one more line each, bind-mounted
+/// over the real ones there (this machine's files are not written).
+const USER: &str = "sfirst";
+const USER_UID: u32 = 4_242_424;
+
+fn private_user(d: &Path) -> String {
+    let home = d.join("home");
+    fs::create_dir_all(&home).unwrap();
+    let mut pre = String::new();
+    for (file, line) in [
+        (
+            "passwd",
+            format!("{USER}:x:{USER_UID}:{USER_UID}::{}:/bin/sh", home.display()),
+        ),
+        ("shadow", format!("{USER}:*:20000:0:99999:7:::")),
+        ("group", format!("{USER}:x:{USER_UID}:")),
+    ] {
+        let mut text = fs::read_to_string(format!("/etc/{file}")).unwrap();
+        text.push_str(&line);
+        text.push('\n');
+        let copy = d.join(file);
+        fs::write(&copy, text).unwrap();
+        pre.push_str(&format!("mount --bind {} /etc/{file} && ", copy.display()));
+    }
+    pre
+}
+
+/// A login of a user other than root, whom sshd privilege-separates: the
+/// session is found in /proc by its monitor, whose unprivileged sshd child
+/// runs as the user; it is that user's (not root's), matched to its key,
+/// and ending it ends the monitor and the child.
+#[test]
+fn a_users_session_is_found_by_its_privilege_separated_child_and_ended() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    keygen(&d.join("ka"));
+    fs::write(d.join("ak"), fs::read_to_string(d.join("ka.pub")).unwrap()).unwrap();
+    let pre = private_user(d);
+    let (sshd, port, log) = start_sshd_after(d, &d.join("ak"), &pre);
+
+    let mut a = Client(session_as(&d.join("ka"), port, USER));
+    wait_for("the login", || accepted_by(&log, USER).len() == 1);
+    let monitors = || children_of(sshd.pid);
+    // Its child running as the user (not the pre-authentication child,
+    // which runs as sshd's account and exits once the user is in).
+    let real_uid = |pid: i32| {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok())
+    };
+    wait_for("the session's unprivileged child", || {
+        monitors().iter().any(|m| {
+            children_of(*m as u32)
+                .into_iter()
+                .any(|c| real_uid(c) == Some(USER_UID))
+        })
+    });
+    let fp = accepted_by(&log, USER)[0].1.clone();
+    let keys = BTreeSet::from([fp.clone()]);
+    let logins = paired_logins_of(&log, sshd.pid, USER);
+
+    let snap = snapshot(sshd.pid);
+    let found = by_key::candidates(&snap);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].uid, USER_UID, "{found:?}");
+    // Not root's, though its monitor runs as root.
+    assert_eq!(count(&logins, &keys, "root", 0, sshd.pid).unmatched, 0);
+    let o = count(&logins, &keys, USER, USER_UID, sshd.pid);
+    assert_eq!((o.open, o.unmatched), (1, 0));
+    // Its record gone, it is still the user's live session.
+    let o = count(&[], &keys, USER, USER_UID, sshd.pid);
+    assert_eq!((o.open, o.unmatched), (0, 1));
+
+    let out = end(&logins, &keys, USER, USER_UID, sshd.pid);
+    assert_eq!(
+        (out.ended.len(), out.open, out.unmatched),
+        (1, 0, 0),
+        "{:?}",
+        out.ended
+    );
+    assert_eq!(out.ended[0].fingerprint.as_deref(), Some(fp.as_str()));
+    wait_for("the client to go", || a.0.try_wait().unwrap().is_some());
+    wait_for("the session's processes to go", || monitors().is_empty());
     drop(sshd);
 }
 

@@ -420,8 +420,11 @@ pub fn parse_accepted(msg: &str) -> Option<Accepted> {
     }
     let mut found = None;
     for (i, _) in rest.match_indices(" from ") {
-        let user = &rest[..i];
-        let Some(parsed) = parse_tail(method, &rest[i + " from ".len()..]) else {
+        // At a match of " from ": both are character boundaries.
+        let (Some(user), Some(tail)) = (rest.get(..i), rest.get(i + " from ".len()..)) else {
+            continue;
+        };
+        let Some(parsed) = parse_tail(method, tail) else {
             continue;
         };
         if user.is_empty()
@@ -722,7 +725,7 @@ pub fn parse_syslog_line(
     } else {
         // "Mmm dd HH:MM:SS " is 16 bytes, the day padded with a space.
         let head = line.get(..16)?;
-        let rest = &line[16..];
+        let rest = line.get(16..)?;
         (classic_time(head, now, local)?, rest)
     };
     let (_host, rest) = rest.split_once(' ')?;
@@ -761,19 +764,25 @@ fn classic_time(
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
+    // Untrusted text (any user writes auth.log): every slice is taken
+    // with `get`, which is `None` off a character boundary.
     let b = head.as_bytes();
-    if b[3] != b' ' || b[6] != b' ' || b[15] != b' ' {
+    if b.len() != 16 || b[3] != b' ' || b[6] != b' ' || b[15] != b' ' {
         return None;
     }
-    let month = MONTHS.iter().position(|m| *m == &head[..3])? as u32 + 1;
-    let day = head[4..6].trim_start_matches(' ');
+    let month = MONTHS.iter().position(|m| Some(*m) == head.get(..3))? as u32 + 1;
+    let day = head.get(4..6)?.trim_start_matches(' ');
     if day.is_empty() || !day.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let day: u32 = day.parse().ok()?;
-    let hms = &head[7..15];
-    let (h, m, s) = (two(&hms[0..2])?, two(&hms[3..5])?, two(&hms[6..8])?);
-    if &hms[2..3] != ":" || &hms[5..6] != ":" {
+    let hms = head.get(7..15)?;
+    let (h, m, s) = (
+        two(hms.get(0..2)?)?,
+        two(hms.get(3..5)?)?,
+        two(hms.get(6..8)?)?,
+    );
+    if hms.get(2..3) != Some(":") || hms.get(5..6) != Some(":") {
         return None;
     }
     let now_secs = now.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64;
@@ -836,15 +845,15 @@ fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     if !c.valid() {
         return None;
     }
-    let mut rest = &s[19..];
+    let mut rest = s.get(19..)?;
     let mut nanos = 0u32;
     if let Some(f) = rest.strip_prefix('.') {
         let n = f.bytes().take_while(u8::is_ascii_digit).count();
         if n == 0 || n > 9 {
             return None;
         }
-        nanos = f[..n].parse::<u32>().ok()? * 10u32.pow(9 - n as u32);
-        rest = &f[n..];
+        nanos = f.get(..n)?.parse::<u32>().ok()? * 10u32.pow(9 - n as u32);
+        rest = f.get(n..)?;
     }
     let offset: i64 = match rest {
         "Z" => 0,
@@ -854,10 +863,10 @@ fn parse_rfc3339(s: &str) -> Option<SystemTime> {
                 b'-' => -1,
                 _ => return None,
             };
-            if rest.len() != 6 || &rest[3..4] != ":" {
+            if rest.len() != 6 || rest.get(3..4) != Some(":") {
                 return None;
             }
-            let (h, m) = (two(&rest[1..3])?, two(&rest[4..6])?);
+            let (h, m) = (two(rest.get(1..3)?)?, two(rest.get(4..6)?)?);
             if h > 23 || m > 59 {
                 return None;
             }
@@ -1182,6 +1191,56 @@ mod tests {
         ] {
             assert!(parse_syslog_line(&bad, now, &utc).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn auth_log_lines_with_multibyte_text_anywhere_never_panic() {
+        // Any user writes auth.log (`logger`): a non-ASCII character at any
+        // place of a line, the time included, is at worst not a record.
+        let now = at("2026-12-03T07:00:00Z");
+        let msg =
+            format!("Accepted publickey for alice from 192.0.2.7 port 40000 ssh2: ED25519 {FP}");
+        let lines = [
+            format!("Dec  3 06:10:43 web-1 sshd[812]: {msg}"),
+            format!("2026-12-03T06:10:43.123456+01:00 web-1 sshd-session[812]: {msg}"),
+            format!("2026-12-03T06:10:43-01:30 web-1 sshd[812]: {msg}"),
+            format!("2026-12-03T06:10:43Z web-1 sshd[812]: {msg}"),
+        ];
+        let mut tried = 0;
+        for line in &lines {
+            assert!(parse_syslog_line(line, now, &utc).is_some(), "{line}");
+            for at in (0..=line.len()).filter(|&i| line.is_char_boundary(i)) {
+                for c in ["é", "€", "😀", "\u{85}"] {
+                    // Inserted before byte `at` (n = 0), or in place of
+                    // the n bytes there: with n = c's length, every other
+                    // byte stays where the parser looks for it.
+                    for n in (0..=4).filter(|&n| line.is_char_boundary(at + n)) {
+                        let l = format!("{}{c}{}", &line[..at], &line[at + n..]);
+                        let _ = parse_syslog_line(&l, now, &utc);
+                        tried += 1;
+                    }
+                }
+            }
+        }
+        assert!(tried > 1000, "{tried}");
+        // Through the file reader: lines that are not UTF-8, or carry a
+        // multibyte character in their time, are skipped; the real record
+        // after them is still read.
+        let t = tempfile::tempdir().unwrap();
+        let log = t.path().join("var/log");
+        std::fs::create_dir_all(&log).unwrap();
+        let mut text = Vec::new();
+        let mut bad = lines[0].clone().into_bytes();
+        bad[9] = 0xff;
+        text.extend_from_slice(&bad);
+        text.extend_from_slice(b"\nDec  3 0\xc3\xa910:43 web-1 sshd[813]: x\n");
+        text.extend_from_slice("2026-12-03T06:10:43+0é00 h sshd[814]: x\n".as_bytes());
+        text.extend_from_slice(lines[1].as_bytes());
+        text.push(b'\n');
+        std::fs::write(log.join("auth.log"), &text).unwrap();
+        let sys = System::new(t.path(), t.path().join("state"));
+        let got = from_syslog_file(&sys, None, 10).unwrap().unwrap().logins;
+        assert_eq!(got.iter().map(|l| l.pid).collect::<Vec<_>>(), [812]);
     }
 
     #[test]
