@@ -217,8 +217,7 @@ impl Snapshot {
     pub fn read() -> Result<Snapshot> {
         let boot = boot_time()?;
         let tick = clock_tick();
-        let root_id = super::identity(Path::new("/")).ctx(|| "stat /".to_string())?;
-        let etc_id = super::identity(Path::new("/etc")).ctx(|| "stat /etc".to_string())?;
+        let here = super::Here::of(Path::new("/"))?;
         let mut snap = Snapshot::default();
         let mut tables = super::TcpTables::default();
         for e in fs::read_dir("/proc").ctx(|| "listing /proc".to_string())? {
@@ -238,7 +237,7 @@ impl Snapshot {
                     pid,
                     SshdInfo {
                         root_sshd: is_root_sshd(pid),
-                        here: root && super::on_this_system(pid, root_id, etc_id),
+                        here: root && super::on_this_system(pid, &here),
                         started,
                         peers: if root {
                             super::tcp_peers_cached(pid, &mut tables)
