@@ -59,8 +59,15 @@ pub struct Ended {
     pub from: Option<String>,
 }
 
+/// Opens a pidfd: [`pidfd_open`], or in tests a failure in its place.
+pub(crate) type OpenPidfd = dyn Fn(i32) -> std::io::Result<OwnedFd>;
+
 /// The running processes of `uid` on the system under `root`, in pid order.
 pub fn processes_of(root: &Path, uid: u32) -> Result<Vec<Process>> {
+    processes_of_with(root, uid, &pidfd_open)
+}
+
+fn processes_of_with(root: &Path, uid: u32, open: &OpenPidfd) -> Result<Vec<Process>> {
     let root_id = identity(root).ctx(|| format!("stat {}", root.display()))?;
     let etc_id = identity(&root.join("etc")).ctx(|| format!("stat {}/etc", root.display()))?;
     let mut pids: Vec<i32> = fs::read_dir("/proc")
@@ -72,7 +79,7 @@ pub fn processes_of(root: &Path, uid: u32) -> Result<Vec<Process>> {
     for pid in pids {
         // Opened first: whatever is read below is then checked to belong
         // to this very process (it is still alive after the reads).
-        let Some(pidfd) = pidfd_open(pid) else {
+        let Some(pidfd) = held(pid, open)? else {
             continue;
         };
         let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
@@ -353,15 +360,28 @@ fn parse_proc_addr(s: &str) -> Option<String> {
     parse_proc_socket(s).map(|a| a.ip().to_string())
 }
 
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+/// A pidfd for `pid` opened by `open`; `None` when there is no such
+/// process (ESRCH: it exited since /proc was listed). Any other failure is
+/// an error — ENOSYS (a kernel before 5.3), EMFILE (the descriptor limit),
+/// EPERM (a seccomp filter): taking it for "gone" would report a busy user
+/// as idle, or a live session as ended.
+pub(crate) fn held(pid: i32, open: &OpenPidfd) -> Result<Option<OwnedFd>> {
+    match open(pid) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
+        Err(e) => Err(e).ctx(|| format!("opening a pidfd for process {pid} (needs Linux 5.3)")),
+    }
+}
+
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
     // or -1; no memory is passed.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
-        return None;
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Signal the process the pidfd refers to; false once it has been reaped.
@@ -514,5 +534,23 @@ mod tests {
         }
         assert!(!alive(&fd));
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_pidfd_that_cannot_be_opened_fails_the_scan_unless_the_process_is_gone() {
+        let failing = |errno: i32| move |_| Err(std::io::Error::from_raw_os_error(errno));
+        // SAFETY: geteuid takes nothing and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let root = Path::new("/");
+        // This test's own process at least.
+        assert!(!processes_of(root, me).unwrap().is_empty());
+        for errno in [libc::ENOSYS, libc::EMFILE, libc::EPERM] {
+            let e = processes_of_with(root, me, &failing(errno)).unwrap_err();
+            assert!(e.to_string().contains("pidfd"), "{e}");
+        }
+        // ESRCH: it exited after /proc was listed, it is not running.
+        assert!(processes_of_with(root, me, &failing(libc::ESRCH))
+            .unwrap()
+            .is_empty());
     }
 }
