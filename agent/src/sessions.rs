@@ -462,12 +462,6 @@ fn alive(pidfd: &OwnedFd) -> bool {
     n == 0
 }
 
-// The one CI/skip rule of the test suites (agent/tests/gate), included by
-// path as the suites include it.
-#[cfg(test)]
-#[path = "../tests/gate/mod.rs"]
-mod gate;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,7 +623,7 @@ mod tests {
     #[test]
     fn a_process_in_a_user_namespace_of_its_own_is_still_the_users() {
         // SAFETY: geteuid takes nothing and cannot fail.
-        if !gate::require(
+        if !crate::ssh::authkeys::expiry::gate::require(
             unsafe { libc::geteuid() } == 0,
             "root (setpriv to a throwaway uid)",
         ) {
