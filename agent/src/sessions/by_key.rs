@@ -255,7 +255,7 @@ impl Snapshot {
 
 /// ppid, uids and start time of a process, and its name (`Name:` of
 /// status, the kernel's `comm`); None once it is gone.
-fn proc_info(pid: i32) -> Option<(ProcInfo, String)> {
+pub(super) fn proc_info(pid: i32) -> Option<(ProcInfo, String)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (ppid, start_ticks) = parse_stat(&stat)?;
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -298,7 +298,7 @@ fn parse_uids(status: &str) -> Option<[u32; 3]> {
 /// The executable is a root-owned file named `sshd`, `sshd-session` or
 /// `sshd-auth`
 /// (" (deleted)" when the package was upgraded under a running session).
-fn is_root_sshd(pid: i32) -> bool {
+pub(super) fn is_root_sshd(pid: i32) -> bool {
     use std::os::unix::fs::MetadataExt;
     let exe = format!("/proc/{pid}/exe");
     let Ok(target) = fs::read_link(&exe) else {
