@@ -874,7 +874,10 @@ impl Engine {
                     // later user of the name, it would give them the old
                     // user's password.
                     let dropped = self.drop_staged_of(&user);
-                    let how = if remove_home { " and its home" } else { "" };
+                    let how = match d.home_removed {
+                        Some(true) => " and its home",
+                        _ => "",
+                    };
                     let ended = match d.sessions_ended.len() {
                         0 => String::new(),
                         n => format!("; ended {n} process(es) of the user"),
@@ -883,11 +886,17 @@ impl Engine {
                         0 => String::new(),
                         n => format!("; dropped {n} password change(s) staged for the next boot"),
                     };
+                    // The account is deleted: what did not complete after
+                    // that is told, and the result is `ok` all the same.
+                    let warned: String = d.warnings.iter().map(|w| format!("; {w}")).collect();
                     let mut data = json!(d);
                     if !dropped.is_empty() {
                         data["staged_dropped"] = json!(dropped);
                     }
-                    Ok((format!("deleted user {user}{how}{ended}{staged}"), data))
+                    Ok((
+                        format!("deleted user {user}{how}{ended}{staged}{warned}"),
+                        data,
+                    ))
                 }
                 Op::AddKeys {
                     user,
@@ -1002,11 +1011,10 @@ impl Engine {
                         // After the lock, so that no new session can start
                         // while the old ones are ended. The lock is done and
                         // stays done: a failure here is told, not `failed`.
-                        let ended = accounts::lookup(sys, &user).and_then(|rec| {
-                            crate::sessions::end_all(&sys.root, rec.uid, user.as_str())
-                        });
+                        let ended = accounts::lookup(sys, &user)
+                            .map(|rec| crate::sessions::end_all(&sys.root, rec.uid, user.as_str()));
                         match ended {
-                            Ok((ended, open)) => {
+                            Ok((ended, Ok(open))) => {
                                 msg.push_str(&format!(
                                     "; ended {} process(es) of the user",
                                     ended.len()
@@ -1016,6 +1024,21 @@ impl Engine {
                                 }
                                 data["sessions_ended"] = json!(ended);
                                 data["sessions_open"] = json!(open);
+                            }
+                            // A later scan failed: those ended before it
+                            // are listed all the same.
+                            Ok((ended, Err(e))) => {
+                                if !ended.is_empty() {
+                                    msg.push_str(&format!(
+                                        "; ended {} process(es) of the user",
+                                        ended.len()
+                                    ));
+                                }
+                                msg.push_str(&format!(
+                                    "; its sessions could not all be ended: {e}"
+                                ));
+                                data["sessions_ended"] = json!(ended);
+                                data["sessions_error"] = json!(e.to_string());
                             }
                             Err(e) => {
                                 msg.push_str(&format!("; its sessions could not be ended: {e}"));

@@ -141,7 +141,9 @@ pub fn outcome(source: &str, h: &Handled) {
 /// sessions of the user's keys expired in this sweep did. The event lists
 /// those of this key (`SESSIONS_ENDED`, the JSON list results carry) and
 /// how many of them all are still open (`SESSIONS_OPEN`), or why none
-/// could be ended (`SESSIONS_ERROR`).
+/// could be ended (`SESSIONS_ERROR`). With live sessions of the user that
+/// match no key, `SESSIONS_ERROR` says so and `SESSIONS_OPEN` is left out
+/// (unknown), as results leave `sessions_open` out.
 pub fn key_expired(
     k: &crate::ssh::authkeys::ExpiredKey,
     sessions: Option<&crate::error::Result<crate::sessions::by_key::Outcome>>,
@@ -163,18 +165,16 @@ pub fn key_expired(
                 .filter(|e| e.fingerprint.as_deref() == Some(k.fingerprint.as_str()))
                 .collect();
             let list = serde_json::to_string(&mine).expect("a list of sessions serializes");
-            (
-                Some((mine.len(), list)),
-                Some(o.open),
-                o.unmatched_error(k.user.as_str()),
-            )
+            let unmatched = o.unmatched_error(k.user.as_str());
+            // As results: with live sessions that match no key, how many
+            // of the expired keys' sessions are open is unknown.
+            let open = unmatched.is_none().then_some(o.open);
+            (Some((mine.len(), list)), open, unmatched)
         }
         Some(Err(e)) => (None, None, Some(e.to_string())),
     };
     let told = match (&ended, open, &error) {
-        (Some((n, _)), Some(open), Some(e)) => {
-            format!("; ended {n} of its session(s), {open} still open; {e}")
-        }
+        (Some((n, _)), None, Some(e)) => format!("; ended {n} of its session(s); {e}"),
         (Some((n, _)), Some(0), _) => format!("; ended {n} of its session(s)"),
         (Some((n, _)), Some(open), _) => {
             format!("; ended {n} of its session(s), {open} still open")

@@ -103,20 +103,33 @@ fn processes_of_with(root: &Path, uid: u32, open: &OpenPidfd) -> Result<Vec<Proc
 }
 
 /// End every process of `uid` under `root`, looking again after each round
-/// for processes that were started meanwhile. Returns what was ended and
-/// how many processes are still running.
-pub fn end_all(root: &Path, uid: u32, user: &str) -> Result<(Vec<Ended>, usize)> {
+/// for processes that were started meanwhile. Returns what was ended —
+/// always, also when a later scan failed — and how many processes are
+/// still running, or the error that stopped the scans.
+pub fn end_all(root: &Path, uid: u32, user: &str) -> (Vec<Ended>, Result<usize>) {
+    end_all_with(root, uid, user, &pidfd_open)
+}
+
+fn end_all_with(
+    root: &Path,
+    uid: u32,
+    user: &str,
+    open: &OpenPidfd,
+) -> (Vec<Ended>, Result<usize>) {
     let mut ended = Vec::new();
     for _ in 0..ROUNDS {
-        let procs = processes_of(root, uid)?;
+        let procs = match processes_of_with(root, uid, open) {
+            Ok(p) => p,
+            Err(e) => return (ended, Err(e)),
+        };
         if procs.is_empty() {
-            return Ok((ended, 0));
+            return (ended, Ok(0));
         }
         let (done, _left) = end(procs, user);
         ended.extend(done);
     }
-    let open = processes_of(root, uid)?.len();
-    Ok((ended, open))
+    let left = processes_of_with(root, uid, open).map(|p| p.len());
+    (ended, left)
 }
 
 /// Those of `procs` still running after up to `within`: a session that is
@@ -614,6 +627,40 @@ mod tests {
         assert!(processes_of_with(root, me, &failing(libc::ESRCH))
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn processes_ended_before_a_scan_fails_are_still_reported() {
+        // SAFETY: geteuid takes nothing and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !crate::ssh::authkeys::expiry::gate::require(root, "root (setpriv to a throwaway uid)") {
+            return;
+        }
+        let uid = 2_900_000 + (std::process::id() + 2) % 90_000;
+        let (as_uid, as_gid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+        let mut child = sleeper(
+            &["setpriv", &as_uid, &as_gid, "--clear-groups"],
+            "exec sleep 30",
+        );
+        let pid = child.id() as i32;
+        // The first scan holds the child and it is ended; the second
+        // scan's pidfd_open fails (EMFILE) when it reaches the child (a
+        // zombie until it is waited for, still listed in /proc).
+        let seen = std::cell::Cell::new(0);
+        let open = move |p: i32| {
+            if p == pid {
+                seen.set(seen.get() + 1);
+                if seen.get() > 1 {
+                    return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+                }
+            }
+            pidfd_open(p)
+        };
+        let (ended, left) = end_all_with(Path::new("/"), uid, "throwaway", &open);
+        child.wait().unwrap();
+        assert_eq!(ended.iter().map(|e| e.pid).collect::<Vec<_>>(), [pid]);
+        let e = left.unwrap_err();
+        assert!(e.to_string().contains("pidfd"), "{e}");
     }
 
     /// `sh -c script` run by `argv` (as a throwaway uid), once it has

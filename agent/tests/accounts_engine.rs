@@ -311,3 +311,46 @@ fn a_password_staged_before_a_plain_userdel_is_not_the_new_users() {
     assert!(e.apply_staged().unwrap().is_empty());
     assert_eq!(rig.shadow_hash("jane").as_deref(), Some("!"));
 }
+
+#[test]
+fn a_home_that_cannot_be_removed_after_the_delete_is_ok_with_a_warning_not_failed() {
+    let Some(rig) = rig() else { return };
+    let mut e = rig.engine();
+    let h = e.handle(&rig.signed("c-1", "create_user", json!({"user": "olga"})));
+    assert_eq!(h.code, Code::Ok, "{}", h.message);
+    // The home is not a directory by delete time (a file put in its
+    // place): home removal refuses it, after the account files are written.
+    let home = rig.root.join("home/olga");
+    fs::remove_dir_all(&home).unwrap();
+    fs::write(&home, b"not a directory\n").unwrap();
+    let h = e.handle(&rig.signed(
+        "c-2",
+        "delete_user",
+        json!({"user": "olga", "remove_home": true}),
+    ));
+    assert_eq!(
+        (h.status, h.code),
+        (Status::Ok, Code::Ok),
+        "the user is gone, yet: {}",
+        h.message
+    );
+    assert!(!fs::read_to_string(rig.root.join("etc/passwd"))
+        .unwrap()
+        .contains("olga:"));
+    assert!(
+        h.message.contains("its home /home/olga was not removed"),
+        "{}",
+        h.message
+    );
+    let p = payload(&agent_key(&e), &h);
+    assert_eq!(p.data["home_removed"], json!(false), "{}", p.data);
+    let warnings = p.data["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{}", p.data);
+    assert!(
+        warnings[0].as_str().unwrap().contains("not a directory"),
+        "{}",
+        p.data
+    );
+    // The file is still there: nothing was removed that was not the home.
+    assert!(home.is_file());
+}

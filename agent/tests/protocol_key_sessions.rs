@@ -515,3 +515,54 @@ fn in_image_mode_no_session_is_ended_and_none_is_open() {
     assert_eq!(d["sessions_open"], 0, "{d}");
     assert!(d.get("sessions_ended").is_none(), "{d}");
 }
+
+/// The key-expired event says what results say: with live sessions of the
+/// user that match no key, how many of the expired keys' sessions are
+/// open is unknown, so `SESSIONS_OPEN` is left out beside `SESSIONS_ERROR`.
+#[test]
+fn a_key_expired_event_with_unmatched_sessions_leaves_sessions_open_out() {
+    let Some(rig) = rig() else { return };
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut r = Arc::into_inner(Recorder::new(&rig)).unwrap();
+    r.unmatched = 2;
+    let rec = Arc::new(r);
+    let clock = Arc::new(TestClock::at(rig.now));
+    let mut e = rig.engine_on(clock.clone()).with_key_sessions(rec.clone());
+    alice(&rig, &mut e);
+    let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+    let h = e.handle(&rig.signed(
+        "c-bind",
+        "add_keys",
+        json!({"user": "alice", "keys": [KEY2], "expires_at": format_time(at(NOW + 300))}),
+    ));
+    assert_eq!(h.status, Status::Ok, "{}", h.message);
+    let h = e.handle(&rig.signed(
+        "c-rep",
+        "replace_keys",
+        json!({
+            "user": "alice",
+            "keys": [KEY2],
+            "expires_at": format_time(at(NOW + 300)),
+            "terminate_sessions": true,
+        }),
+    ));
+    assert_eq!(h.status, Status::Ok, "{}", h.message);
+    clock.pass(Duration::from_secs(300));
+    assert_eq!(e.expire_keys(), None);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let event = text
+        .lines()
+        .find(|l| l.contains("3f9d2a6c8b1e4f07a5c3d9e2b6f1a845") && l.contains(&fp(KEY2)))
+        .unwrap_or_else(|| panic!("no KEY_EXPIRED event:\n{text}"));
+    assert!(event.contains("could not be matched to a key"), "{event}");
+    assert!(!event.contains("sessions_open="), "unknown, not 0: {event}");
+    assert!(!event.contains("still open"), "{event}");
+}

@@ -280,6 +280,15 @@ pub struct Deleted {
     pub sessions_ended: Vec<crate::sessions::Ended>,
     /// Processes of the user still running (0 on success).
     pub sessions_open: usize,
+    /// With `remove_home`: whether the home was removed (false when it was
+    /// absent, not the user's, or could not be removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub home_removed: Option<bool>,
+    /// What was not done after the account itself was deleted (the home,
+    /// the mail spool, processes started during the delete). The delete
+    /// is applied all the same.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 pub fn delete_user(sys: &System, user: &UserName, remove_home: bool) -> Result<Deleted> {

@@ -82,7 +82,18 @@ pub fn delete(
                 )));
             }
             drop(busy);
-            let (ended, open) = sessions::end_all(&sys.root, rec.uid, name)?;
+            let (ended, open) = sessions::end_all(&sys.root, rec.uid, name);
+            // Nothing is written yet: a failed scan leaves the files as
+            // they were (the processes ended so far are named in the log).
+            let open = open.inspect_err(|_| {
+                if !ended.is_empty() {
+                    tracing::warn!(
+                        user = name,
+                        ended = ?ended.iter().map(|e| e.pid).collect::<Vec<_>>(),
+                        "processes of the user were ended before the scan failed"
+                    );
+                }
+            })?;
             if open > 0 {
                 return Err(Error::UserBusy(format!(
                     "user {name} still has {open} running process(es) after {} were ended; \
@@ -155,22 +166,55 @@ pub fn delete(
             }
         }
         t.commit()?;
+        // From here on the user is deleted: the command is applied, and
+        // whatever below does not complete is told in `warnings`, never
+        // made a `failed` (PROTOCOL §4: failed leaves every file as it was).
         if opts.terminate_sessions {
             // A login that was between authentication and its setuid during
             // the scan runs as the uid now; it ends too.
-            let (late, _) = sessions::end_all(&sys.root, rec.uid, name)?;
+            let (late, left) = sessions::end_all(&sys.root, rec.uid, name);
             deleted.sessions_ended.extend(late);
+            match left {
+                Ok(0) => {}
+                Ok(n) => {
+                    deleted.sessions_open = n;
+                    deleted.warnings.push(format!(
+                        "{n} process(es) that started under the uid during the delete \
+                         still run"
+                    ));
+                }
+                Err(e) => deleted.warnings.push(format!(
+                    "processes that started under the uid during the delete could not be \
+                     ended: {e}"
+                )),
+            }
         }
     }
     invalidate_caches(sys);
 
     if opts.remove_home {
-        home::remove(&root, &rec.home, rec.uid).map_err(|e| after_commit(name, e))?;
-        // userdel -r also removes the mail spool, when it is the user's.
-        if let Some(mail) = root.try_open_dir("var/mail")? {
-            if mail.stat_at(name)?.is_some_and(|st| st.st_uid == rec.uid) {
-                mail.remove_file(name).map_err(|e| after_commit(name, e))?;
+        let home = rec.home.display();
+        match home::remove(&root, &rec.home, rec.uid) {
+            Ok(removed) => deleted.home_removed = Some(removed),
+            Err(e) => {
+                deleted.home_removed = Some(false);
+                deleted
+                    .warnings
+                    .push(format!("its home {home} was not removed: {e}"));
             }
+        }
+        // userdel -r also removes the mail spool, when it is the user's.
+        let mail = root.try_open_dir("var/mail").and_then(|d| match d {
+            Some(mail) => match mail.stat_at(name)? {
+                Some(st) if st.st_uid == rec.uid => mail.remove_file(name).map(|_| ()),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        });
+        if let Err(e) = mail {
+            deleted.warnings.push(format!(
+                "its mail spool /var/mail/{name} was not removed: {e}"
+            ));
         }
     }
     Ok(deleted)
@@ -186,20 +230,5 @@ fn drop_member(t: &mut Table, idx: usize, name: &str) {
             f[idx] = kept;
             t.set_fields(i, &f);
         }
-    }
-}
-
-/// The account is gone by now; say so, so nobody retries the whole delete.
-fn after_commit(name: &str, e: Error) -> Error {
-    match e {
-        Error::Io { context, source } => Error::Io {
-            context: format!("user {name} was deleted, but removing the home failed: {context}"),
-            source,
-        },
-        Error::UnsafePath { path, reason } => Error::UnsafePath {
-            path,
-            reason: format!("user {name} was deleted, but the home was not removed: {reason}"),
-        },
-        other => other,
     }
 }
