@@ -13,7 +13,8 @@ use crate::protocol::{parse_public_key, valid_key_id};
 use serde::Deserialize;
 
 use crate::accounts::{AccountsConfig, PasswordPolicy};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::fsx::Private;
 use crate::ssh::sshd::SshdOptions;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -140,6 +141,10 @@ fn default_keep_alive() -> u64 {
 
 pub const DEFAULT_PATH: &str = "/etc/accessd/accessd.toml";
 
+/// What is read of accessd.toml at most: a configuration with a thousand
+/// trusted keys is ~100 KiB.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
 /// Largest accepted `max_envelope_bytes`: commands are small; a bigger limit
 /// only helps a flood.
 const MAX_ENVELOPE_CAP: usize = 16 * 1024 * 1024;
@@ -161,8 +166,13 @@ fn config_error(path: &Path, msg: impl std::fmt::Display) -> Error {
 impl Config {
     /// Read, parse and validate `path` (permissions, trusted keys, values).
     pub fn load(path: &Path) -> Result<Config> {
-        let text = read_private_file(path, "configuration file")?;
-        let text = String::from_utf8(text)
+        let text = crate::fsx::read_private_file(
+            path,
+            "configuration file",
+            Private::Settings,
+            MAX_CONFIG_BYTES,
+        )?;
+        let text = String::from_utf8(text.to_vec())
             .map_err(|_| config_error(path, "the file is not valid UTF-8"))?;
         Config::parse_str(&text, path)
     }
@@ -272,49 +282,6 @@ impl Config {
             rounds: self.passwords.rounds,
         }
     }
-}
-
-/// Read a file that only its owner (root, or the user running the agent) may
-/// change: a group- or world-writable config or key file would let another
-/// user choose which control plane the agent obeys. `what` names it in errors.
-pub fn read_private_file(path: &Path, what: &str) -> Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::MetadataExt;
-    let mut f = std::fs::File::open(path).ctx(|| format!("opening {what} {}", path.display()))?;
-    // Checked on the opened descriptor, so the file checked is the file read.
-    let md = f
-        .metadata()
-        .ctx(|| format!("stat {what} {}", path.display()))?;
-    if !md.is_file() {
-        return Err(config_error(
-            path,
-            format!("the {what} is not a regular file"),
-        ));
-    }
-    if md.mode() & 0o022 != 0 {
-        return Err(config_error(
-            path,
-            format!(
-                "the {what} is writable by group or others (mode {:04o}); refusing it. Fix with: chmod go-w {}",
-                md.mode() & 0o7777,
-                path.display()
-            ),
-        ));
-    }
-    let euid = nix::unistd::geteuid().as_raw();
-    if md.uid() != 0 && md.uid() != euid {
-        return Err(config_error(
-            path,
-            format!(
-                "the {what} is owned by uid {}, not by root; refusing it",
-                md.uid()
-            ),
-        ));
-    }
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)
-        .ctx(|| format!("reading {what} {}", path.display()))?;
-    Ok(buf)
 }
 
 #[cfg(test)]
@@ -431,6 +398,19 @@ mod tests {
         ] {
             assert!(parse(text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn a_configuration_file_swapped_for_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.toml");
+        std::fs::write(&real, "instance_id = \"i\"\n").unwrap();
+        assert!(Config::load(&real).is_ok());
+        let link = dir.path().join("accessd.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = Config::load(&link).unwrap_err();
+        assert_eq!(e.code(), Code::UnsafePath, "{e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
     }
 
     #[test]

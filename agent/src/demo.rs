@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::daemon::{self, Control, Spool};
 use crate::engine::Engine;
 use crate::error::{Error, IoContext, Result};
+use crate::inbox::Inbox;
 use crate::names::UserName;
 use crate::protocol::client::{seal_password, verify_result, CommandSpec};
 use crate::protocol::command::{self, Args};
@@ -240,31 +241,9 @@ pub fn build_root(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Drop `env` in the inbox the way the protocol says (hidden name, then
-/// rename) and wait for its answer in the outbox.
+/// Drop `env` in the inbox and wait for its answer in the outbox.
 fn send(state: &Path, name: &str, env: &[u8]) -> Result<Vec<u8>> {
-    send_within(state, name, env, Duration::from_secs(60))
-}
-
-fn send_within(state: &Path, name: &str, env: &[u8], wait: Duration) -> Result<Vec<u8>> {
-    let inbox = state.join(INBOX);
-    let tmp = inbox.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, env).ctx(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, inbox.join(name)).ctx(|| format!("renaming into {}", inbox.display()))?;
-    let result = state.join(OUTBOX).join(name);
-    let start = Instant::now();
-    // The demo is a client: it simply looks every few milliseconds.
-    while start.elapsed() < wait {
-        if let Ok(bytes) = std::fs::read(&result) {
-            return Ok(bytes);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Err(Error::Timeout(format!(
-        "no answer for {name} in {} within {} s; is the agent running?",
-        state.join(OUTBOX).display(),
-        wait.as_secs()
-    )))
+    Inbox::of_state_dir(state).send(name, env, Duration::from_secs(60))
 }
 
 /// Verify a result envelope with the agent's key and summarise it.
@@ -356,21 +335,4 @@ fn random32() -> [u8; 32] {
     let mut b = [0u8; 32];
     getrandom::getrandom(&mut b).expect("the OS random number generator failed");
     b
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error::Code;
-
-    #[test]
-    fn a_demo_timeout_is_not_reported_as_an_invalid_command() {
-        let dir = tempfile::tempdir().unwrap();
-        for d in [INBOX, OUTBOX] {
-            std::fs::create_dir(dir.path().join(d)).unwrap();
-        }
-        let e = send_within(dir.path(), "c1.json", b"{}", Duration::from_millis(20)).unwrap_err();
-        assert_ne!(e.code(), Code::InvalidCommand, "{e}");
-        assert!(e.to_string().contains("no answer for c1.json"), "{e}");
-    }
 }

@@ -17,7 +17,8 @@
 //!
 //! Everything up to 7 changes nothing on disk: a `rejected` result is true.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::VerifyingKey;
@@ -34,6 +35,7 @@ use crate::protocol::result::{status_of, ResultPayload};
 use crate::protocol::{format_time, AGENT_KEY_ID, COMMAND_TYPE, RESULT_TYPE};
 use crate::replay::ReplayStore;
 use crate::secret::Secret;
+use crate::sessions::revoked::{KeySessions, SshdLog};
 use crate::ssh::{authkeys, sshd};
 use crate::staging::Staging;
 use crate::state_dir::StateDir;
@@ -54,6 +56,8 @@ pub struct Engine {
     suspensions: Suspensions,
     _state: StateDir,
     expiry: ExpiryState,
+    /// Finds and ends the live sessions of keys taken away.
+    key_sessions: Arc<dyn KeySessions>,
 }
 
 /// What the engine knows about managed key expiries between sweeps, so
@@ -98,9 +102,9 @@ impl Engine {
     /// Load (or create) the agent identity in `sys.state_dir`, open the replay
     /// store, and be ready to handle envelopes.
     pub fn new(cfg: Config, sys: System) -> Result<Engine> {
-        let trusted = cfg.trusted_keys().map_err(|msg| Error::Io {
-            context: "configuration".into(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
+        let trusted = cfg.trusted_keys().map_err(|message| Error::Setting {
+            setting: "configuration".into(),
+            message,
         })?;
         if trusted.is_empty() {
             tracing::warn!("no [trust] key is configured: every command will be refused");
@@ -120,7 +124,15 @@ impl Engine {
             suspensions,
             _state: state,
             expiry: ExpiryState::default(),
+            key_sessions: Arc::new(SshdLog),
         })
+    }
+
+    /// Find and end the sessions of removed keys with `s` instead of by
+    /// sshd's log and /proc (tests watch what the engine asks for).
+    pub fn with_key_sessions(mut self, s: Arc<dyn KeySessions>) -> Engine {
+        self.key_sessions = s;
+        self
     }
 
     /// Remove the managed keys whose expiry has come (each removal an
@@ -146,8 +158,23 @@ impl Engine {
                 (authkeys::Sweep::default(), false)
             }
         };
+        // The lines are gone by now: a session ended here cannot log back
+        // in with its key. A failure to end them is told in the events, not
+        // retried (the keys, which are what the sweep owes, are removed).
+        let ended: BTreeMap<UserName, Result<crate::sessions::by_key::Outcome>> = sweep
+            .sessions_to_end()
+            .into_iter()
+            .map(|(user, fps)| {
+                let r = accounts::lookup(&self.sys, &user).and_then(|rec| {
+                    self.key_sessions
+                        .end(&self.sys, user.as_str(), rec.uid, &fps)
+                });
+                (user, r)
+            })
+            .collect();
         for k in &sweep.removed {
-            crate::logging::key_expired(k);
+            let sessions = k.terminate_sessions.then(|| ended.get(&k.user)).flatten();
+            crate::logging::key_expired(k, sessions);
         }
         for (user, fps, e) in &sweep.failed {
             crate::logging::key_expiry_failed(Some(user), fps, e);
@@ -181,12 +208,100 @@ impl Engine {
     }
 
     /// How the root's sshd reads `expiry-time`, and the command's expiry.
-    fn key_expiry(&self, id: &str, at: Option<u64>) -> Option<authkeys::Expiry> {
+    /// `terminate_sessions`: the keys' sessions end when they expire.
+    fn key_expiry(
+        &self,
+        id: &str,
+        at: Option<u64>,
+        terminate_sessions: bool,
+    ) -> Option<authkeys::Expiry> {
         at.map(|at| authkeys::Expiry {
             at,
             command_id: id.to_owned(),
             form: authkeys::expiry::ExpiryForm::for_sshd(&self.sys, &self.cfg.sshd.binary),
+            terminate_sessions,
         })
+    }
+
+    /// After the keys `revoked` of `user` were removed from the file: end
+    /// their live sessions (`terminate`), or count them, into the result.
+    /// The keys are removed and stay removed, so a failure here is told
+    /// (`sessions_error`), never `failed`.
+    fn revoked_sessions(
+        &self,
+        user: &UserName,
+        revoked: &BTreeSet<String>,
+        terminate: bool,
+        msg: &mut String,
+        data: &mut Value,
+    ) {
+        let sys = &self.sys;
+        let uid = || accounts::lookup(sys, user).map(|rec| rec.uid);
+        if terminate {
+            let r = match revoked.is_empty() {
+                true => Ok(Default::default()),
+                false => {
+                    uid().and_then(|uid| self.key_sessions.end(sys, user.as_str(), uid, revoked))
+                }
+            };
+            match r {
+                Ok(o) => {
+                    if !o.ended.is_empty() {
+                        msg.push_str(&format!(
+                            "; ended {} session(s) that logged in with the removed key(s)",
+                            o.ended.len()
+                        ));
+                    }
+                    if o.open > 0 {
+                        msg.push_str(&format!("; {} such session(s) still open", o.open));
+                    }
+                    data["sessions_ended"] = json!(o.ended);
+                    data["sessions_open"] = json!(o.open);
+                    if let Some(e) = o.unmatched_error(user.as_str()) {
+                        // Live sessions of an unknown key: the ended and
+                        // open ones are not all there is.
+                        msg.push_str(&format!("; {e}: they were not ended"));
+                        data["sessions_error"] = json!(e);
+                    }
+                }
+                Err(e) => {
+                    msg.push_str(&format!(
+                        "; the sessions of the removed key(s) could not be ended: {e}"
+                    ));
+                    data["sessions_ended"] = json!([]);
+                    data["sessions_error"] = json!(e.to_string());
+                }
+            }
+        } else {
+            let r = match revoked.is_empty() {
+                true => Ok(Default::default()),
+                false => {
+                    uid().and_then(|uid| self.key_sessions.count(sys, user.as_str(), uid, revoked))
+                }
+            };
+            match r {
+                Ok(o) => {
+                    let n = o.open;
+                    if n > 0 {
+                        msg.push_str(&format!(
+                            "; {n} live session(s) that logged in with the removed key(s) \
+                             stay open (terminate_sessions: true ends them)"
+                        ));
+                    }
+                    data["sessions_open"] = json!(n);
+                    if let Some(e) = o.unmatched_error(user.as_str()) {
+                        msg.push_str(&format!("; {e}"));
+                        data["sessions_error"] = json!(e);
+                    }
+                }
+                Err(e) => {
+                    msg.push_str(&format!(
+                        "; the live sessions of the removed key(s) could not be counted: {e}"
+                    ));
+                    data["sessions_error"] = json!(e.to_string());
+                }
+            }
+        }
     }
 
     /// Replace the configuration (SIGHUP): trusted keys, limits, sshd options.
@@ -216,10 +331,10 @@ impl Engine {
     /// result yet. An error only when the current boot cannot be told (then
     /// nothing is applied): applying then could be applying early.
     pub fn apply_staged(&mut self) -> Result<Vec<Handled>> {
-        let boot_id = self.sys.clock.boot_id().map_err(|e| Error::Io {
-            context: "reading the kernel's boot id (next-boot passwords wait for another boot)"
-                .into(),
-            source: e,
+        let boot_id = self.sys.clock.boot_id().map_err(|e| {
+            e.while_doing(
+                "reading the kernel's boot id (next-boot passwords wait for another boot)",
+            )
         })?;
         let boot_started = self
             .sys
@@ -436,8 +551,8 @@ impl Engine {
                 self.cfg.max_envelope_bytes
             )));
         }
+        out.claimed_id = command::claimed_id(bytes);
         let envelope = Envelope::parse(bytes)?;
-        out.claimed_id = command::claimed_id(envelope.unverified_payload());
         let (keyid, payload) = envelope.verify(COMMAND_TYPE, &self.trusted)?;
         (out.id, out.op) = command::peek(&payload);
         tracing::debug!(
@@ -676,9 +791,8 @@ impl Engine {
                 // The user exists now (checked above); a typo fails today, not at boot.
                 // Without the boot id, apply-staged could not tell this boot
                 // from the next one: refuse now rather than apply early.
-                let boot_id = sys.clock.boot_id().map_err(|e| Error::Io {
-                    context: "reading the kernel's boot id to stage for the next boot".into(),
-                    source: e,
+                let boot_id = sys.clock.boot_id().map_err(|e| {
+                    e.while_doing("reading the kernel's boot id to stage for the next boot")
                 })?;
                 self.staging.stage(
                     id,
@@ -694,7 +808,7 @@ impl Engine {
                 ))
             }
             Ready::CreateUser(spec, keys, until) => {
-                let expiry = self.key_expiry(id, until);
+                let expiry = self.key_expiry(id, until, false);
                 let user = &spec.name;
                 // The keys are added while the new account's files are
                 // still locked; if that fails, create_user_then undoes
@@ -773,7 +887,7 @@ impl Engine {
                     keys,
                     expires_at,
                 } => {
-                    let expiry = self.key_expiry(id, expires_at.and_then(unix_secs));
+                    let expiry = self.key_expiry(id, expires_at.and_then(unix_secs), false);
                     let o = authkeys::add_keys_until(sys, &user, &keys, expiry.as_ref())?;
                     let until = self.expiry_noted(expiry.as_ref());
                     Ok((
@@ -788,30 +902,53 @@ impl Engine {
                         with_expiry(json!(o), until),
                     ))
                 }
-                Op::RemoveKeys { user, keys } => {
+                Op::RemoveKeys {
+                    user,
+                    keys,
+                    terminate_sessions,
+                } => {
+                    // The lines go first, so that an ended session cannot
+                    // log back in with its key; a failed edit ends nothing.
                     let o = authkeys::remove_keys(sys, &user, &keys)?;
-                    Ok((format!("removed {} key(s) for {user}", o.removed), json!(o)))
+                    let mut msg = format!("removed {} key(s) for {user}", o.removed);
+                    let mut data = json!(o);
+                    self.revoked_sessions(
+                        &user,
+                        &o.revoked,
+                        terminate_sessions,
+                        &mut msg,
+                        &mut data,
+                    );
+                    Ok((msg, data))
                 }
                 Op::ReplaceKeys {
                     user,
                     keys,
                     expires_at,
+                    terminate_sessions,
                 } => {
-                    let expiry = self.key_expiry(id, expires_at.and_then(unix_secs));
+                    let expiry =
+                        self.key_expiry(id, expires_at.and_then(unix_secs), terminate_sessions);
                     let o = authkeys::replace_keys_until(sys, &user, &keys, expiry.as_ref())?;
                     let until = self.expiry_noted(expiry.as_ref());
-                    Ok((
-                        format!(
-                            "replaced the managed keys of {user}: removed {}, added {}, updated {}{}",
-                            o.removed,
-                            o.added,
-                            o.updated,
-                            until.as_deref().map_or(String::new(), |t| format!(
-                                ", working until {t}"
-                            ))
-                        ),
-                        with_expiry(json!(o), until),
-                    ))
+                    let mut msg = format!(
+                        "replaced the managed keys of {user}: removed {}, added {}, updated {}{}",
+                        o.removed,
+                        o.added,
+                        o.updated,
+                        until
+                            .as_deref()
+                            .map_or(String::new(), |t| format!(", working until {t}"))
+                    );
+                    let mut data = with_expiry(json!(o), until);
+                    self.revoked_sessions(
+                        &user,
+                        &o.revoked,
+                        terminate_sessions,
+                        &mut msg,
+                        &mut data,
+                    );
+                    Ok((msg, data))
                 }
                 Op::SetSshd { change, restart } => {
                     let o = sshd::set_sshd(sys, sshd_opts, &change, restart)?;

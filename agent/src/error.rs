@@ -126,12 +126,35 @@ pub enum Error {
     /// The message names the file so the journal says what to fix.
     #[error("configuration {}: {message}", path.display())]
     Config { path: PathBuf, message: String },
+    /// A value accessd was given (in accessd.toml, on its command line, in
+    /// its environment) that it cannot use; `setting` names it as the
+    /// operator wrote it (`mqtt url "x"`).
+    #[error("{setting}: {message}")]
+    Setting { setting: String, message: String },
+    /// A file whose content is not what it must be: damaged, edited by
+    /// hand, or larger than accessd reads. The OS read it fine.
+    #[error("{}: {message}", path.display())]
+    BadFile { path: PathBuf, message: String },
+    /// A change failed and undoing it failed too: the message says what
+    /// failed first and what could not be put back.
+    #[error("{0} (rollback incomplete)")]
+    RollbackIncomplete(String),
+    /// The way commands arrive stopped working (the inbox watch, the MQTT
+    /// connection) for a reason that is not an OS error.
+    #[error("{0}")]
+    Transport(String),
     /// A client waited for an answer that did not come (the demo's outbox).
     #[error("timed out: {0}")]
     Timeout(String),
-    /// A condition the code relies on did not hold (a bug, not bad input).
+    /// A condition the code relies on did not hold: a bug, or a system that
+    /// does not behave as documented (not bad input).
     #[error("internal error: {0}")]
     Internal(String),
+    /// A program the agent runs to read something (`journalctl`) failed:
+    /// the message names it and says how (exit status, its first line of
+    /// stderr, an output bound it went over).
+    #[error("{0}")]
+    Program(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -162,7 +185,14 @@ impl Error {
             Error::RestartFailed(_) => Code::RestartFailed,
             // Neither is a verdict on the command; the protocol has no
             // closer code than io_error for "the agent could not do it".
-            Error::Config { .. } | Error::Timeout(_) | Error::Internal(_) => Code::IoError,
+            Error::Config { .. }
+            | Error::Setting { .. }
+            | Error::BadFile { .. }
+            | Error::RollbackIncomplete(_)
+            | Error::Transport(_)
+            | Error::Timeout(_)
+            | Error::Internal(_)
+            | Error::Program(_) => Code::IoError,
             Error::Io { .. } => Code::IoError,
         }
     }
@@ -177,9 +207,35 @@ impl Error {
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidCommand(msg.into())
     }
+
+    /// An I/O error with `doing` (what it was for) in front of its
+    /// context; any other error as it is (its message already says what
+    /// is wrong). The code never changes.
+    pub fn while_doing(self, doing: &str) -> Self {
+        match self {
+            Error::Io { context, source } => Error::Io {
+                context: format!("{doing}: {context}"),
+                source,
+            },
+            e => e,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The OS random number generator failed while `context`: an OS error with
+/// its errno when getrandom(2) gave one, else getrandom's own (a
+/// condition it documents as not happening on Linux).
+pub fn random_failed(context: impl Into<String>, e: getrandom::Error) -> Error {
+    match e.raw_os_error() {
+        Some(errno) => Error::Io {
+            context: context.into(),
+            source: io::Error::from_raw_os_error(errno),
+        },
+        None => Error::Internal(format!("{}: {e}", context.into())),
+    }
+}
 
 /// Attach "what was being done to which file" to an `io::Error`, at the
 /// place of failure: `fs::read(p).ctx(|| format!("reading {}", p.display()))`.
@@ -220,6 +276,42 @@ mod tests {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }
+    }
+
+    #[test]
+    fn faults_that_are_not_os_errors_keep_the_protocol_code_io_error() {
+        let path = PathBuf::from("/x");
+        for e in [
+            Error::Setting {
+                setting: "mqtt url".into(),
+                message: "m".into(),
+            },
+            Error::BadFile {
+                path: path.clone(),
+                message: "m".into(),
+            },
+            Error::Config {
+                path,
+                message: "m".into(),
+            },
+            Error::RollbackIncomplete("m".into()),
+            Error::Transport("m".into()),
+            Error::Timeout("m".into()),
+            Error::Internal("m".into()),
+        ] {
+            assert_eq!(e.code(), Code::IoError, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_random_number_failure_with_an_errno_stays_an_os_error() {
+        let errno = std::num::NonZeroU32::new(libc::EIO as u32).unwrap();
+        let e = random_failed("drawing a salt", getrandom::Error::from(errno));
+        match &e {
+            Error::Io { source, .. } => assert_eq!(source.raw_os_error(), Some(libc::EIO)),
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().starts_with("drawing a salt: "), "{e}");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!    the descriptor, write, fsync, rename, fsync the directory. Nothing is
 //!    ever truncated in place.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -24,9 +24,11 @@ use nix::fcntl::{openat, renameat, OFlag};
 use nix::sys::stat::{fchmod, fstat, mkdirat, FileStat, Mode, SFlag};
 use nix::unistd::{fchown, fsync, unlinkat, Gid, Uid, UnlinkatFlags};
 
+use zeroize::Zeroizing;
+
 use crate::error::{Error, IoContext, Result};
 
-const SELINUX_XATTR: &str = "security.selinux";
+const SELINUX_XATTR: &CStr = c"security.selinux";
 
 /// Owner, mode and security label of a file, as they must be kept when it is
 /// replaced.
@@ -71,6 +73,17 @@ pub struct FileData {
 }
 
 impl FileData {
+    // nlink_t is u64 here, u32 on other targets.
+    #[allow(clippy::unnecessary_cast)]
+    fn of(bytes: Vec<u8>, meta: Meta, st: &FileStat) -> Self {
+        FileData {
+            bytes,
+            meta,
+            nlink: st.st_nlink as u64,
+            size: st.st_size.max(0) as u64,
+        }
+    }
+
     /// Was the file larger than `limit` (then `bytes` is not all of it)?
     pub fn over(&self, limit: usize) -> bool {
         self.size > limit as u64 || self.bytes.len() > limit
@@ -285,12 +298,9 @@ impl Dir {
             return Ok(None);
         };
         if data.over(DEFAULT_READ_LIMIT) {
-            return Err(Error::Io {
-                context: format!("reading {}", self.display(name).display()),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::FileTooLarge,
-                    format!("larger than {DEFAULT_READ_LIMIT} bytes"),
-                ),
+            return Err(Error::BadFile {
+                path: self.display(name),
+                message: format!("larger than {DEFAULT_READ_LIMIT} bytes; not read"),
             });
         }
         Ok(Some(data))
@@ -303,6 +313,45 @@ impl Dir {
     /// file holds more than `limit` bytes (by its size or by what was read,
     /// for a file growing meanwhile); then `bytes` are only its start.
     pub fn read_at_most(&self, name: &str, limit: usize) -> Result<Option<FileData>> {
+        let Some((file, st, path)) = self.open_regular(name)? else {
+            return Ok(None);
+        };
+        let meta = Meta::of_fd(file.as_fd(), &st);
+        // At most limit + 1 bytes whatever the file says it holds: a
+        // reader that must answer an oversized input (the inbox) still gets
+        // its start, and the one byte more tells a file that grew.
+        let mut bytes = Vec::new();
+        file.take(limit as u64 + 1)
+            .read_to_end(&mut bytes)
+            .ctx(|| format!("reading {}", path.display()))?;
+        Ok(Some(FileData::of(bytes, meta, &st)))
+    }
+
+    /// The last `limit` bytes (at most) of the regular file `name`, through
+    /// one descriptor checked as [`Dir::read_at_most`] checks it: for logs,
+    /// whose newest part is at the end. `size` is the file's size when it
+    /// was opened; when it is over `limit`, `bytes` start mid-file (most
+    /// likely mid-line). Bytes appended meanwhile are not read.
+    pub fn read_tail(&self, name: &str, limit: usize) -> Result<Option<FileData>> {
+        use std::io::{Seek, SeekFrom};
+        let Some((mut file, st, path)) = self.open_regular(name)? else {
+            return Ok(None);
+        };
+        let meta = Meta::of_fd(file.as_fd(), &st);
+        let size = st.st_size.max(0) as u64;
+        let start = size.saturating_sub(limit as u64);
+        file.seek(SeekFrom::Start(start))
+            .ctx(|| format!("seeking in {}", path.display()))?;
+        let mut bytes = Vec::new();
+        file.take(size - start)
+            .read_to_end(&mut bytes)
+            .ctx(|| format!("reading {}", path.display()))?;
+        Ok(Some(FileData::of(bytes, meta, &st)))
+    }
+
+    /// `name` opened for reading, when it is a regular file on a local
+    /// file system: the file, its `fstat` and its path (for messages).
+    fn open_regular(&self, name: &str) -> Result<Option<(File, FileStat, PathBuf)>> {
         check_name(name)?;
         let path = self.display(name);
         // O_PATH first, as in try_open_dir: a file that is a FUSE or NFS
@@ -338,22 +387,7 @@ impl Dir {
         if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
             return Err(Error::unsafe_path(path, "is not a regular file"));
         }
-        let meta = Meta::of_fd(fd.as_fd(), &st);
-        let size = st.st_size.max(0) as u64;
-        // At most limit + 1 bytes whatever the file says it holds: a
-        // reader that must answer an oversized input (the inbox) still gets
-        // its start, and the one byte more tells a file that grew.
-        let mut bytes = Vec::new();
-        File::from(fd)
-            .take(limit as u64 + 1)
-            .read_to_end(&mut bytes)
-            .ctx(|| format!("reading {}", path.display()))?;
-        Ok(Some(FileData {
-            bytes,
-            meta,
-            nlink: st.st_nlink as u64,
-            size,
-        }))
+        Ok(Some((File::from(fd), st, path)))
     }
 
     /// Replace (or create) `name` with `data`, atomically and durably:
@@ -523,10 +557,8 @@ impl Dir {
                 }
             }
         }
-        Err(Error::Io {
-            context: format!("creating a temp file in {}", self.path.display()),
-            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-        })
+        // Every name tried existed: EEXIST is what the OS said each time.
+        Err(Errno::EEXIST).ctx(|| format!("creating a temp file in {}", self.path.display()))
     }
 }
 
@@ -694,14 +726,13 @@ fn random_suffix() -> String {
     crate::hex::encode(&b)
 }
 
-fn get_xattr(fd: BorrowedFd<'_>, name: &str) -> Option<Vec<u8>> {
-    let cname = CString::new(name).ok()?;
+fn get_xattr(fd: BorrowedFd<'_>, name: &CStr) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 256];
     // SAFETY: buf is valid for buf.len() bytes; fd is an open descriptor.
     let n = unsafe {
         libc::fgetxattr(
             fd.as_raw_fd(),
-            cname.as_ptr(),
+            name.as_ptr(),
             buf.as_mut_ptr().cast(),
             buf.len(),
         )
@@ -713,13 +744,12 @@ fn get_xattr(fd: BorrowedFd<'_>, name: &str) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-fn set_xattr(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> std::io::Result<()> {
-    let cname = CString::new(name).map_err(std::io::Error::other)?;
+fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> std::io::Result<()> {
     // SAFETY: value is valid for value.len() bytes; fd is an open descriptor.
     let rc = unsafe {
         libc::fsetxattr(
             fd.as_raw_fd(),
-            cname.as_ptr(),
+            name.as_ptr(),
             value.as_ptr().cast(),
             value.len(),
             0,
@@ -741,21 +771,112 @@ pub fn show(p: &Path) -> String {
     String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned()
 }
 
-/// Refuse a secret (a private key, a password file) that group or others may
-/// read, as sshd refuses such a key. `md` should come from the descriptor the
-/// caller then reads, so that the file checked is the file read.
-pub fn check_owner_only(path: &Path, md: &std::fs::Metadata, what: &str) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    if md.mode() & 0o077 != 0 {
-        return Err(crate::error::Error::unsafe_path(
-            path,
-            format!(
-                "{what} has mode {:04o}; it must not be readable by group or others (chmod 600)",
-                md.mode() & 0o7777
-            ),
-        ));
+/// What is read of a secret file at most: far above any signing key,
+/// password or PEM private key (an RSA-8192 key is ~6.5 KiB).
+pub const MAX_SECRET_BYTES: usize = 64 << 10;
+
+/// Who besides its owner may touch a file the agent trusts
+/// ([`Dir::read_private`]). Either way the owner is root or the effective
+/// user, and the file is a regular file, not a symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Private {
+    /// A secret (a signing key, a password, a TLS private key): no
+    /// permission at all for group or others (`chmod 600`), as sshd asks of
+    /// private keys.
+    Secret,
+    /// Settings (accessd.toml): anyone may read them, only the owner may
+    /// write (`chmod go-w`): whoever can change them chooses which control
+    /// plane the agent obeys.
+    Settings,
+}
+
+impl Dir {
+    /// Read `name`, a file only its owner may change (and, for a
+    /// [`Private::Secret`], read), of at most `limit` bytes. One descriptor
+    /// ([`Dir::read_at_most`]): the type, owner and mode judged are those of
+    /// the bytes read, and a symlink is refused, never followed. `what`
+    /// names the file in errors ("mqtt password_file"); the contents never
+    /// appear in one. `None` if absent.
+    pub fn read_private(
+        &self,
+        name: &str,
+        what: &str,
+        rule: Private,
+        limit: usize,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let Some(data) = self.read_at_most(name, limit)? else {
+            return Ok(None);
+        };
+        let path = self.display(name);
+        let over = data.over(limit);
+        let (uid, mode) = (data.meta.uid, data.meta.mode);
+        let bytes = Zeroizing::new(data.bytes);
+        match rule {
+            Private::Secret if mode & 0o077 != 0 => {
+                return Err(Error::unsafe_path(
+                    path,
+                    format!(
+                        "the {what} has mode {mode:04o}; it must not be readable by group or \
+                         others (chmod 600; whoever could read it may have a copy)"
+                    ),
+                ))
+            }
+            Private::Settings if mode & 0o022 != 0 => {
+                return Err(Error::unsafe_path(
+                    &path,
+                    format!(
+                        "the {what} is writable by group or others (mode {mode:04o}); refusing it. \
+                         Fix with: chmod go-w {}",
+                        path.display()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        let euid = nix::unistd::geteuid().as_raw();
+        if uid != 0 && uid != euid {
+            return Err(Error::unsafe_path(
+                path,
+                format!(
+                    "the {what} is owned by uid {}, neither root nor the user accessd runs as \
+                     (uid {euid}); refusing it",
+                    uid
+                ),
+            ));
+        }
+        if over {
+            return Err(Error::Config {
+                path,
+                message: format!("the {what} is larger than {limit} bytes"),
+            });
+        }
+        Ok(Some(bytes))
     }
-    Ok(())
+}
+
+/// [`Dir::read_private`] of a file named by a configured path: the
+/// directories on the way are the operator's and followed as
+/// [`Dir::open`] follows them; the file itself must be there.
+pub fn read_private_file(
+    path: &Path,
+    what: &str,
+    rule: Private,
+    limit: usize,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::unsafe_path(path, format!("the {what} is not a UTF-8 file name")))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Dir::open(parent)?
+        .read_private(name, what, rule, limit)?
+        .ok_or_else(|| Error::Config {
+            path: path.to_path_buf(),
+            message: format!("the {what} does not exist"),
+        })
 }
 
 #[cfg(test)]
@@ -818,6 +939,21 @@ mod tests {
     }
 
     #[test]
+    fn read_tail_reads_the_last_bytes_and_refuses_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..100u8).collect();
+        std::fs::write(t.path().join("f"), &body).unwrap();
+        std::os::unix::fs::symlink("f", t.path().join("l")).unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        let data = d.read_tail("f", 10).unwrap().unwrap();
+        assert_eq!((data.bytes.as_slice(), data.size), (&body[90..], 100));
+        let data = d.read_tail("f", 1000).unwrap().unwrap();
+        assert_eq!(data.bytes, body);
+        assert!(d.read_tail("l", 10).is_err());
+        assert!(d.read_tail("absent", 10).unwrap().is_none());
+    }
+
+    #[test]
     fn the_mount_table_names_the_file_system_of_the_root() {
         let dev = std::fs::metadata("/").map(|m| {
             use std::os::unix::fs::MetadataExt;
@@ -843,5 +979,86 @@ mod tests {
             crate::error::Code::UnsafePath
         );
         assert!(d.read("absent").unwrap().is_none());
+    }
+
+    fn secret(dir: &Path, name: &str, mode: u32) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, b"s3cret\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    fn refusal(r: Result<Zeroizing<Vec<u8>>>) -> String {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), crate::error::Code::UnsafePath, "{e}");
+        let msg = e.to_string();
+        assert!(!msg.contains("s3cret"), "{msg}");
+        msg
+    }
+
+    #[test]
+    fn a_secret_file_swapped_for_a_symlink_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let real = secret(t.path(), "real", 0o600);
+        let p = t.path().join("pw");
+        assert_eq!(
+            &read_private_file(&real, "pw", Private::Secret, 100).unwrap()[..],
+            b"s3cret\n"
+        );
+        symlink(&real, &p).unwrap();
+        let msg = refusal(read_private_file(&p, "pw", Private::Secret, 100));
+        assert!(msg.contains("symbolic link"), "{msg}");
+    }
+
+    #[test]
+    fn a_group_or_world_readable_secret_file_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        for mode in [0o640, 0o604, 0o620] {
+            let p = secret(t.path(), &format!("pw{mode:o}"), mode);
+            let msg = refusal(read_private_file(&p, "pw", Private::Secret, 100));
+            assert!(msg.contains(&format!("{mode:04o}")), "{msg}");
+        }
+    }
+
+    #[test]
+    fn settings_may_be_read_by_others_but_not_written() {
+        let t = tempfile::tempdir().unwrap();
+        let p = secret(t.path(), "accessd.toml", 0o644);
+        assert!(read_private_file(&p, "settings", Private::Settings, 100).is_ok());
+        for mode in [0o664, 0o646] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let msg = refusal(read_private_file(&p, "settings", Private::Settings, 100));
+            assert!(msg.contains("writable by group or others"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn a_secret_file_of_another_user_a_fifo_or_too_large_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        let p = secret(t.path(), "theirs", 0o600);
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+            let msg = refusal(
+                d.read_private("theirs", "pw", Private::Secret, 100)
+                    .map(Option::unwrap),
+            );
+            assert!(msg.contains("uid 65534"), "{msg}");
+        }
+        nix::unistd::mkfifo(&t.path().join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        refusal(
+            d.read_private("fifo", "pw", Private::Secret, 100)
+                .map(Option::unwrap),
+        );
+        secret(t.path(), "big", 0o600);
+        let e = d.read_private("big", "pw", Private::Secret, 3).unwrap_err();
+        assert!(e.to_string().contains("larger than 3 bytes"), "{e}");
+        assert!(d
+            .read_private("absent", "pw", Private::Secret, 100)
+            .unwrap()
+            .is_none());
+        let e =
+            read_private_file(&t.path().join("absent"), "pw", Private::Secret, 100).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
     }
 }

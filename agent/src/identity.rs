@@ -6,19 +6,19 @@
 //! published with `link()`, which fails if the name exists, so two agents
 //! starting at once end with one key (the loser reads the winner's).
 
-use std::io;
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::error::{random_failed, Error, Result};
+use crate::fsx::{Private, MAX_SECRET_BYTES};
 use crate::state_dir::{private_file_meta, write_new, StateDir, IDENTITY_KEY};
 
-fn state_error(path: &Path, msg: String) -> Error {
-    Error::Io {
-        context: format!("state directory {}", path.display()),
-        source: io::Error::new(io::ErrorKind::PermissionDenied, msg),
+fn state_error(path: &Path, message: String) -> Error {
+    Error::BadFile {
+        path: path.to_path_buf(),
+        message,
     }
 }
 
@@ -34,46 +34,38 @@ impl Identity {
             return Ok(id);
         }
         let mut seed = Zeroizing::new([0u8; 32]);
-        getrandom::getrandom(seed.as_mut()).map_err(|e| Error::Io {
-            context: "generating the agent identity".into(),
-            source: io::Error::other(e.to_string()),
-        })?;
+        getrandom::getrandom(seed.as_mut())
+            .map_err(|e| random_failed("generating the agent identity", e))?;
         let text = Zeroizing::new(format!(
             "{}\n",
             crate::protocol::dsse::encode_b64(seed.as_ref())
         ));
         write_new(state, IDENTITY_KEY, text.as_bytes(), &private_file_meta())?;
         // Whether we won the race or not, the file on disk is the identity.
-        Self::load(state)?.ok_or_else(|| Error::Io {
-            context: format!("reading {}", state.display(IDENTITY_KEY).display()),
-            source: io::Error::from(io::ErrorKind::NotFound),
+        Self::load(state)?.ok_or_else(|| {
+            Error::Internal(format!(
+                "{} is gone right after it was written (who removes it?)",
+                state.display(IDENTITY_KEY).display()
+            ))
         })
     }
 
     fn load(state: &crate::fsx::Dir) -> Result<Option<Identity>> {
         let path = state.display(IDENTITY_KEY);
-        let Some(data) = state.read(IDENTITY_KEY)? else {
+        let Some(bytes) = state.read_private(
+            IDENTITY_KEY,
+            "identity key",
+            Private::Secret,
+            MAX_SECRET_BYTES,
+        )?
+        else {
             return Ok(None);
         };
-        let bytes = Zeroizing::new(data.bytes);
-        if data.meta.mode & 0o077 != 0 {
-            return Err(state_error(
-                &path,
-                format!(
-                    "the identity key has mode {:04o}; it must be 0600 (group and others may have read it: consider replacing the key)",
-                    data.meta.mode
-                ),
-            ));
-        }
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| state_error(&path, "the identity key is not base64 text".into()))?;
         let key = crate::protocol::client::signing_key_from_b64(text)
             .map_err(|m| state_error(&path, m))?;
         Ok(Some(Identity { key }))
-    }
-
-    pub fn from_signing_key(key: SigningKey) -> Identity {
-        Identity { key }
     }
 
     pub fn signing_key(&self) -> &SigningKey {
@@ -144,6 +136,20 @@ mod tests {
         Identity::load_or_create(&state).unwrap();
         let p = tmp.path().join(IDENTITY_KEY);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(Identity::load_or_create(&state).is_err());
+        let e = Identity::load_or_create(&state).err().unwrap();
+        assert_eq!(e.code(), crate::error::Code::UnsafePath, "{e}");
+        assert!(e.to_string().contains("0644"), "{e}");
+    }
+
+    #[test]
+    fn an_identity_key_swapped_for_a_symlink_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
+        Identity::load_or_create(&state).unwrap();
+        let p = tmp.path().join(IDENTITY_KEY);
+        std::fs::rename(&p, tmp.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), &p).unwrap();
+        let e = Identity::load_or_create(&state).err().unwrap();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
     }
 }

@@ -11,6 +11,23 @@
 //! [`MAX_KEYS_PER_USER`] keys are listed per user, with `keys_total`; long
 //! strings are shortened by [`shorten`]. Keys are streamed from the file
 //! (`authkeys::for_each_key`), never all held at once.
+//!
+//! Logins (PROTOCOL §3 "Sessions"): sshd's records are read once per page
+//! ([`Logins::read`], at most [`MAX_LOGIN_RECORDS`] of them, newest first,
+//! through [`crate::ssh::logins`]). A key's `last_login` is the newest
+//! `publickey` record of that user and fingerprint, absent when the
+//! retained log has none; `logins_incomplete` says when a bound stopped
+//! the read (an older `last_login` may then be absent). A user's
+//! `sessions` is the number of their live SSH sessions found in /proc
+//! ([`by_key::candidates`]), whichever key or method they used and
+//! whatever the log still holds. When the log cannot be read (or there is
+//! none), `logins_error` says why and keys carry no `last_login`; when
+//! /proc cannot be read, `sessions` is null. In image mode there are no
+//! records: no `last_login`, and `sessions` is 0 (an image runs nothing).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::SystemTime;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
@@ -19,6 +36,8 @@ use serde_json::{json, Value};
 use crate::accounts;
 use crate::error::{Error, Result};
 use crate::names::UserName;
+use crate::sessions::by_key::{self, Snapshot};
+use crate::ssh::logins::{self, Records};
 use crate::ssh::{authkeys, sshd};
 use crate::sys::System;
 
@@ -29,6 +48,9 @@ pub const MAX_COMMENT_BYTES: usize = 128;
 /// Key options, home, shell, user names and error texts longer than this
 /// (bytes) are shortened.
 pub const MAX_FIELD_BYTES: usize = 256;
+/// sshd records read per page at most (newest first): beyond any real
+/// machine's logins within the log's retention, a bound on a noisy one's.
+pub const MAX_LOGIN_RECORDS: usize = 50_000;
 /// Longest cursor accepted back (a cursor this agent made is far shorter).
 const MAX_CURSOR_CHARS: usize = 512;
 const CURSOR_PREFIX: &str = "c1.";
@@ -149,7 +171,14 @@ pub fn collect(
         all.retain(|u| (u.record.uid, u.record.name.as_str()) > c.key());
     }
 
+    let logins = Logins::read(sys);
     let mut data = json!({ "users": [], "truncated": false });
+    if let Some(e) = &logins.error {
+        data["logins_error"] = json!(shorten(e, MAX_FIELD_BYTES));
+    }
+    if let Some(c) = &logins.incomplete {
+        data["logins_incomplete"] = json!(shorten(c, MAX_FIELD_BYTES));
+    }
     match sshd::effective(sys, opts) {
         Ok(eff) => data["sshd"] = json!(eff),
         Err(e) => {
@@ -170,7 +199,7 @@ pub fn collect(
     let total = all.len();
     for u in all {
         let room = budget.saturating_sub(used + 1);
-        let mut entry = user_entry(sys, &u, MAX_KEYS_PER_USER);
+        let mut entry = user_entry(sys, &u, MAX_KEYS_PER_USER, &logins);
         let mut size = size_of(&entry);
         if size > room {
             if !users.is_empty() {
@@ -182,7 +211,7 @@ pub fn collect(
             let mut keys = entry["keys"].as_array().map_or(0, Vec::len);
             while size > room && keys > 0 {
                 keys /= 2;
-                entry = user_entry(sys, &u, keys);
+                entry = user_entry(sys, &u, keys, &logins);
                 size = size_of(&entry);
             }
         }
@@ -200,8 +229,97 @@ pub fn collect(
     Ok(data)
 }
 
+/// sshd's login records and the live sessions, as one inventory page
+/// needs them.
+#[derive(Debug, Default)]
+pub struct Logins {
+    /// The newest `publickey` record's time and address, by user and
+    /// fingerprint.
+    last: HashMap<String, HashMap<String, (SystemTime, IpAddr)>>,
+    /// The number of live sessions by uid; `None` when /proc could not be
+    /// read.
+    live: Option<HashMap<u32, usize>>,
+    /// Why the records (or the process table) could not be read.
+    error: Option<String>,
+    /// Why the records read are not all the log holds.
+    incomplete: Option<String>,
+}
+
+impl Logins {
+    /// The records and sessions of this machine, read once (none in image
+    /// mode).
+    pub fn read(sys: &System) -> Logins {
+        if !sys.is_live() {
+            return Logins::from_parts(Ok(None), Ok(Snapshot::default()));
+        }
+        Logins::from_parts(
+            logins::accepted(sys, None, MAX_LOGIN_RECORDS).map(Some),
+            Snapshot::read(),
+        )
+    }
+
+    /// From sshd's records (newest first; `None`: there is no log, as in
+    /// an image) and the process table.
+    pub fn from_parts(records: Result<Option<Records>>, snap: Result<Snapshot>) -> Logins {
+        let mut out = Logins::default();
+        let mut errors = Vec::new();
+        match records {
+            Ok(Some(r)) => {
+                out.incomplete = r.cut;
+                for l in r.logins {
+                    if l.method != "publickey" {
+                        continue;
+                    }
+                    if let Some(fp) = l.fingerprint {
+                        let per_user = out.last.entry(l.user).or_default();
+                        let newest = per_user.entry(fp).or_insert((l.at, l.addr));
+                        if l.at > newest.0 {
+                            *newest = (l.at, l.addr);
+                        }
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(format!("reading sshd's log: {e}")),
+        }
+        match snap {
+            Ok(snap) => {
+                let mut live = HashMap::new();
+                for c in by_key::candidates(&snap) {
+                    *live.entry(c.uid).or_insert(0) += 1;
+                }
+                out.live = Some(live);
+            }
+            Err(e) => errors.push(format!("reading the process table: {e}")),
+        }
+        if !errors.is_empty() {
+            out.error = Some(errors.join("; "));
+        }
+        out
+    }
+
+    /// `{"at", "from"}` of the newest login of `user` with the key
+    /// `fingerprint`, when there is one.
+    pub fn last_login(&self, user: &str, fingerprint: &str) -> Option<Value> {
+        let (at, addr) = self.last.get(user)?.get(fingerprint)?;
+        Some(json!({
+            "at": humantime::format_rfc3339_seconds(*at).to_string(),
+            "from": crate::sessions::canonical(*addr).to_string(),
+        }))
+    }
+
+    /// The number of live SSH sessions of uid `uid`; null when they cannot
+    /// be counted.
+    pub fn sessions(&self, uid: u32) -> Value {
+        match &self.live {
+            Some(live) => json!(live.get(&uid).copied().unwrap_or(0)),
+            None => Value::Null,
+        }
+    }
+}
+
 /// One user's entry, with at most `max_keys` keys.
-fn user_entry(sys: &System, u: &accounts::UserSummary, max_keys: usize) -> Value {
+fn user_entry(sys: &System, u: &accounts::UserSummary, max_keys: usize, logins: &Logins) -> Value {
     let mut entry = serde_json::to_value(u).expect("a summary serializes");
     for field in ["name", "home", "shell"] {
         if let Some(s) = entry[field].as_str() {
@@ -219,7 +337,12 @@ fn user_entry(sys: &System, u: &accounts::UserSummary, max_keys: usize) -> Value
             if keys.len() < max_keys {
                 k.comment = k.comment.map(|c| shorten(&c, MAX_COMMENT_BYTES));
                 k.options = k.options.map(|o| shorten(&o, MAX_FIELD_BYTES));
-                keys.push(k);
+                let last = logins.last_login(&u.record.name, &k.fingerprint);
+                let mut v = json!(k);
+                if let Some(last) = last {
+                    v["last_login"] = last;
+                }
+                keys.push(v);
             }
         });
         if let Err(e) = listed {
@@ -228,8 +351,9 @@ fn user_entry(sys: &System, u: &accounts::UserSummary, max_keys: usize) -> Value
             entry["keys_error"] = json!(shorten(&e.to_string(), MAX_FIELD_BYTES));
         }
     }
-    entry["keys"] = json!(keys);
+    entry["keys"] = Value::Array(keys);
     entry["keys_total"] = json!(total);
+    entry["sessions"] = logins.sessions(u.record.uid);
     entry
 }
 
@@ -245,6 +369,151 @@ mod tests {
         assert!(s.len() <= 128, "{}", s.len());
         assert!(s.ends_with("...[2000 bytes]"), "{s}");
         assert!(s.starts_with("éé"));
+    }
+
+    use crate::sessions::by_key::{ProcInfo, SshdInfo};
+    use crate::ssh::logins::{Login, Source};
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    const FP_A: &str = "SHA256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const FP_B: &str = "SHA256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn t(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    fn rec(pid: i32, user: &str, method: &str, fp: Option<&str>, addr: &str, at: u64) -> Login {
+        Login {
+            pid,
+            user: user.into(),
+            addr: addr.parse().unwrap(),
+            port: 40000 + pid as u16,
+            method: method.into(),
+            key_type: fp.map(|_| "ED25519".into()),
+            fingerprint: fp.map(Into::into),
+            at: t(at),
+            source: Source::Journal,
+        }
+    }
+
+    fn records(logins: Vec<Login>) -> Result<Option<Records>> {
+        Ok(Some(Records {
+            logins,
+            source: Source::Journal,
+            cut: None,
+        }))
+    }
+
+    /// Two live sessions of alice (uid 1001: monitors 100 and 200, each
+    /// with its privilege-separated sshd child running as her), one of
+    /// root (monitor 300, no such child), and sshd's listener (1, no
+    /// connection).
+    fn snap() -> Snapshot {
+        let mut s = Snapshot::default();
+        let sshd = |peer: bool| SshdInfo {
+            root_sshd: true,
+            here: true,
+            started: t(5000),
+            peers: if peer {
+                vec![SocketAddr::new([192, 0, 2, 9].into(), 40000)]
+            } else {
+                Vec::new()
+            },
+        };
+        for (pid, ppid, uid, peer) in [
+            (1, 0, 0, false),
+            (100, 1, 0, true),
+            (101, 100, 1001, false),
+            (200, 1, 0, true),
+            (201, 200, 1001, false),
+            (300, 1, 0, true),
+        ] {
+            s.procs.insert(
+                pid,
+                ProcInfo {
+                    ppid,
+                    uids: [uid; 3],
+                    start_ticks: 1,
+                },
+            );
+            s.sshd.insert(pid, sshd(peer));
+        }
+        s
+    }
+
+    #[test]
+    fn last_login_is_the_newest_publickey_record_of_that_user_and_key() {
+        // Newest first, as logins::accepted returns them.
+        let records = records(vec![
+            rec(100, "alice", "password", None, "192.0.2.9", 6000),
+            rec(
+                200,
+                "alice",
+                "publickey",
+                Some(FP_A),
+                "::ffff:192.0.2.1",
+                5500,
+            ),
+            rec(300, "alice", "publickey", Some(FP_A), "192.0.2.2", 3000),
+            rec(400, "bob", "publickey", Some(FP_B), "2001:db8::1", 2000),
+            rec(500, "alice", "hostbased", Some(FP_B), "192.0.2.3", 1000),
+        ]);
+        let l = Logins::from_parts(records, Ok(Snapshot::default()));
+        assert_eq!(
+            l.last_login("alice", FP_A),
+            Some(json!({"at": "1970-01-01T01:31:40Z", "from": "192.0.2.1"}))
+        );
+        assert_eq!(
+            l.last_login("bob", FP_B),
+            Some(json!({"at": "1970-01-01T00:33:20Z", "from": "2001:db8::1"}))
+        );
+        // Not the host key of a hostbased login, not another user's key.
+        assert_eq!(l.last_login("alice", FP_B), None);
+        assert_eq!(l.last_login("bob", FP_A), None);
+        assert_eq!((l.error, l.incomplete), (None, None));
+    }
+
+    #[test]
+    fn inventory_sessions_counts_a_live_session_with_no_record() {
+        // No record at all (rotated away, a volatile journal since cut):
+        // the sessions are /proc's, whichever key they used.
+        let l = Logins::from_parts(records(Vec::new()), Ok(snap()));
+        assert_eq!(l.sessions(1001), json!(2));
+        assert_eq!(l.sessions(0), json!(1));
+        assert_eq!(l.sessions(1002), json!(0));
+        // Nor does a missing log change them: it is told, and last_login
+        // is what is unknown.
+        let l = Logins::from_parts(Err(Error::Program("no sshd log".into())), Ok(snap()));
+        assert_eq!(l.sessions(1001), json!(2));
+        assert!(l.error.as_deref().unwrap().contains("no sshd log"));
+    }
+
+    #[test]
+    fn a_cut_log_is_told_and_without_the_process_table_sessions_are_null() {
+        let mut r = records(vec![rec(
+            100,
+            "alice",
+            "publickey",
+            Some(FP_A),
+            "192.0.2.9",
+            6000,
+        )]);
+        if let Ok(Some(r)) = &mut r {
+            r.cut = Some("only the newest 50000 records were read".into());
+        }
+        let l = Logins::from_parts(r, Err(Error::Internal("no /proc".into())));
+        assert_eq!(l.sessions(1001), Value::Null);
+        assert!(l.error.as_deref().unwrap().contains("no /proc"));
+        assert!(l.incomplete.as_deref().unwrap().contains("50000"));
+        assert!(l.last_login("alice", FP_A).is_some());
+    }
+
+    #[test]
+    fn an_image_has_no_logins_and_no_sessions() {
+        let t = tempfile::tempdir().unwrap();
+        let l = Logins::read(&System::new(t.path(), t.path().join("state")));
+        assert_eq!((l.sessions(0), l.error), (json!(0), None));
     }
 
     #[test]

@@ -7,12 +7,15 @@
 //! - [`fsx`]: every file access below the root; symlink-safe walking and the one
 //!   atomic-write routine.
 //! - [`error`]: the error type; each variant is one protocol error code.
-//! - [`names`], [`secret`]: validated user names and zeroized passwords.
+//! - [`names`], [`secret`], [`hex`]: validated user names, zeroized passwords,
+//!   the one hex encoding.
 //! - [`accounts`]: /etc/passwd, shadow, group, gshadow, subuid, subgid, homes.
 //! - [`ssh`]: authorized_keys files and sshd's effective settings.
 //! - [`config`](crate::config): `accessd.toml`.
 //! - [`engine`]: the signed command path (envelope in, signed result out).
 //! - [`daemon`]: `<state_dir>/inbox` → engine → `<state_dir>/outbox`, signals, systemd.
+//! - [`inbox`]: the writer's side of the inbox (drop an envelope, wait for
+//!   its result), for `accessctl send`, the demo and the tests.
 //! - [`logging`]: stderr or journald, and the audit events (`MESSAGE_ID`s).
 //! - [`protocol`]: DSSE envelopes, typed commands, results, and the client half.
 //! - [`state_dir`]: the state directory's layout, trust check and private
@@ -32,6 +35,7 @@ pub mod error;
 pub mod fsx;
 pub mod hex;
 pub mod identity;
+pub mod inbox;
 pub mod inventory;
 pub mod logging;
 pub mod mqtt;

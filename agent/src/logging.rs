@@ -79,7 +79,7 @@ pub fn init(default_level: &str) {
 
 /// Audit: an envelope arrived from `source` (an inbox file name, an MQTT
 /// message, an `accessd apply` argument). `claimed_id` is what the envelope
-/// claims before verification (see [`claimed_command_id`]); the outcome
+/// claims before verification (see [`crate::protocol::command::claimed_id`]); the outcome
 /// event carries the verified one as `COMMAND_ID`.
 pub fn received(source: &str, claimed_id: Option<&str>, bytes: usize) {
     tracing::info!(
@@ -136,8 +136,16 @@ pub fn outcome(source: &str, h: &Handled) {
 }
 
 /// Audit: a key bound with `expires_at` was removed at its time.
-/// `COMMAND_ID` is the (verified) command that bound it.
-pub fn key_expired(k: &crate::ssh::authkeys::ExpiredKey) {
+/// `COMMAND_ID` is the (verified) command that bound it. `sessions`, for a
+/// key whose command asked for `terminate_sessions`: what ending the live
+/// sessions of the user's keys expired in this sweep did. The event lists
+/// those of this key (`SESSIONS_ENDED`, the JSON list results carry) and
+/// how many of them all are still open (`SESSIONS_OPEN`), or why none
+/// could be ended (`SESSIONS_ERROR`).
+pub fn key_expired(
+    k: &crate::ssh::authkeys::ExpiredKey,
+    sessions: Option<&crate::error::Result<crate::sessions::by_key::Outcome>>,
+) {
     let user = k.user.as_str();
     let at =
         crate::protocol::format_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(k.at));
@@ -146,6 +154,34 @@ pub fn key_expired(k: &crate::ssh::authkeys::ExpiredKey) {
     } else {
         "its line was no longer there"
     };
+    let (ended, open, error) = match sessions {
+        None => (None, None, None),
+        Some(Ok(o)) => {
+            let mine: Vec<_> = o
+                .ended
+                .iter()
+                .filter(|e| e.fingerprint.as_deref() == Some(k.fingerprint.as_str()))
+                .collect();
+            let list = serde_json::to_string(&mine).expect("a list of sessions serializes");
+            (
+                Some((mine.len(), list)),
+                Some(o.open),
+                o.unmatched_error(k.user.as_str()),
+            )
+        }
+        Some(Err(e)) => (None, None, Some(e.to_string())),
+    };
+    let told = match (&ended, open, &error) {
+        (Some((n, _)), Some(open), Some(e)) => {
+            format!("; ended {n} of its session(s), {open} still open; {e}")
+        }
+        (Some((n, _)), Some(0), _) => format!("; ended {n} of its session(s)"),
+        (Some((n, _)), Some(open), _) => {
+            format!("; ended {n} of its session(s), {open} still open")
+        }
+        (_, _, Some(e)) => format!("; its sessions could not be ended: {e}"),
+        _ => String::new(),
+    };
     tracing::info!(
         message_id = message_id::KEY_EXPIRED,
         command_id = k.command_id.as_str(),
@@ -153,7 +189,10 @@ pub fn key_expired(k: &crate::ssh::authkeys::ExpiredKey) {
         fingerprint = k.fingerprint.as_str(),
         expired_at = at.as_str(),
         lines_removed = k.lines_removed,
-        "key {} of {user} expired at {at} (bound by {}): {what}",
+        sessions_ended = ended.as_ref().map(|(_, l)| l.as_str()),
+        sessions_open = open,
+        sessions_error = error.as_deref(),
+        "key {} of {user} expired at {at} (bound by {}): {what}{told}",
         k.fingerprint,
         k.command_id
     );
@@ -178,42 +217,9 @@ pub fn key_expiry_failed(
     );
 }
 
-/// The `id` an envelope's payload claims, read without verifying anything,
-/// so that the "received" event can be correlated (as `CLAIMED_COMMAND_ID`)
-/// with the outcome. Only an id of the protocol's shape is returned (it is
-/// attacker-controlled until verified; the shape keeps it a harmless token).
-pub fn claimed_command_id(envelope: &[u8]) -> Option<String> {
-    let envelope = crate::protocol::dsse::Envelope::parse(envelope).ok()?;
-    crate::protocol::command::claimed_id(envelope.unverified_payload())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
-
-    fn env_with(payload: &str) -> Vec<u8> {
-        let p = base64::engine::general_purpose::STANDARD.encode(payload);
-        format!(r#"{{"payloadType":"x","payload":"{p}","signatures":[{{"sig":""}}]}}"#).into_bytes()
-    }
-
-    #[test]
-    fn peeks_a_well_formed_id() {
-        assert_eq!(
-            claimed_command_id(&env_with(r#"{"id":"c-1.2:3_x"}"#)).as_deref(),
-            Some("c-1.2:3_x")
-        );
-    }
-
-    #[test]
-    fn refuses_ids_that_could_forge_log_fields() {
-        assert_eq!(
-            claimed_command_id(&env_with(r#"{"id":"a\nMESSAGE_ID=x"}"#)),
-            None
-        );
-        assert_eq!(claimed_command_id(&env_with(r#"{"id":""}"#)), None);
-        assert_eq!(claimed_command_id(b"not json"), None);
-    }
 
     #[test]
     fn message_ids_are_128_bit_hex_and_distinct() {

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub mod by_key;
+pub mod revoked;
 
 use crate::error::{IoContext, Result};
 
@@ -244,24 +245,53 @@ fn socket_inodes(pid: i32) -> Vec<u64> {
 /// The remote ends of the established TCP connections whose sockets the
 /// process holds, as its own network namespace's tables list them.
 fn tcp_peers(pid: i32) -> Vec<SocketAddr> {
+    tcp_peers_cached(pid, &mut TcpTables::default())
+}
+
+/// The established TCP connections (peer, socket inode) of each network
+/// namespace read so far, by the namespace's inode: one read of the
+/// tables per namespace, however many processes are looked at (a host
+/// with a thousand sessions would otherwise read its thousands of
+/// connections a thousand times).
+#[derive(Debug, Default)]
+pub(crate) struct TcpTables(std::collections::HashMap<u64, Vec<(SocketAddr, u64)>>);
+
+/// As [`tcp_peers`], reading each namespace's tables once into `tables`.
+fn tcp_peers_cached(pid: i32, tables: &mut TcpTables) -> Vec<SocketAddr> {
     let inodes = socket_inodes(pid);
-    let mut out = Vec::new();
     if inodes.is_empty() {
-        return out;
+        return Vec::new();
     }
-    for table in ["tcp", "tcp6"] {
-        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
-            continue;
-        };
-        out.extend(
-            text.lines()
-                .skip(1)
-                .filter_map(parse_tcp_line)
-                .filter(|e| e.established && inodes.contains(&e.inode))
-                .map(|e| e.remote),
-        );
-    }
-    out
+    let read = || {
+        let mut out = Vec::new();
+        for table in ["tcp", "tcp6"] {
+            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+                continue;
+            };
+            out.extend(
+                text.lines()
+                    .skip(1)
+                    .filter_map(parse_tcp_line)
+                    .filter(|e| e.established)
+                    .map(|e| (e.remote, e.inode)),
+            );
+        }
+        out
+    };
+    let own;
+    let entries = match fs::metadata(format!("/proc/{pid}/ns/net")) {
+        Ok(m) => &*tables.0.entry(m.ino()).or_insert_with(read),
+        // The namespace cannot be told: read this process's own view.
+        Err(_) => {
+            own = read();
+            &own
+        }
+    };
+    entries
+        .iter()
+        .filter(|(_, inode)| inodes.contains(inode))
+        .map(|(remote, _)| *remote)
+        .collect()
 }
 
 /// One line of /proc/net/tcp or tcp6.
@@ -311,7 +341,7 @@ fn parse_proc_socket(s: &str) -> Option<SocketAddr> {
 }
 
 /// An IPv4-mapped IPv6 address as the IPv4 address it is.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -453,6 +483,13 @@ mod tests {
             "{peers:?} lacks {:?}",
             client.local_addr()
         );
+        // Read through the per-namespace cache: the same answer, the
+        // tables read once for this namespace however often asked.
+        let mut tables = TcpTables::default();
+        let me = std::process::id() as i32;
+        assert_eq!(tcp_peers_cached(me, &mut tables), peers);
+        assert_eq!(tcp_peers_cached(me, &mut tables), peers);
+        assert_eq!(tables.0.len(), 1);
     }
 
     #[test]

@@ -246,12 +246,14 @@ fn make_private(dir: &Dir, existed: bool) -> Result<()> {
 /// two processes writing the same name end with one file, the first.
 pub fn write_new(dir: &Dir, name: &str, data: &[u8], meta: &Meta) -> Result<bool> {
     let mut nonce = [0u8; 8];
-    getrandom::getrandom(&mut nonce).map_err(|e| Error::Io {
-        context: format!(
-            "naming a temporary file for {}",
-            dir.display(name).display()
-        ),
-        source: io::Error::other(e.to_string()),
+    getrandom::getrandom(&mut nonce).map_err(|e| {
+        crate::error::random_failed(
+            format!(
+                "naming a temporary file for {}",
+                dir.display(name).display()
+            ),
+            e,
+        )
     })?;
     let tmp = format!(".new-{name}-{}", crate::hex::encode(&nonce));
     dir.write_atomic(&tmp, data, meta)?;

@@ -37,12 +37,9 @@ impl Suspensions {
         let text = String::from_utf8(data.bytes)
             .ok()
             .filter(|t| t.len() <= 10 && t.bytes().all(|b| b.is_ascii_digit()));
-        text.map(Some).ok_or_else(|| Error::Io {
-            context: format!(
-                "reading {}: not an account expiry day number",
-                self.dir.display(user.as_str()).display()
-            ),
-            source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+        text.map(Some).ok_or_else(|| Error::BadFile {
+            path: self.dir.display(user.as_str()),
+            message: "not an account expiry day number".into(),
         })
     }
 

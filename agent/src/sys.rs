@@ -6,10 +6,13 @@
 
 use std::ffi::OsString;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, IoContext};
 
 /// The time source. Passed in so that expiry, replay windows and `lastchg`
 /// are testable.
@@ -24,7 +27,7 @@ pub trait Clock: Send + Sync {
 
     /// The kernel's id of the current boot
     /// (`/proc/sys/kernel/random/boot_id`; a new random UUID at every boot).
-    fn boot_id(&self) -> std::io::Result<String>;
+    fn boot_id(&self) -> crate::error::Result<String>;
 
     /// Time since this boot, including suspend (`CLOCK_BOOTTIME`): never
     /// stepped, only meaningful together with [`Clock::boot_id`].
@@ -59,7 +62,7 @@ impl Clock for SystemClock {
         SystemTime::now()
     }
 
-    fn boot_id(&self) -> std::io::Result<String> {
+    fn boot_id(&self) -> crate::error::Result<String> {
         // The units pass systemd's own boot id (`%b`): under
         // ProtectKernelTunables=, systemd before 257 hides the per-boot
         // boot_id that a container manager (systemd-nspawn) mounts over
@@ -67,19 +70,16 @@ impl Clock for SystemClock {
         // at every boot of the container: next-boot passwords never
         // applied there. Outside a container both are the same UUID.
         if let Ok(v) = std::env::var(BOOT_ID_ENV) {
-            return parse_boot_id(&v).ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{BOOT_ID_ENV} does not hold a UUID"),
-                )
+            return parse_boot_id(&v).ok_or_else(|| Error::Setting {
+                setting: BOOT_ID_ENV.into(),
+                message: "does not hold a UUID".into(),
             });
         }
-        let text = std::fs::read_to_string(BOOT_ID_PATH)?;
-        parse_boot_id(&text).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{BOOT_ID_PATH} does not hold a UUID"),
-            )
+        let text =
+            std::fs::read_to_string(BOOT_ID_PATH).ctx(|| format!("reading {BOOT_ID_PATH}"))?;
+        parse_boot_id(&text).ok_or_else(|| Error::BadFile {
+            path: BOOT_ID_PATH.into(),
+            message: "does not hold a UUID".into(),
         })
     }
 
@@ -137,7 +137,7 @@ impl Clock for FixedClock {
     fn now(&self) -> SystemTime {
         self.0
     }
-    fn boot_id(&self) -> std::io::Result<String> {
+    fn boot_id(&self) -> crate::error::Result<String> {
         Ok(Self::BOOT_ID.to_owned())
     }
     fn since_boot(&self) -> Duration {
@@ -202,7 +202,7 @@ impl Clock for TestClock {
     fn now(&self) -> SystemTime {
         self.with(|s| s.wall)
     }
-    fn boot_id(&self) -> std::io::Result<String> {
+    fn boot_id(&self) -> crate::error::Result<String> {
         Ok(self.with(|s| format!("00000000-0000-4000-8000-{:012x}", s.boot)))
     }
     fn since_boot(&self) -> Duration {
@@ -286,6 +286,216 @@ impl Runner for ProcessRunner {
             pipe.write_all(input)?;
         }
         child.wait_with_output()
+    }
+}
+
+/// How long and how much [`run_bounded`] lets a program run and print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Wall-clock time from start to exit.
+    pub wall: Duration,
+    /// Bytes of stdout read, in all.
+    pub max_bytes: usize,
+    /// Lines of stdout read.
+    pub max_lines: usize,
+}
+
+impl Bounds {
+    /// For reading sshd's log from `journalctl` (ssh::logins).
+    pub const LOG: Bounds = Bounds {
+        wall: Duration::from_secs(10),
+        max_bytes: 16 << 20,
+        max_lines: 200_000,
+    };
+}
+
+/// Why [`run_bounded`] stopped reading before the program's output ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The line callback had what it wanted.
+    Done,
+    /// [`Bounds::max_bytes`] were read.
+    Bytes,
+    /// [`Bounds::max_lines`] were read.
+    Lines,
+}
+
+/// What [`run_bounded`] saw.
+#[derive(Debug)]
+pub struct Ran {
+    /// The exit status; `None` when the program was killed for `cut`.
+    pub status: Option<std::process::ExitStatus>,
+    /// Set when reading stopped before the end of the output (the program
+    /// was then killed).
+    pub cut: Option<Cut>,
+    /// The start of stderr (at most 4 KiB).
+    pub stderr: Vec<u8>,
+}
+
+/// Stderr kept for messages.
+const MAX_STDERR: usize = 4 << 10;
+
+/// Run `cmd` (environment as [`ProcessRunner`] sets it; stdin from
+/// `/dev/null`) and hand each line of its stdout (without the newline) to
+/// `line`, which returns false once it has what it wants. The program is
+/// killed (SIGKILL to its pid) and reaped when `line` says so, when the
+/// output goes over `bounds` (a [`Cut`], not an error: what was read is
+/// kept), and when it runs past `bounds.wall` (an [`Error::Timeout`]).
+/// Nothing is buffered beyond the current line, itself within
+/// `bounds.max_bytes`.
+///
+/// [`Error::Timeout`]: crate::error::Error::Timeout
+pub fn run_bounded(
+    cmd: &Cmd,
+    bounds: &Bounds,
+    mut line: impl FnMut(&[u8]) -> bool,
+) -> crate::error::Result<Ran> {
+    use std::os::fd::AsFd;
+
+    /// Kills and reaps the child on every way out.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if matches!(self.0.try_wait(), Ok(None)) {
+                let _ = self.0.kill();
+            }
+            let _ = self.0.wait();
+        }
+    }
+
+    let what = cmd.display();
+    let mut c = Command::new(&cmd.program);
+    c.args(&cmd.args)
+        .env_clear()
+        .env("PATH", SAFE_PATH)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = std::time::Instant::now();
+    let deadline = start + bounds.wall;
+    let mut child = Guard(c.spawn().ctx(|| format!("running {what}"))?);
+    let out = child.0.stdout.take().expect("stdout was piped");
+    let err = child.0.stderr.take().expect("stderr was piped");
+    let timeout = || {
+        Error::Timeout(format!(
+            "{what} ran longer than {}s and was killed",
+            bounds.wall.as_secs()
+        ))
+    };
+
+    let mut pending: Vec<u8> = Vec::new();
+    let mut stderr = Vec::new();
+    let (mut bytes, mut lines) = (0usize, 0usize);
+    let mut cut = None;
+    let mut open = [true, true];
+    let mut chunk = vec![0u8; 64 << 10];
+    'read: while open[0] || open[1] {
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return Err(timeout());
+        }
+        let ms = (deadline - now).as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+        let mut fds = [
+            libc::pollfd {
+                fd: if open[0] { out.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if open[1] { err.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on a local array of two pollfd structs whose
+        // descriptors (or -1) stay open across the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).ctx(|| format!("reading the output of {what}"));
+        }
+        if fds[1].revents != 0 {
+            match nix::unistd::read(err.as_fd(), &mut chunk) {
+                Ok(0) => open[1] = false,
+                Ok(k) => {
+                    // Read on past the kept start: a program blocked on a
+                    // full stderr pipe would never end its stdout.
+                    let room = MAX_STDERR.saturating_sub(stderr.len());
+                    stderr.extend_from_slice(&chunk[..k.min(room)]);
+                }
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                Err(_) => open[1] = false,
+            }
+        }
+        if fds[0].revents != 0 {
+            let k = match nix::unistd::read(out.as_fd(), &mut chunk) {
+                Ok(0) => {
+                    open[0] = false;
+                    0
+                }
+                Ok(k) => k,
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => 0,
+                Err(e) => return Err(e).ctx(|| format!("reading the output of {what}")),
+            };
+            let room = bounds.max_bytes - bytes;
+            let take = k.min(room);
+            bytes += take;
+            let mut rest = &chunk[..take];
+            while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+                pending.extend_from_slice(&rest[..nl]);
+                rest = &rest[nl + 1..];
+                lines += 1;
+                if !line(&pending) {
+                    cut = Some(Cut::Done);
+                    break 'read;
+                }
+                pending.clear();
+                if lines >= bounds.max_lines {
+                    cut = Some(Cut::Lines);
+                    break 'read;
+                }
+            }
+            pending.extend_from_slice(rest);
+            if take < k || bytes >= bounds.max_bytes {
+                cut = Some(Cut::Bytes);
+                break 'read;
+            }
+            if !open[0] && !pending.is_empty() {
+                // A last line without a newline.
+                lines += 1;
+                if !line(&pending) {
+                    cut = Some(Cut::Done);
+                    break 'read;
+                }
+                pending.clear();
+            }
+        }
+    }
+    if cut.is_some() {
+        return Ok(Ran {
+            status: None,
+            cut,
+            stderr,
+        });
+    }
+    // Output closed; the program may still run (it can close its stdout
+    // and go on): the time limit holds here too.
+    loop {
+        match child.0.try_wait().ctx(|| format!("waiting for {what}"))? {
+            Some(status) => {
+                return Ok(Ran {
+                    status: Some(status),
+                    cut: None,
+                    stderr,
+                })
+            }
+            None if std::time::Instant::now() >= deadline => return Err(timeout()),
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
     }
 }
 
@@ -391,6 +601,91 @@ mod tests {
         let sys = System::new("/tmp/r", "/tmp/s");
         assert_eq!(sys.path("/etc/shadow"), Path::new("/tmp/r/etc/shadow"));
         assert!(!sys.is_live());
+    }
+
+    fn sh(script: &str) -> Cmd {
+        Cmd::new("sh").args(["-c", script])
+    }
+
+    #[test]
+    fn a_bounded_program_printing_forever_is_killed_at_the_line_limit() {
+        let bounds = Bounds {
+            wall: Duration::from_secs(10),
+            max_bytes: 16 << 20,
+            max_lines: 1000,
+        };
+        let started = std::time::Instant::now();
+        let mut n = 0;
+        let ran = run_bounded(&Cmd::new("yes"), &bounds, |l| {
+            assert_eq!(l, b"y");
+            n += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            (ran.cut, ran.status.is_none(), n),
+            (Some(Cut::Lines), true, 1000)
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_bounded_program_is_killed_at_the_byte_limit_even_without_newlines() {
+        let bounds = Bounds {
+            wall: Duration::from_secs(10),
+            max_bytes: 1 << 20,
+            max_lines: 10,
+        };
+        let ran = run_bounded(&Cmd::new("cat").arg("/dev/zero"), &bounds, |_| true).unwrap();
+        assert_eq!(ran.cut, Some(Cut::Bytes));
+    }
+
+    #[test]
+    fn a_bounded_program_is_killed_at_the_time_limit() {
+        let bounds = Bounds {
+            wall: Duration::from_millis(500),
+            ..Bounds::LOG
+        };
+        for script in ["sleep 30", "exec >&- 2>&-; sleep 30", "while :; do :; done"] {
+            let started = std::time::Instant::now();
+            let e = run_bounded(&sh(script), &bounds, |_| true).unwrap_err();
+            assert!(
+                matches!(e, crate::error::Error::Timeout(_)),
+                "{script}: {e}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{script}: {:?}",
+                started.elapsed()
+            );
+        }
+    }
+
+    #[test]
+    fn a_bounded_program_stops_when_the_reader_has_enough() {
+        let mut got = Vec::new();
+        let ran = run_bounded(&sh("printf 'a\\nb\\nc'; exit 3"), &Bounds::LOG, |l| {
+            got.push(String::from_utf8(l.to_vec()).unwrap());
+            true
+        })
+        .unwrap();
+        // A last line without a newline counts; the exit status is kept.
+        assert_eq!(got, ["a", "b", "c"]);
+        assert_eq!(
+            (ran.cut, ran.status.and_then(|s| s.code())),
+            (None, Some(3))
+        );
+        let mut n = 0;
+        let ran = run_bounded(&Cmd::new("yes"), &Bounds::LOG, |_| {
+            n += 1;
+            n < 3
+        })
+        .unwrap();
+        assert_eq!((ran.cut, n), (Some(Cut::Done), 3));
+        let ran = run_bounded(&sh("echo oops >&2; exit 1"), &Bounds::LOG, |_| true).unwrap();
+        assert_eq!(ran.stderr, b"oops\n");
+        let e = run_bounded(&Cmd::new("/nonexistent/x"), &Bounds::LOG, |_| true).unwrap_err();
+        assert!(e.to_string().starts_with("running /nonexistent/x: "), "{e}");
     }
 
     #[test]

@@ -110,16 +110,17 @@ fn session(root: &Path, uid: u32, gid: u32, stubborn: bool) -> Session {
             // Wait until it runs as the user in the root (its uid changes
             // last), so the command sees it as the user's process.
             let want = format!("Uid:\t{uid}\t{uid}\t{uid}");
-            for _ in 0..2000 {
+            let what = format!("the session process to take uid {uid}");
+            protocol_support::wait::wait_until(&what, std::time::Duration::from_secs(10), || {
                 let status =
                     std::fs::read_to_string(format!("/proc/{child}/status")).unwrap_or_default();
                 if status.lines().any(|l| l.starts_with(&want)) {
-                    return s;
+                    return true;
                 }
                 assert!(s.running(), "the session process exited: {:?}", s.reaped);
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            panic!("the session process never took uid {uid}");
+                false
+            });
+            s
         }
     }
 }

@@ -97,7 +97,9 @@ fn a_burst_of_500_is_answered_completely_and_in_order() {
     for (name, env) in names.iter().zip(&envs) {
         m.drop_cmd(name, env);
     }
-    wait_until(|| Machine::names(&m.outbox()).len() == 500, "500 results");
+    wait_until("500 results", PATIENCE, || {
+        Machine::names(&m.outbox()).len() == 500
+    });
     assert!(d.stop().success());
     assert_eq!(Machine::names(&m.outbox()), names);
     assert!(Machine::names(&m.inbox()).is_empty());

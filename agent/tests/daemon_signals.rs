@@ -35,7 +35,9 @@ fn burst(m: &Machine) -> Vec<String> {
 fn interrupt_burst(m: &Machine, sig: Signal) -> (Vec<String>, ExitStatus) {
     let d = m.start();
     let names = burst(m);
-    wait_until(|| Machine::names(&m.outbox()).len() >= 20, "20 results");
+    wait_until("20 results", PATIENCE, || {
+        Machine::names(&m.outbox()).len() >= 20
+    });
     d.signal(sig);
     (names, d.wait())
 }
@@ -88,10 +90,9 @@ fn sigterm_mid_burst_loses_nothing_and_the_rest_is_applied_after_restart() {
     );
 
     let d = m.start();
-    wait_until(
-        || Machine::names(&m.outbox()).len() == names.len(),
-        "every result",
-    );
+    wait_until("every result", PATIENCE, || {
+        Machine::names(&m.outbox()).len() == names.len()
+    });
     assert!(d.stop().success());
     for name in &names {
         let r = m.result(name);
@@ -109,7 +110,9 @@ fn sigkill_mid_burst_every_file_gets_exactly_one_result_and_nothing_runs_twice()
     let (names, _) = interrupt_burst(&m, Signal::SIGKILL);
 
     let d = m.start();
-    wait_until(|| Machine::names(&m.inbox()).is_empty(), "an empty inbox");
+    wait_until("an empty inbox", PATIENCE, || {
+        Machine::names(&m.inbox()).is_empty()
+    });
     assert!(d.stop().success());
     assert_eq!(
         Machine::names(&m.outbox()),

@@ -1,5 +1,6 @@
-//! Every dependency a workspace member declares is used by that member's
-//! code (issue 14: `sshkeys` sat in agent/Cargo.toml, used nowhere). The
+//! Every dependency a workspace member (or the fuzz crate) declares is used
+//! by that member's code (issue 14: `sshkeys` sat in agent/Cargo.toml, used
+//! nowhere). The
 //! equivalent of `cargo machete`, without installing it: for each member's
 //! `[dependencies]`, `[dev-dependencies]` and `[build-dependencies]`, the
 //! crate's library name (dashes as underscores; `package = "..."` renames
@@ -69,16 +70,24 @@ fn names_crate(text: &str, lib: &str) -> bool {
     false
 }
 
-/// The workspace members, as directories relative to the root.
+/// The workspace members, as directories relative to the root, and the
+/// fuzz crate, which the workspace excludes (it builds with libFuzzer) but
+/// whose manifest can carry an unused dependency all the same.
 fn members(root: &Path) -> Vec<String> {
     let text = fs::read_to_string(root.join("Cargo.toml")).unwrap();
     let manifest: toml::Table = text.parse().unwrap();
-    manifest["workspace"]["members"]
+    let mut out: Vec<String> = manifest["workspace"]["members"]
         .as_array()
         .expect("workspace.members is a list")
         .iter()
         .map(|m| m.as_str().unwrap().to_string())
-        .collect()
+        .collect();
+    assert!(
+        root.join("fuzz/Cargo.toml").is_file(),
+        "the fuzz crate moved: update members()"
+    );
+    out.push("fuzz".to_string());
+    out
 }
 
 /// (table, key, library name) for every dependency of one member.

@@ -269,3 +269,45 @@ fn inventory_of_an_8_mib_authorized_keys_stays_under_32_mib_peak_rss() {
         .unwrap();
     assert_eq!(alice["keys_total"], n);
 }
+
+/// An image (a root other than `/`) has no log of this machine and runs
+/// nothing: no key has `last_login`, every user has `sessions: 0`, and no
+/// program of the image (its journalctl) is run — an auth.log in the image
+/// with a record of alice's key is not read either.
+#[test]
+fn an_image_inventory_has_no_last_login_and_no_sessions() {
+    if !require_root() {
+        return;
+    }
+    let m = Machine::new();
+    let uid = uid_of(&m.root, USER);
+    let key = fake_key(1, "laptop");
+    write_keys(&m.root, USER, uid, format!("{key}\n").as_bytes());
+    let (_, r) = inventory(&m, "inv-fp", json!({ "users": [USER] }));
+    let fp = r.data["users"][0]["keys"][0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let log = m.root.join("var/log");
+    std::fs::create_dir_all(&log).unwrap();
+    std::fs::write(
+        log.join("auth.log"),
+        format!(
+            "Dec  3 06:10:43 h sshd[812]: Accepted publickey for {USER} from 192.0.2.7 port 40000 ssh2: ED25519 {fp}\n"
+        ),
+    )
+    .unwrap();
+    let (_, r) = inventory(&m, "inv-logins", json!({}));
+    assert_eq!(r.code.as_str(), "ok", "{}", r.message);
+    assert!(r.data.get("logins_error").is_none(), "{}", r.data);
+    let users = r.data["users"].as_array().unwrap();
+    assert!(users.len() >= 2, "{users:?}");
+    for u in users {
+        assert_eq!(u["sessions"], 0, "{u}");
+        for k in u["keys"].as_array().unwrap() {
+            assert!(k.get("last_login").is_none(), "{k}");
+        }
+    }
+    let alice = users.iter().find(|u| u["name"] == USER).unwrap();
+    assert_eq!(alice["keys"][0]["fingerprint"], fp.as_str());
+}

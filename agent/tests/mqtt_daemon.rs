@@ -189,10 +189,9 @@ fn every_op_round_trips_through_the_broker_with_accessctl() {
     // and every result was acknowledged by the broker (no pending marker).
     let outbox = Machine::names(&m.outbox());
     assert!(outbox.iter().filter(|n| n.starts_with("mqtt-")).count() >= 11);
-    daemon_support::wait_until(
-        || Machine::names(&m.state.join("mqtt-pending")).is_empty(),
-        "all results acknowledged",
-    );
+    daemon_support::wait_until("all results acknowledged", daemon_support::PATIENCE, || {
+        Machine::names(&m.state.join("mqtt-pending")).is_empty()
+    });
     assert_eq!(d.stop().code(), Some(0));
 }
 

@@ -679,6 +679,7 @@ fn expiry(at: u64, id: &str) -> Expiry {
         at,
         command_id: id.into(),
         form: ExpiryForm::Utc,
+        terminate_sessions: false,
     }
 }
 
@@ -796,6 +797,66 @@ fn binding_an_expiring_key_again_without_expires_at_makes_it_permanent() {
     .unwrap();
     remove_keys(&env.sys, &alice, &[KeySelector::Fingerprint(fp2.clone())]).unwrap();
     assert!(expire_due(&env.sys, JAN_2030 + 1).unwrap().next.is_none());
+}
+
+/// A key bound by a command that asked for `terminate_sessions` is
+/// recorded so, and the sweep that removes it names it among the sessions
+/// to end (per user, with the fingerprints); a key bound without it, or
+/// of a user who is gone, is not.
+#[test]
+fn an_expiring_key_that_asked_for_terminate_sessions_is_named_for_ending_at_expiry() {
+    if !ready() {
+        return;
+    }
+    let env = Env::new();
+    let (ends, ends_fp, _) = env.keygen("ends", &["-t", "ed25519"]);
+    let (quiet, quiet_fp, _) = env.keygen("quiet", &["-t", "ed25519"]);
+    let (bobs, _, _) = env.keygen("bobs", &["-t", "ed25519"]);
+    let alice = user("alice");
+    let bob = user("bob");
+    let ending = Expiry {
+        terminate_sessions: true,
+        ..expiry(JAN_2030, "c-ending")
+    };
+    replace_keys_until(&env.sys, &alice, &[key(&ends)], Some(&ending)).unwrap();
+    add_keys_until(
+        &env.sys,
+        &alice,
+        &[key(&quiet)],
+        Some(&expiry(JAN_2030, "c-q")),
+    )
+    .unwrap();
+    add_keys_until(&env.sys, &bob, &[key(&bobs)], Some(&ending)).unwrap();
+    let record = fs::read_to_string(env.sys.state_dir.join("keys/alice.json")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["expiring"][&ends_fp]["terminate_sessions"], true);
+    assert!(
+        record["expiring"][&quiet_fp]
+            .get("terminate_sessions")
+            .is_none(),
+        "left out when false: {record}"
+    );
+    // bob is deleted before his key's time.
+    fs::write(
+        env.root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\n",
+    )
+    .unwrap();
+    let s = expire_due(&env.sys, JAN_2030).unwrap();
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+    assert_eq!(s.removed.len(), 3);
+    let flagged: Vec<(&str, bool)> = s
+        .removed
+        .iter()
+        .map(|k| (k.fingerprint.as_str(), k.terminate_sessions))
+        .collect();
+    assert!(flagged.contains(&(ends_fp.as_str(), true)), "{flagged:?}");
+    assert!(flagged.contains(&(quiet_fp.as_str(), false)), "{flagged:?}");
+    let to_end = s.sessions_to_end();
+    assert_eq!(
+        to_end.into_iter().collect::<Vec<_>>(),
+        [(alice, std::collections::BTreeSet::from([ends_fp]))]
+    );
 }
 
 /// A user deleted before their key's time: nothing is left to remove, and

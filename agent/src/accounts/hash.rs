@@ -157,9 +157,8 @@ pub fn check_policy(policy: &PasswordPolicy, pw: &Secret) -> Result<()> {
 pub fn hash(cfg: &AccountsConfig, pw: &Secret) -> Result<CryptHash> {
     check_policy(&cfg.policy, pw)?;
     let mut salt = [0u8; 12];
-    getrandom::getrandom(&mut salt).map_err(|e| Error::Io {
-        context: "reading the OS random number generator for a salt".into(),
-        source: std::io::Error::other(e.to_string()),
+    getrandom::getrandom(&mut salt).map_err(|e| {
+        crate::error::random_failed("reading the OS random number generator for a salt", e)
     })?;
     sha512_crypt(pw.expose(), &salt, cfg.rounds)
 }
@@ -182,10 +181,7 @@ pub fn sha512_crypt(pw: &[u8], salt: &[u8; 12], rounds: u32) -> Result<CryptHash
     })?;
     let h = ShaCrypt::new(Algorithm::Sha512Crypt, params)
         .hash_password_with_salt(pw, salt)
-        .map_err(|e| Error::Io {
-            context: "hashing the password".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        .map_err(|e| Error::Internal(format!("hashing the password: {e}")))?;
     let s = h.to_string();
     let s = if rounds == Params::RECOMMENDED_ROUNDS {
         s.replacen("$rounds=5000$", "$", 1)

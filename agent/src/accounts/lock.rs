@@ -161,10 +161,11 @@ fn lock_file(etc: &Dir, file: &str, deadline: Instant) -> Result<()> {
                         .ctx(|| format!("stat {}", etc.display(&tmp).display()))?;
                     if st.st_nlink != 2 {
                         let _ = unlinkat(etc.as_fd(), lock.as_str(), UnlinkatFlags::NoRemoveDir);
-                        return Err(Error::Io {
-                            context: format!("checking the link count of {}", lock_path.display()),
-                            source: std::io::Error::other("link count is not 2"),
-                        });
+                        return Err(Error::Internal(format!(
+                            "checking the link count of {}: {} links, not 2 (the file system does not keep the hard link shadow-utils' lock relies on)",
+                            lock_path.display(),
+                            st.st_nlink
+                        )));
                     }
                     return Ok(());
                 }

@@ -453,12 +453,9 @@ fn record(f: &[Vec<u8>]) -> Option<UserRecord> {
 }
 
 fn malformed(etc: &Dir, file: &str, name: &str) -> Error {
-    Error::Io {
-        context: format!(
-            "reading the entry of {name} in {}",
-            etc.display(file).display()
-        ),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed line"),
+    Error::BadFile {
+        path: etc.display(file),
+        message: format!("the entry of {name} is a malformed line"),
     }
 }
 

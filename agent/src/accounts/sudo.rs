@@ -186,10 +186,10 @@ pub fn validate(sys: &System, d: &Dir, user: &UserName, content: &[u8]) -> Resul
     let _ = d.remove_file(&check);
     let out = out?;
     if !out.status.success() {
-        return Err(Error::Io {
-            context: format!("checking the sudoers drop-in for {user} with visudo"),
-            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-        });
+        return Err(Error::Program(format!(
+            "checking the sudoers drop-in for {user} with visudo: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(())
 }

@@ -7,9 +7,10 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use accessd::engine::Status;
+use accessd::inbox::Inbox;
 use accessd::names::UserName;
 use accessd::protocol::client::{self, CommandSpec};
 use accessd::protocol::command::{self, ApplyAt, Args, KeyExpiry, Password};
@@ -17,7 +18,6 @@ use accessd::protocol::{dsse, parse_time};
 use accessd::ssh::sshd::PermitRootLogin;
 use clap::{Parser, Subcommand, ValueEnum};
 use ed25519_dalek::SigningKey;
-use serde_json::Value;
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
@@ -268,6 +268,25 @@ struct RemoveKeysFlags {
     /// A SHA256: fingerprint to remove (repeatable).
     #[arg(long)]
     fingerprint: Vec<String>,
+    #[command(flatten)]
+    sessions: KeySessionsFlag,
+}
+
+#[derive(clap::Args)]
+struct ReplaceKeysFlags {
+    #[command(flatten)]
+    bind: BindKeysFlags,
+    #[command(flatten)]
+    sessions: KeySessionsFlag,
+}
+
+#[derive(clap::Args)]
+struct KeySessionsFlag {
+    /// End the live SSH sessions that logged in with a removed key
+    /// (SIGTERM, then SIGKILL); other sessions of the user stay. With
+    /// --keys-expire-at, the new keys' sessions also end when they expire.
+    #[arg(long)]
+    terminate_sessions: bool,
 }
 
 #[derive(clap::Args)]
@@ -359,14 +378,18 @@ enum SignOp {
         --user ecs-user --key-file id_ed25519.pub --keys-expire-at 2026-12-01T18:00:00Z"))]
     AddKeys(Signed<BindKeysFlags>),
     /// remove_keys: unbind keys, given as key lines or SHA256: fingerprints.
-    #[command(after_help = concat!("Example:\n  \
+    #[command(after_help = concat!("Examples:\n  \
         accessctl sign remove-keys ", signing!(), " \\\n      \
-        --user ecs-user --fingerprint SHA256:ZzlM1AbDTeIhCSl8TPuPOTTJzuOQ+z5LrRAQq3jVBgU"))]
+        --user ecs-user --fingerprint SHA256:ZzlM1AbDTeIhCSl8TPuPOTTJzuOQ+z5LrRAQq3jVBgU\n  \
+        accessctl sign remove-keys ", signing!(), " \\\n      \
+        --user ecs-user --key-file leaked.pub --terminate-sessions"))]
     RemoveKeys(Signed<RemoveKeysFlags>),
     /// replace_keys: the user's managed keys become exactly these (none: all removed).
-    #[command(after_help = concat!("Example:\n  \
-        accessctl sign replace-keys ", signing!(), " --user ecs-user --key-file new.pub"))]
-    ReplaceKeys(Signed<BindKeysFlags>),
+    #[command(after_help = concat!("Examples:\n  \
+        accessctl sign replace-keys ", signing!(), " --user ecs-user --key-file new.pub\n  \
+        accessctl sign replace-keys ", signing!(), " \\\n      \
+        --user ecs-user --key-file temp.pub --keys-expire-at 2026-12-01T18:00:00Z --terminate-sessions"))]
+    ReplaceKeys(Signed<ReplaceKeysFlags>),
     /// set_sshd: PubkeyAuthentication, PasswordAuthentication, PermitRootLogin.
     #[command(after_help = concat!("Example:\n  \
         accessctl sign set-sshd ", signing!(), " \\\n      \
@@ -611,14 +634,16 @@ fn build_args(op: SignOp) -> CliResult<(Common, Args)> {
                 user: a.user.user,
                 keys: some_keys("remove-keys", keys)
                     .map_err(|e| format!("{e} or --fingerprint"))?,
+                terminate_sessions: a.sessions.terminate_sessions,
             });
             (common, args)
         }
         SignOp::ReplaceKeys(Signed { common, op: a }) => {
             let args = Args::ReplaceKeys(command::ReplaceKeys {
-                user: a.user.user,
-                keys: keys_from_flags(&a.keys)?,
-                expires_at: a.expiry.keys_expire_at,
+                user: a.bind.user.user,
+                keys: keys_from_flags(&a.bind.keys)?,
+                expires_at: a.bind.expiry.keys_expire_at,
+                terminate_sessions: a.sessions.terminate_sessions,
             });
             (common, args)
         }
@@ -692,55 +717,22 @@ fn sign(op: SignOp) -> CliResult<()> {
     }
 }
 
-/// The command id inside our own envelope (for the file name); not verified,
-/// since it is the caller's own envelope.
-fn envelope_id(envelope: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(envelope).ok()?;
-    let body = dsse::decode_b64(v.get("payload")?.as_str()?)?;
-    accessd::protocol::command::claimed_id(&body)
-}
-
 fn send(inbox: &Path, agent_key: &str, timeout: Duration, input: &str) -> CliResult<ExitCode> {
     let agent = client::public_key_arg(agent_key).map_err(|e| e.to_string())?;
     let envelope = read_input(input)?;
-    let id = envelope_id(&envelope).unwrap_or_else(client::random_id);
-    let stamp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    // Lexical order of names is arrival order: fixed-width nanoseconds first.
-    let name = format!("{stamp:020}-{id}.json");
-    let tmp = inbox.join(format!(".{name}"));
-    write_new_file(&tmp, &envelope, 0o600)?;
-    std::fs::rename(&tmp, inbox.join(&name))
-        .map_err(|e| format!("renaming {} into the inbox: {e}", tmp.display()))?;
-
-    let outbox = inbox
-        .join("..")
-        .join(accessd::state_dir::OUTBOX)
-        .join(&name);
-    let deadline = Instant::now() + timeout;
-    let bytes = loop {
-        match std::fs::read(&outbox) {
-            Ok(b) => break b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("reading {}: {e}", outbox.display())),
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "no result in {} after {}",
-                outbox.display(),
-                humantime::format_duration(timeout)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let inbox = Inbox::at(inbox);
+    let name = Inbox::name_for(&envelope);
+    let bytes = inbox
+        .send(&name, &envelope, timeout)
+        .map_err(|e| e.to_string())?;
+    let result = inbox.outbox().join(&name);
     let payload = client::verify_result(&agent, &bytes)
-        .map_err(|e| format!("result {}: {e}", outbox.display()))?;
-    if payload.id.as_ref().is_some_and(|rid| *rid != id) {
+        .map_err(|e| format!("result {}: {e}", result.display()))?;
+    let id = command::claimed_id(&envelope);
+    if payload.id.is_some() && payload.id != id {
         return Err(format!(
             "result {} answers command {:?}, not {id:?}",
-            outbox.display(),
+            result.display(),
             payload.id
         ));
     }
@@ -850,6 +842,16 @@ mod tests {
                 "SHA256:x",
             ],
             &["sign", "lock-user", "--user", "bob", "--remove-home"],
+            // add_keys removes no key, so it has no sessions to end.
+            &[
+                "sign",
+                "add-keys",
+                "--user",
+                "bob",
+                "--key-line",
+                "ssh-ed25519 AAAA",
+                "--terminate-sessions",
+            ],
             &["sign", "set-sshd", "--no-restart"],
         ] {
             let common = ["--key", "k", "--key-id", "c", "--instance", "i"];
@@ -860,6 +862,36 @@ mod tests {
                 .copied()
                 .collect();
             assert!(Cli::try_parse_from(&argv).is_err(), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn terminate_sessions_reaches_the_args_of_remove_keys_and_replace_keys() {
+        let common = ["--key", "k", "--key-id", "c", "--instance", "i"];
+        let fp = "SHA256:ZzlM1AbDTeIhCSl8TPuPOTTJzuOQ+z5LrRAQq3jVBgU";
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMU3PG77wArVV58QldS0w27ZKeU/f5DVdcL7Fbmo4fgY";
+        for (sub, what, flag) in [
+            ("remove-keys", "--fingerprint", fp),
+            ("replace-keys", "--key-line", key),
+        ] {
+            for with in [false, true] {
+                let mut argv = vec!["accessctl", "sign", sub, "--user", "bob", what, flag];
+                argv.extend(common);
+                if with {
+                    argv.push("--terminate-sessions");
+                }
+                let Cmd::Sign { op } = Cli::try_parse_from(&argv).unwrap().cmd else {
+                    panic!("{argv:?}")
+                };
+                let (_, args) = build_args(*op).unwrap();
+                let v = args.to_value();
+                assert_eq!(
+                    v.get("terminate_sessions"),
+                    with.then_some(&serde_json::Value::Bool(true)),
+                    "{argv:?}: {v}"
+                );
+            }
         }
     }
 }

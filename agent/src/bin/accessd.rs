@@ -99,7 +99,7 @@ fn apply(config: &Path, files: &[PathBuf]) -> accessd::error::Result<bool> {
         let source = f.display().to_string();
         logging::received(
             &source,
-            logging::claimed_command_id(&bytes).as_deref(),
+            accessd::protocol::command::claimed_id(&bytes).as_deref(),
             bytes.len(),
         );
         let h = engine.handle(&bytes);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::unix::AsyncFd;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// The shortest time between two firings for deadlines that are already
 /// past: a handler that keeps answering "due now" cannot spin the loop.
@@ -52,10 +52,8 @@ impl ExpiryTimer {
         // SAFETY: the AsyncFd owns the descriptor, which stays open (and
         // the same file) for as long as it is registered.
         let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(|e| Error::Io {
-                context: "key expiry timer: registering with the runtime".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+            .map_err(std::io::Error::from)
+            .ctx(|| "key expiry timer: registering with the runtime".into())?;
         Ok(ExpiryTimer {
             fd,
             armed: None,

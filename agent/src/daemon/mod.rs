@@ -201,7 +201,7 @@ pub async fn run_with(
         if lp.inbox_gone {
             // Exit with an error: systemd restarts us, and the restart
             // creates and watches the inbox afresh.
-            return Err(watch_error(
+            return Err(watch_stopped(
                 lp.spool.inbox_path(),
                 "the inbox directory was removed or moved",
             ));
@@ -214,7 +214,7 @@ pub async fn run_with(
             },
             ev = lp.events.recv() => match ev {
                 Some(ev) => lp.note(ev),
-                None => return Err(watch_error(lp.spool.inbox_path(), "the inotify thread stopped")),
+                None => return Err(watch_stopped(lp.spool.inbox_path(), "the inotify thread stopped")),
             },
             _ = tick(&mut watchdog) => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
@@ -252,11 +252,20 @@ async fn tick(t: &mut Option<tokio::time::Interval>) {
     }
 }
 
-fn watch_error(inbox: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Io {
-        context: format!("watching {}", inbox.display()),
-        source: std::io::Error::other(e.to_string()),
+/// inotify's own failure (a genuine OS error stays one), or notify's.
+fn watch_error(inbox: &Path, e: notify::Error) -> Error {
+    match e.kind {
+        notify::ErrorKind::Io(source) => Error::Io {
+            context: format!("watching {}", inbox.display()),
+            source,
+        },
+        _ => watch_stopped(inbox, e),
     }
+}
+
+/// The watch ended for a reason that is not an OS error.
+fn watch_stopped(inbox: &Path, why: impl std::fmt::Display) -> Error {
+    Error::Transport(format!("watching {}: {why}", inbox.display()))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -453,7 +462,7 @@ fn apply_mqtt(
     let name = format!("{}.json", cmd.name);
     logging::received(
         &name,
-        logging::claimed_command_id(&cmd.envelope).as_deref(),
+        crate::protocol::command::claimed_id(&cmd.envelope).as_deref(),
         cmd.envelope.len(),
     );
     let handled = handler.handle(&cmd.envelope);

@@ -85,25 +85,6 @@ impl Spool {
         self.inbox.path()
     }
 
-    pub fn outbox_path(&self) -> &Path {
-        self.outbox.path()
-    }
-
-    /// Is the directory we hold still the one at `state_dir/inbox`? (Not if
-    /// it was removed or moved away; writers would then drop files elsewhere.)
-    pub fn inbox_is_current(&self) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        match (
-            self.inbox.stat(),
-            std::fs::symlink_metadata(self.inbox.path()),
-        ) {
-            (Ok(held), Ok(now)) => {
-                held.st_nlink > 0 && held.st_dev == now.dev() && held.st_ino == now.ino()
-            }
-            _ => false,
-        }
-    }
-
     pub fn set_config(&mut self, cfg: OutboxConfig) {
         self.cfg = cfg;
     }
@@ -157,7 +138,7 @@ impl Spool {
         };
         logging::received(
             name,
-            logging::claimed_command_id(&bytes).as_deref(),
+            crate::protocol::command::claimed_id(&bytes).as_deref(),
             bytes.len(),
         );
         let handled = handler.handle(&bytes);

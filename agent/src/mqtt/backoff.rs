@@ -11,14 +11,24 @@ pub struct Backoff {
     min: Duration,
     max: Duration,
     attempt: u32,
+    /// Where the jitter comes from: random, or fixed in the delivery
+    /// state machine's tests so that their delays are exact.
+    jitter: fn() -> u64,
 }
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff::with_jitter(min, max, random_jitter)
+    }
+
+    /// A backoff whose jitter is drawn from `jitter` (any `u64`; it is
+    /// reduced into the jitter span).
+    pub fn with_jitter(min: Duration, max: Duration, jitter: fn() -> u64) -> Self {
         Backoff {
             min,
             max: max.max(min),
             attempt: 0,
+            jitter,
         }
     }
 
@@ -35,12 +45,16 @@ impl Backoff {
         let cap = exp.min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = cap / 2;
-        let mut b = [0u8; 8];
-        // Jitter does not need to be unpredictable; a failed read means none.
-        let r = getrandom::getrandom(&mut b).map_or(0, |_| u64::from_le_bytes(b));
+        let r = (self.jitter)();
         let span = half.as_nanos() as u64;
         half + Duration::from_nanos(if span == 0 { 0 } else { r % (span + 1) })
     }
+}
+
+/// Jitter does not need to be unpredictable; a failed read means none.
+fn random_jitter() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).map_or(0, |_| u64::from_le_bytes(b))
 }
 
 #[cfg(test)]
@@ -67,5 +81,13 @@ mod tests {
         assert!(seen.len() > 10);
         b.reset();
         assert!(b.next_delay() <= min);
+    }
+
+    #[test]
+    fn with_no_jitter_each_delay_is_half_its_cap() {
+        let mut b = Backoff::with_jitter(Duration::from_secs(1), Duration::from_secs(4), || 0);
+        let delays: Vec<_> = (0..4).map(|_| b.next_delay()).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(delays, [ms(500), ms(1000), ms(2000), ms(2000)]);
     }
 }

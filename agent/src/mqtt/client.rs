@@ -13,13 +13,11 @@ use crate::error::{Error, IoContext, Result};
 use crate::protocol::client::verify_result;
 use crate::protocol::result::ResultPayload;
 
-use super::options::{invalid_setting, Connection};
+use super::options::Connection;
 
-/// The id inside a command envelope (our own, so not verified here).
-fn command_id(envelope: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(envelope).ok()?;
-    let body = crate::protocol::dsse::decode_b64(v.get("payload")?.as_str()?)?;
-    crate::protocol::command::claimed_id(&body)
+/// The broker exchange failed (`io_error`): `doing` and how.
+fn transport(doing: String, why: impl std::fmt::Display) -> Error {
+    Error::Transport(format!("{doing}: {why}"))
 }
 
 /// Publish `envelope` to `<prefix>/<instance_id>/commands` and return the
@@ -33,7 +31,7 @@ pub fn send(
     agent: &VerifyingKey,
     timeout: Duration,
 ) -> Result<ResultPayload> {
-    let id = command_id(envelope)
+    let id = crate::protocol::command::claimed_id(envelope)
         .ok_or_else(|| Error::BadEnvelope("the envelope's payload has no readable id".into()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -43,16 +41,11 @@ pub fn send(
         tokio::time::timeout(timeout, exchange(mqtt, instance_id, envelope, &id, agent))
             .await
             .unwrap_or_else(|_| {
-                Err(invalid_setting(
-                    format!(
-                        "waiting for the result of {id:?} from {instance_id} via {}",
-                        mqtt.url
-                    ),
-                    format!(
-                        "no verified result within {}",
-                        humantime::format_duration(timeout)
-                    ),
-                ))
+                Err(Error::Timeout(format!(
+                    "waiting for the result of {id:?} from {instance_id} via {}: no verified result within {}",
+                    mqtt.url,
+                    humantime::format_duration(timeout)
+                )))
             })
     })
 }
@@ -78,7 +71,7 @@ async fn exchange(
     let broker = conn.url.to_string();
     let (client, mut ev) = AsyncClient::new(options, 16);
     let fail = |e: rumqttc::ConnectionError| {
-        invalid_setting(
+        transport(
             format!("talking to broker {broker}"),
             super::describe(
                 &e,
@@ -90,9 +83,8 @@ async fn exchange(
             ),
         )
     };
-    let client_err = |e: rumqttc::ClientError| {
-        invalid_setting(format!("talking to broker {broker}"), e.to_string())
-    };
+    let client_err =
+        |e: rumqttc::ClientError| transport(format!("talking to broker {broker}"), e.to_string());
     // Subscribe first, publish once the subscription is granted: the result
     // cannot then arrive before we listen for it.
     client
@@ -103,7 +95,7 @@ async fn exchange(
         match ev.poll().await.map_err(fail)? {
             Event::Incoming(Packet::SubAck(ack)) => {
                 if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
-                    return Err(invalid_setting(
+                    return Err(transport(
                         format!("subscribing to {} on {broker}", conn.topics.results),
                         "refused by the broker (check its ACL for this user)",
                     ));

@@ -31,9 +31,16 @@
 //! Results are published one at a time (the next after the broker's PUBACK of
 //! the previous), so that each broker acknowledgement maps to exactly one
 //! marker without relying on rumqttc's internal packet-id bookkeeping.
+//!
+//! These rules are decided in one place without I/O, the [`delivery`] state
+//! machine (events in, actions out, unit tested without a broker); `Task`
+//! here is its shell: it turns rumqttc's events and the apply loop's answers
+//! into [`delivery::Event`]s and carries out the [`delivery::Action`]s
+//! (rumqttc calls, pending markers, the hand-over, the reconnect delay).
 
 pub mod backoff;
 pub mod client;
+pub mod delivery;
 pub mod options;
 pub mod pending;
 pub mod relay;
@@ -51,6 +58,8 @@ use crate::config::MqttConfig;
 use crate::error::Result;
 use crate::state_dir::StateDir;
 use backoff::Backoff;
+pub use delivery::Status;
+use delivery::{Action, Delivery, Recovery, Settings};
 use options::{Connection, Topics};
 use pending::Pending;
 
@@ -141,20 +150,6 @@ pub fn start_for(
     Ok(Some((rx, handle)))
 }
 
-/// Connection state, for logs, readiness and tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Status {
-    pub connected: bool,
-    /// The subscription to the command topic was granted on this connection.
-    pub subscribed: bool,
-    /// Successful connections so far.
-    pub connections: u64,
-    /// Results acknowledged by the broker since start.
-    pub results_acked: u64,
-    /// Why the last attempt or connection failed (names the broker).
-    pub last_error: Option<String>,
-}
-
 /// Tuning that is not part of accessd.toml.
 #[derive(Debug, Clone)]
 pub struct TransportOptions {
@@ -174,10 +169,6 @@ impl Default for TransportOptions {
         }
     }
 }
-
-/// Connection losses with the same result in flight after which it waits
-/// behind the other results.
-const LOSSES_BEFORE_REQUEUE: u32 = 2;
 
 /// The running transport. Dropping it stops the task (gracefully, with an
 /// MQTT DISCONNECT, when possible).
@@ -229,29 +220,25 @@ pub fn spawn(
 ) -> Result<(mpsc::UnboundedReceiver<MqttCommand>, Handle)> {
     let conn = Connection::from_config(cfg, instance_id, max_envelope_bytes)?;
     let pending = Pending::open(state)?;
-    let mut queue = VecDeque::new();
+    let mut delivery = Delivery::new(Settings {
+        broker: conn.url.to_string(),
+        commands_topic: conn.topics.commands.clone(),
+        max_envelope_bytes,
+        max_result_bytes: opts.max_result_bytes,
+        backoff: Backoff::new(opts.min_backoff, opts.max_backoff),
+        had_session: pending.existed,
+    });
     for name in pending.list()? {
-        match pending.outbox_result(&name)? {
-            Some(bytes) if bytes.len() > opts.max_result_bytes => {
-                set_aside(&pending, &name, bytes.len(), opts.max_result_bytes)
-            }
-            Some(bytes) => queue.push_back(Queued {
-                name,
-                bytes,
-                losses: 0,
-            }),
-            // Never answered: the broker still holds the command (it was
-            // never acknowledged) and delivers it again. Or, after a very
-            // long broker outage, the outbox pruned the result first.
-            None => {
-                info!(name = %name, "no result in the outbox for a pending MQTT command: it was never answered and the broker will deliver it again (or its result was pruned)");
-                pending.clear(&name)?
-            }
+        let result = pending.outbox_result(&name)?;
+        match delivery.recover(name.clone(), result) {
+            Recovery::Queued => {}
+            Recovery::Unanswered => pending.clear(&name)?,
+            Recovery::SetAside => clear_marker(&pending, &name),
         }
     }
-    if !queue.is_empty() {
+    if delivery.queued() > 0 {
         info!(
-            count = queue.len(),
+            count = delivery.queued(),
             "results not yet acknowledged by the broker will be published again"
         );
     }
@@ -280,19 +267,12 @@ pub fn spawn(
         client,
         eventloop,
         pending,
-        queue,
-        inflight: None,
         commands: commands_tx,
         answers_tx,
         answers: answers_rx,
         status: status_tx,
-        generation: 0,
-        connected: false,
-        backoff: Backoff::new(opts.min_backoff, opts.max_backoff),
-        lost_in_flight: false,
         relay,
-        max_envelope_bytes,
-        max_result_bytes: opts.max_result_bytes,
+        delivery,
     };
     let join = tokio::spawn(task.run(shutdown_rx));
     Ok((
@@ -305,31 +285,17 @@ pub fn spawn(
     ))
 }
 
-struct Queued {
-    name: String,
-    bytes: Vec<u8>,
-    /// Connections lost while this result was in flight.
-    losses: u32,
-}
-
-struct Inflight {
-    name: String,
-    bytes: Vec<u8>,
-    losses: u32,
-    /// Set when rumqttc reports the PUBLISH as sent.
-    pkid: Option<u16>,
-}
-
-/// A result the transport will never publish: its marker goes, the result
-/// stays in the outbox for the operator.
-fn set_aside(pending: &Pending, name: &str, size: usize, limit: usize) {
-    error!(name = %name, bytes = size,
-        "result outbox/{name}.json is {size} bytes, over max_result_bytes = {limit}: it is not published (a broker would drop it or the connection would fail); it stays in the outbox");
+/// Remove a result's pending marker; failing is harmless (the result is
+/// published once more at the next start).
+fn clear_marker(pending: &Pending, name: &str) {
     if let Err(e) = pending.clear(name) {
         warn!(name = %name, error = %e, "cannot remove the pending marker");
     }
 }
 
+/// The I/O shell around [`Delivery`]: it turns what rumqttc and the apply
+/// loop report into [`delivery::Event`]s and carries out the
+/// [`delivery::Action`]s.
 struct Task {
     broker: String,
     ca_file: Option<String>,
@@ -337,52 +303,57 @@ struct Task {
     client: AsyncClient,
     eventloop: EventLoop,
     pending: Pending,
-    /// Results durable in the outbox, waiting for their turn to be published.
-    queue: VecDeque<Queued>,
-    inflight: Option<Inflight>,
     commands: mpsc::UnboundedSender<MqttCommand>,
     answers_tx: mpsc::UnboundedSender<Answer>,
     answers: mpsc::UnboundedReceiver<Answer>,
     status: watch::Sender<Status>,
-    /// Incremented on every CONNACK.
-    generation: u64,
-    connected: bool,
-    backoff: Backoff,
-    /// The last connection dropped while a result was in flight: the next
-    /// CONNACK does not reset the backoff (a result that makes the broker
-    /// drop us must not make us reconnect as fast as we can).
-    lost_in_flight: bool,
     relay: relay::Relay,
-    max_envelope_bytes: usize,
-    max_result_bytes: usize,
+    delivery: Delivery,
 }
+
+type Message = rumqttc::Publish;
 
 impl Task {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         loop {
-            tokio::select! {
+            let wait = tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                Some(answer) = self.answers.recv() => self.on_answer(answer),
+                Some(a) = self.answers.recv() => self.feed(delivery::Event::Answered {
+                    name: a.name,
+                    generation: a.generation,
+                    message: a.publish,
+                    result: a.result,
+                }),
                 event = self.eventloop.poll() => match event {
-                    Ok(event) => self.on_event(event),
+                    Ok(event) => match self.translate(event) {
+                        Some(event) => self.feed(event),
+                        None => None,
+                    },
                     Err(e) => {
-                        self.on_connection_lost(&e);
-                        let delay = self.backoff.next_delay();
-                        debug!(broker = %self.broker, ?delay, "reconnecting after a delay");
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = shutdown.changed() => break,
-                        }
+                        // The relay knows why the broker could not be reached
+                        // (refused, TLS trust); rumqttc only sees its local
+                        // socket close.
+                        let reason = self
+                            .relay
+                            .take_error()
+                            .unwrap_or_else(|| describe(&e, &self.broker, self.ca_file.as_deref()));
+                        self.feed(delivery::Event::ConnectionLost { reason })
                     }
                 },
+            };
+            if let Some(delay) = wait {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => break,
+                }
             }
         }
         self.disconnect().await;
     }
 
     async fn disconnect(&mut self) {
-        if !self.connected {
+        if !self.delivery.connected() {
             return;
         }
         if self.client.try_disconnect().is_ok() {
@@ -392,124 +363,92 @@ impl Task {
             })
             .await;
         }
-        self.connected = false;
         info!(broker = %self.broker, "disconnected from the MQTT broker");
     }
 
-    fn on_event(&mut self, event: Event) {
-        match event {
-            Event::Incoming(Packet::ConnAck(ack)) => {
-                self.generation += 1;
-                self.connected = true;
-                if !self.lost_in_flight {
-                    self.backoff.reset();
-                }
-                // rumqttc would resend the PUBLISHes of the last connection by
-                // itself; the queue below is the one source of what to resend.
-                self.eventloop
-                    .pending
-                    .retain(|r| !matches!(r, Request::Publish(_) | Request::Subscribe(_)));
-                // Events still queued from the last connection are stale: an
-                // old "PUBLISH sent" would be taken for the next result's, and
-                // an old incoming command would be acknowledged by a packet id
-                // that means something else now (the broker sends it again).
-                self.eventloop.state.events.clear();
-                if let Some(inf) = self.inflight.take() {
-                    self.queue.push_front(Queued {
-                        name: inf.name,
-                        bytes: inf.bytes,
-                        losses: inf.losses,
-                    });
-                }
-                // A session is expected after any earlier connection, in
-                // this process or (the pending directory exists) before a
-                // restart; a broker without persistence loses it on restart.
-                let had_session = self.status.borrow().connections > 0 || self.pending.existed;
-                if !ack.session_present && had_session {
-                    warn!(broker = %self.broker,
-                        "the broker had no session for this client: commands published while it was away may be lost (is broker persistence on?)");
-                }
-                info!(broker = %self.broker, topic = %self.topics.commands,
-                    session_present = ack.session_present, "connected to the MQTT broker");
-                self.status.send_modify(|s| {
-                    s.connected = true;
-                    s.subscribed = false;
-                    s.connections += 1;
-                });
-                if let Err(e) = self
-                    .client
-                    .try_subscribe(self.topics.commands.clone(), QoS::AtLeastOnce)
-                {
-                    error!(broker = %self.broker, error = %e, "cannot queue the subscription");
-                }
-                self.pump();
-            }
-            Event::Incoming(Packet::SubAck(ack)) => {
-                let granted = ack
+    /// The events the delivery state machine takes; the rest (pings,
+    /// outgoing acknowledgements...) are rumqttc's business.
+    fn translate(&self, event: Event) -> Option<delivery::Event<Message>> {
+        Some(match event {
+            Event::Incoming(Packet::ConnAck(ack)) => delivery::Event::Connected {
+                session_present: ack.session_present,
+            },
+            Event::Incoming(Packet::SubAck(ack)) => delivery::Event::Subscribed {
+                granted: ack
                     .return_codes
                     .iter()
-                    .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
-                if granted {
-                    info!(broker = %self.broker, topic = %self.topics.commands, "subscribed to the command topic");
-                    self.status.send_modify(|s| s.subscribed = true);
-                } else {
-                    let msg = format!(
-                        "broker {} refused the subscription to {} (check its ACL for this client)",
-                        self.broker, self.topics.commands
-                    );
-                    error!("{msg}");
-                    self.status.send_modify(|s| s.last_error = Some(msg));
-                }
-            }
-            Event::Incoming(Packet::Publish(p)) => self.on_publish(p),
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                debug!(pkid, inflight = ?self.inflight.as_ref().map(|i| (&i.name, i.pkid)), "outgoing publish");
-                if let Some(inf) = &mut self.inflight {
-                    if inf.pkid.is_none() {
-                        inf.pkid = Some(pkid);
-                    }
-                }
-            }
-            Event::Incoming(Packet::PubAck(ack)) => {
-                debug!(pkid = ack.pkid, inflight = ?self.inflight.as_ref().map(|i| (&i.name, i.pkid)), "puback");
-                let ours = matches!(&self.inflight, Some(inf) if inf.pkid == Some(ack.pkid));
-                if ours {
-                    let inf = self.inflight.take().expect("checked above");
-                    self.lost_in_flight = false;
-                    if let Err(e) = self.pending.clear(&inf.name) {
-                        // Harmless: the result is published once more at restart.
-                        warn!(name = %inf.name, error = %e, "cannot remove the pending marker");
-                    }
-                    debug!(name = %inf.name, "result acknowledged by the broker");
-                    self.status.send_modify(|s| s.results_acked += 1);
-                    self.pump();
-                }
-            }
-            _ => {}
-        }
+                    .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure)),
+            },
+            Event::Incoming(Packet::Publish(p)) => delivery::Event::Message {
+                topic: p.topic.clone(),
+                bytes: p.payload.len(),
+                oversized: self.relay.dropped(&p.payload).map(|d| d.bytes),
+                message: p,
+            },
+            Event::Outgoing(Outgoing::Publish(pkid)) => delivery::Event::PublishSent { pkid },
+            Event::Incoming(Packet::PubAck(ack)) => delivery::Event::PubAck { pkid: ack.pkid },
+            _ => return None,
+        })
     }
 
-    fn on_publish(&mut self, mut p: rumqttc::Publish) {
-        if p.topic != self.topics.commands {
-            // Only possible with a misbehaving broker or a shared client id:
-            // nothing to answer to, so log it and acknowledge it, or the
-            // broker would send it forever.
-            warn!(broker = %self.broker, topic = %p.topic, bytes = p.payload.len(),
-                "message on an unexpected topic ignored");
-            self.ack(&p);
-            return;
+    /// Give the state machine one event and carry out its actions; the
+    /// delay to wait before the next connection attempt, if it asks for one.
+    fn feed(&mut self, event: delivery::Event<Message>) -> Option<Duration> {
+        let mut wait = None;
+        let mut actions = VecDeque::from(self.delivery.on(event));
+        while let Some(action) = actions.pop_front() {
+            match action {
+                Action::ForgetLastConnection => {
+                    self.eventloop
+                        .pending
+                        .retain(|r| !matches!(r, Request::Publish(_) | Request::Subscribe(_)));
+                    self.eventloop.state.events.clear();
+                }
+                Action::Subscribe => {
+                    if let Err(e) = self
+                        .client
+                        .try_subscribe(self.topics.commands.clone(), QoS::AtLeastOnce)
+                    {
+                        error!(broker = %self.broker, error = %e, "cannot queue the subscription");
+                    }
+                }
+                Action::Ack(p) => {
+                    if let Err(e) = self.client.try_ack(&p) {
+                        warn!(error = %e, "cannot queue an acknowledgement; the broker will deliver the command again");
+                    }
+                }
+                Action::Hand {
+                    message,
+                    generation,
+                } => self.hand(message, generation),
+                Action::Publish { name, bytes } => {
+                    if let Err(e) = self.client.try_publish(
+                        self.topics.results.clone(),
+                        QoS::AtLeastOnce,
+                        false,
+                        bytes,
+                    ) {
+                        warn!(name = %name, error = %e, "cannot queue a result; retrying after reconnect");
+                        actions.extend(self.delivery.on(delivery::Event::PublishNotQueued));
+                    }
+                }
+                Action::ClearMarker { name } => clear_marker(&self.pending, &name),
+                Action::Wait(delay) => wait = Some(delay),
+            }
         }
-        if let Some(d) = self.relay.dropped(&p.payload) {
-            // Never a command (over the envelope limit, so the engine would
-            // refuse it unread): acknowledged, so the broker forgets it and
-            // the commands behind it flow (PROTOCOL §5).
-            warn!(broker = %self.broker, topic = %p.topic, bytes = d.bytes,
-                limit = self.max_envelope_bytes,
-                "a {}-byte message on the command topic is over the envelope limit of {} bytes: acknowledged and dropped unread (set message_size_limit on the broker)",
-                d.bytes, self.max_envelope_bytes);
-            self.ack(&p);
-            return;
-        }
+        let now = self.delivery.status();
+        self.status.send_if_modified(|s| {
+            let changed = s != now;
+            if changed {
+                s.clone_from(now);
+            }
+            changed
+        });
+        wait
+    }
+
+    /// Mark the command pending, then hand it to the apply loop.
+    fn hand(&mut self, mut p: Message, generation: u64) {
         let name = next_name();
         if let Err(e) = self.pending.mark(&name) {
             // Not acknowledged: the broker delivers it again after a reconnect.
@@ -523,7 +462,7 @@ impl Task {
             envelope,
             ticket: Ticket {
                 name,
-                generation: self.generation,
+                generation,
                 publish: p,
                 answers: Some(self.answers_tx.clone()),
             },
@@ -534,104 +473,6 @@ impl Task {
             cmd.ticket.answers = None;
             let _ = self.pending.clear(&cmd.name);
         }
-    }
-
-    fn on_answer(&mut self, a: Answer) {
-        let Some(bytes) = a.result else {
-            warn!(name = %a.name, "command dropped without a result; the broker will deliver it again");
-            let _ = self.pending.clear(&a.name);
-            return;
-        };
-        if a.generation == self.generation && self.connected {
-            self.ack(&a.publish);
-        } else {
-            // It arrived on an earlier connection; the broker has sent it
-            // again on this one (it was never acknowledged), and that copy
-            // will be answered `replayed` and acknowledged.
-            debug!(name = %a.name, "not acknowledging a command from an earlier connection");
-        }
-        if bytes.len() > self.max_result_bytes {
-            set_aside(&self.pending, &a.name, bytes.len(), self.max_result_bytes);
-            return;
-        }
-        self.queue.push_back(Queued {
-            name: a.name,
-            bytes,
-            losses: 0,
-        });
-        self.pump();
-    }
-
-    fn ack(&mut self, p: &rumqttc::Publish) {
-        if let Err(e) = self.client.try_ack(p) {
-            warn!(error = %e, "cannot queue an acknowledgement; the broker will deliver the command again");
-        }
-    }
-
-    /// Publish the next result if none is waiting for the broker's PUBACK.
-    fn pump(&mut self) {
-        if !self.connected || self.inflight.is_some() {
-            return;
-        }
-        let Some(next) = self.queue.pop_front() else {
-            return;
-        };
-        match self.client.try_publish(
-            self.topics.results.clone(),
-            QoS::AtLeastOnce,
-            false,
-            next.bytes.clone(),
-        ) {
-            Ok(()) => {
-                self.inflight = Some(Inflight {
-                    name: next.name,
-                    bytes: next.bytes,
-                    losses: next.losses,
-                    pkid: None,
-                })
-            }
-            Err(e) => {
-                warn!(name = %next.name, error = %e, "cannot queue a result; retrying after reconnect");
-                self.queue.push_front(next);
-            }
-        }
-    }
-
-    fn on_connection_lost(&mut self, e: &ConnectionError) {
-        let was_connected = std::mem::replace(&mut self.connected, false);
-        if let Some(inf) = self.inflight.take() {
-            self.lost_in_flight = true;
-            let q = Queued {
-                name: inf.name,
-                bytes: inf.bytes,
-                losses: inf.losses + 1,
-            };
-            if q.losses >= LOSSES_BEFORE_REQUEUE {
-                // It may be what breaks the connection: let the others go
-                // first; it is tried again after them.
-                warn!(name = %q.name, losses = q.losses,
-                    "the connection dropped while this result was being published; it now waits behind the other results");
-                self.queue.push_back(Queued { losses: 0, ..q });
-            } else {
-                self.queue.push_front(q);
-            }
-        }
-        // The relay knows why the broker could not be reached (refused,
-        // TLS trust); rumqttc only sees its local socket close.
-        let msg = self
-            .relay
-            .take_error()
-            .unwrap_or_else(|| describe(e, &self.broker, self.ca_file.as_deref()));
-        if was_connected {
-            warn!(broker = %self.broker, "MQTT connection lost: {msg}");
-        } else {
-            warn!(broker = %self.broker, "MQTT connection failed: {msg}");
-        }
-        self.status.send_modify(|s| {
-            s.connected = false;
-            s.subscribed = false;
-            s.last_error = Some(msg);
-        });
     }
 }
 

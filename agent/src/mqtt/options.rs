@@ -3,8 +3,6 @@
 //! configuration for `mqtts://`.
 
 use std::fmt;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +12,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::MqttConfig;
-use crate::error::{Error, IoContext, Result};
-use crate::fsx::show;
+use crate::error::{Error, Result};
+use crate::fsx::{read_private_file, show, Private, MAX_SECRET_BYTES};
 
 /// Packets larger than this are refused by the MQTT codec, which drops the
 /// connection (MQTT 3.1.1 cannot skip a packet). The agent's transport never
@@ -24,12 +22,11 @@ use crate::fsx::show;
 /// results.
 const MIN_PACKET_LIMIT: usize = 1024 * 1024;
 
-/// A settings error: reported like an I/O error on the config (`io_error`),
-/// with a message that names the setting.
-pub(crate) fn invalid_setting(context: String, why: impl Into<String>) -> Error {
-    Error::Io {
-        context,
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.into()),
+/// A settings error (`io_error`), with a message that names the setting.
+fn invalid_setting(setting: String, why: impl Into<String>) -> Error {
+    Error::Setting {
+        setting,
+        message: why.into(),
     }
 }
 
@@ -218,29 +215,16 @@ impl Connection {
 /// accessd.toml or in argv would be visible to more people.
 pub fn read_password_file(path: &Path) -> Result<String> {
     let ctx = || format!("reading mqtt password_file {}", show(path));
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .ctx(ctx)?;
-    let md = f.metadata().ctx(ctx)?;
-    if !md.is_file() {
-        return Err(Error::unsafe_path(
-            path,
-            "mqtt password_file is not a regular file",
-        ));
-    }
-    crate::fsx::check_owner_only(path, &md, "mqtt password_file")?;
-    if md.uid() != nix::unistd::geteuid().as_raw() {
-        return Err(Error::unsafe_path(
-            path,
-            "mqtt password_file must be owned by the user accessd runs as",
-        ));
-    }
-    let mut s = String::new();
-    f.read_to_string(&mut s).ctx(ctx)?;
+    let bytes = read_private_file(
+        path,
+        "mqtt password_file",
+        Private::Secret,
+        MAX_SECRET_BYTES,
+    )?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| invalid_setting(ctx(), "the file is not UTF-8 text"))?;
     // One line; a trailing newline from `echo` is not part of the password.
-    let pw = s.lines().next().unwrap_or("").to_owned();
+    let pw = text.lines().next().unwrap_or("").to_owned();
     if pw.is_empty() {
         return Err(invalid_setting(ctx(), "the file is empty"));
     }
@@ -270,9 +254,10 @@ pub fn tls_config(cfg: &MqttConfig) -> Result<rustls::ClientConfig> {
         .with_root_certificates(roots);
     match (&cfg.client_cert, &cfg.client_key) {
         (Some(cert), Some(key)) => {
-            check_private(key, "client_key")?;
+            let key_pem =
+                read_private_file(key, "mqtt client_key", Private::Secret, MAX_SECRET_BYTES)?;
             let chain = read_certs(cert, "client_cert")?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+            let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
                 invalid_setting(
                     format!("reading mqtt client_key {}", show(key)),
                     format!("no usable PEM private key: {e}"),
@@ -291,12 +276,6 @@ pub fn tls_config(cfg: &MqttConfig) -> Result<rustls::ClientConfig> {
             "set both or neither",
         )),
     }
-}
-
-/// A private key that group or others can read is refused, as sshd does.
-fn check_private(path: &Path, what: &str) -> Result<()> {
-    let md = std::fs::metadata(path).ctx(|| format!("stat mqtt {what} {}", show(path)))?;
-    crate::fsx::check_owner_only(path, &md, &format!("mqtt {what}"))
 }
 
 fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {

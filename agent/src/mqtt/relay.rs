@@ -86,10 +86,8 @@ impl Relay {
             std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).ctx(ctx)?;
         }
         let mut nonce = [0u8; 16];
-        getrandom::getrandom(&mut nonce).map_err(|e| crate::error::Error::Io {
-            context: "drawing the MQTT relay nonce".into(),
-            source: io::Error::other(e.to_string()),
-        })?;
+        getrandom::getrandom(&mut nonce)
+            .map_err(|e| crate::error::random_failed("drawing the MQTT relay nonce", e))?;
         let mut marker = b"\0accessd-relay-dropped:".to_vec();
         marker.extend_from_slice(crate::hex::encode(&nonce).as_bytes());
         marker.push(b':');

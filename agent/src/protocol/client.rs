@@ -14,6 +14,7 @@ use super::dsse::{self, Envelope};
 use super::result::ResultPayload;
 use super::{format_time, AGENT_KEY_ID, COMMAND_TYPE, RESULT_TYPE};
 use crate::error::{Error, IoContext, Result};
+use crate::fsx::{read_private_file, Private, MAX_SECRET_BYTES};
 
 /// A command before signing. `args` is the op's argument object.
 #[derive(Debug, Clone)]
@@ -104,20 +105,18 @@ pub fn verify_result(agent: &VerifyingKey, envelope: &[u8]) -> Result<ResultPayl
         .map_err(|e| Error::BadEnvelope(format!("result payload does not parse: {e}")))
 }
 
-/// Read a private key file (base64 of the 32-byte seed). It must not be
-/// readable or writable by group or others.
+/// Read a private key file (base64 of the 32-byte seed). It must be a
+/// regular file (not a symlink), root's or the caller's, and not readable or
+/// writable by group or others.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey> {
-    use std::io::Read;
-    let ctx = || format!("reading key file {}", path.display());
-    let mut f = std::fs::File::open(path).ctx(ctx)?;
-    let md = f.metadata().ctx(ctx)?;
-    crate::fsx::check_owner_only(path, &md, "key file")?;
-    let mut text = zeroize::Zeroizing::new(String::new());
-    f.read_to_string(&mut text).ctx(ctx)?;
-    signing_key_from_b64(&text).map_err(|msg| Error::Io {
-        context: format!("key file {}", path.display()),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
-    })
+    let bytes = read_private_file(path, "key file", Private::Secret, MAX_SECRET_BYTES)?;
+    let key_error = |message: String| Error::Config {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text =
+        std::str::from_utf8(&bytes).map_err(|_| key_error("the key file is not text".into()))?;
+    signing_key_from_b64(text).map_err(key_error)
 }
 
 /// Decode base64 of a 32-byte Ed25519 seed.
@@ -142,15 +141,46 @@ pub fn public_key_arg(arg: &str) -> Result<VerifyingKey> {
     } else {
         arg.to_owned()
     };
-    super::parse_public_key(&text).map_err(|msg| Error::Io {
-        context: format!("public key {}", crate::names::truncate_for_message(arg)),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
+    super::parse_public_key(&text).map_err(|message| Error::Setting {
+        setting: format!("public key {}", crate::names::truncate_for_message(arg)),
+        message,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Code;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn key_file(dir: &Path, name: &str, mode: u32) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("{}\n", dsse::encode_b64(&[3; 32]))).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_signing_key_swapped_for_a_symlink_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let real = key_file(t.path(), "real.key", 0o600);
+        assert!(load_signing_key(&real).is_ok());
+        let link = t.path().join("cp.key");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = load_signing_key(&link).unwrap_err();
+        assert_eq!(e.code(), Code::UnsafePath, "{e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn a_group_readable_signing_key_is_refused_without_quoting_it() {
+        let t = tempfile::tempdir().unwrap();
+        let p = key_file(t.path(), "cp.key", 0o640);
+        let e = load_signing_key(&p).unwrap_err();
+        assert_eq!(e.code(), Code::UnsafePath, "{e}");
+        assert!(e.to_string().contains("0640"), "{e}");
+        assert!(!e.to_string().contains(&dsse::encode_b64(&[3; 32])), "{e}");
+    }
 
     #[test]
     fn a_sealed_password_opens_with_the_agents_converted_secret() {

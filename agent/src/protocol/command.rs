@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::dsse::Envelope;
 use crate::accounts::CryptHash;
 use crate::error::{Error, Result};
 use crate::names::UserName;
@@ -110,11 +111,16 @@ pub enum Op {
     RemoveKeys {
         user: UserName,
         keys: Vec<KeySelector>,
+        /// End the live SSH sessions that authenticated with these keys.
+        terminate_sessions: bool,
     },
     ReplaceKeys {
         user: UserName,
         keys: Vec<KeyLine>,
         expires_at: Option<SystemTime>,
+        /// End the live SSH sessions of the keys removed now, and (with
+        /// `expires_at`) those of `keys` when they expire.
+        terminate_sessions: bool,
     },
     SetSshd {
         change: SshdChange,
@@ -312,6 +318,8 @@ pub struct RemoveKeys {
     pub user: UserName,
     /// authorized_keys lines or `SHA256:` fingerprints (at least one).
     pub keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub terminate_sessions: bool,
 }
 
 /// `replace_keys`.
@@ -323,6 +331,8 @@ pub struct ReplaceKeys {
     pub keys: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<KeyExpiry>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub terminate_sessions: bool,
 }
 
 /// `set_sshd`.
@@ -476,20 +486,24 @@ pub fn valid_id(id: &str) -> bool {
 
 /// The `id` and `op` of a payload, when they can be read, for the result of
 /// a command that is rejected later (PROTOCOL §4: otherwise `id` is null).
-/// For verified bytes only: an unverified id would let anyone make the
-/// agent answer, or log, in a real command's name. Bytes not (yet)
-/// verified go through [`claimed_id`].
+/// For verified bytes only (what [`super::dsse::Envelope::verify`] hands
+/// back): an unverified id would let anyone make the agent answer, or log,
+/// in a real command's name. Envelopes not (yet) verified go through
+/// [`claimed_id`].
 pub fn peek(payload: &[u8]) -> (Option<String>, Option<String>) {
     read_id_op(payload)
 }
 
-/// The id that payload bytes *claim*, without any verification: for the
-/// `CLAIMED_COMMAND_ID` of a log event before (or without) a verified
-/// signature, and for a client naming files after its own envelope. Never
-/// an authority; only an id of the protocol's shape is returned, so it is a
-/// harmless token wherever it is written.
-pub fn claimed_id(payload: &[u8]) -> Option<String> {
-    read_id_op(payload).0
+/// The id a command envelope *claims*, read without verifying anything: for
+/// the `CLAIMED_COMMAND_ID` of a log event before (or without) a verified
+/// signature, and for a client naming files, or matching results, after its
+/// own envelope. Never an authority; only an id of the protocol's shape is
+/// returned (it is attacker-controlled until verified; the shape keeps it a
+/// harmless token wherever it is written). `None` when `envelope` is not a
+/// DSSE envelope ([`Envelope::parse`]) or its payload has no such id.
+pub fn claimed_id(envelope: &[u8]) -> Option<String> {
+    let envelope = Envelope::parse(envelope).ok()?;
+    read_id_op(envelope.unverified_payload()).0
 }
 
 fn read_id_op(payload: &[u8]) -> (Option<String>, Option<String>) {
@@ -734,6 +748,7 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
             user: a.user,
             keys: key_lines(a.keys)?,
             expires_at: key_expiry(a.expires_at, "expires_at")?,
+            terminate_sessions: a.terminate_sessions,
         },
         Args::RemoveKeys(a) => {
             let keys = a
@@ -745,6 +760,7 @@ pub fn parse(payload: &[u8]) -> Result<Command> {
             Op::RemoveKeys {
                 user: a.user,
                 keys: nonempty("remove_keys", keys)?,
+                terminate_sessions: a.terminate_sessions,
             }
         }
         Args::SetSshd(a) => {
@@ -921,6 +937,31 @@ mod tests {
         }
     }
 
+    fn envelope_with(payload: &str) -> Vec<u8> {
+        let p = super::super::dsse::encode_b64(payload.as_bytes());
+        format!(r#"{{"payloadType":"x","payload":"{p}","signatures":[{{"sig":""}}]}}"#).into_bytes()
+    }
+
+    #[test]
+    fn an_envelope_claims_a_well_formed_id_unverified() {
+        assert_eq!(
+            claimed_id(&envelope_with(r#"{"id":"c-1.2:3_x"}"#)).as_deref(),
+            Some("c-1.2:3_x")
+        );
+    }
+
+    #[test]
+    fn a_claimed_id_that_could_forge_log_fields_is_not_read() {
+        assert_eq!(
+            claimed_id(&envelope_with(r#"{"id":"a\nMESSAGE_ID=x"}"#)),
+            None
+        );
+        assert_eq!(claimed_id(&envelope_with(r#"{"id":""}"#)), None);
+        assert_eq!(claimed_id(b"not json"), None);
+        // A payload is not an envelope: its id is claimed by nothing.
+        assert_eq!(claimed_id(br#"{"id":"c-1"}"#), None);
+    }
+
     #[test]
     fn peek_reads_only_well_formed_ids() {
         assert_eq!(
@@ -959,6 +1000,13 @@ mod tests {
         let e = parse(&cmd(
             "remove_keys",
             serde_json::json!({"user": "bob", "keys": [key], "expires_at": "2030-01-01T00:00:00Z"}),
+        ))
+        .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidCommand);
+        // add_keys removes nothing, so it has no sessions to end.
+        let e = parse(&cmd(
+            "add_keys",
+            serde_json::json!({"user": "bob", "keys": [key], "terminate_sessions": true}),
         ))
         .unwrap_err();
         assert_eq!(e.code(), Code::InvalidCommand);
@@ -1018,11 +1066,13 @@ mod tests {
                     key,
                     "SHA256:ZzlM1AbDTeIhCSl8TPuPOTTJzuOQ+z5LrRAQq3jVBgU".into(),
                 ],
+                terminate_sessions: true,
             }),
             "replace_keys" => Args::ReplaceKeys(ReplaceKeys {
                 user,
                 keys: vec![key],
                 expires_at: Some(when),
+                terminate_sessions: true,
             }),
             "set_sshd" => Args::SetSshd(SetSshd {
                 pubkey_authentication: Some(true),
@@ -1098,6 +1148,47 @@ mod tests {
             expires_at,
             Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_893_456_000))
         );
+        // terminate_sessions reaches the op of both key removals, and is
+        // false (and left out of the wire form) when not given.
+        for op in ["remove_keys", "replace_keys"] {
+            let on = parse(&cmd(op, sample(op).to_value())).unwrap().op;
+            assert!(
+                matches!(
+                    on,
+                    Op::RemoveKeys {
+                        terminate_sessions: true,
+                        ..
+                    } | Op::ReplaceKeys {
+                        terminate_sessions: true,
+                        ..
+                    }
+                ),
+                "{op}"
+            );
+            let mut v = sample(op).to_value();
+            v.as_object_mut().unwrap().remove("terminate_sessions");
+            let off = parse(&cmd(op, v.clone())).unwrap().op;
+            assert!(
+                matches!(
+                    off,
+                    Op::RemoveKeys {
+                        terminate_sessions: false,
+                        ..
+                    } | Op::ReplaceKeys {
+                        terminate_sessions: false,
+                        ..
+                    }
+                ),
+                "{op}"
+            );
+            let back = Args::from_json(op, Some(v.clone())).unwrap();
+            assert_eq!(back.to_value(), v, "{op}: the default is left out");
+        }
+        let bad = cmd(
+            "remove_keys",
+            serde_json::json!({"user": "bob", "keys": ["SHA256:ZzlM1AbDTeIhCSl8TPuPOTTJzuOQ+z5LrRAQq3jVBgU"], "terminate_sessions": "yes"}),
+        );
+        assert_eq!(parse(&bad).unwrap_err().code(), Code::InvalidCommand);
     }
 
     #[test]

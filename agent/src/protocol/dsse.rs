@@ -130,7 +130,7 @@ impl Envelope {
     /// id into a log field (`command::claimed_id`), never for acting on.
     /// (The envelope layer does not read payloads itself: it sits below the
     /// command layer.)
-    pub fn unverified_payload(&self) -> &[u8] {
+    pub(super) fn unverified_payload(&self) -> &[u8] {
         &self.payload
     }
 

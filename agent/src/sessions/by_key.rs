@@ -1,50 +1,55 @@
-//! The SSH sessions that authenticated with given keys, and ending them
-//! (`remove_keys`/`replace_keys` with `terminate_sessions`, PROTOCOL §3
-//! "Sessions").
+//! The live SSH sessions of a user, which key each authenticated with, and
+//! ending those of given keys (`remove_keys`/`replace_keys` with
+//! `terminate_sessions`, inventory's `sessions`, PROTOCOL §3 "Sessions").
 //!
-//! Which session used which key comes from sshd's own "Accepted publickey"
-//! records (a [`KeyLogin`] each, read by the caller from a source only root
-//! can write). A record names the pid of the connection's sshd process; that
-//! pid is signalled only once /proc shows it still is that very connection:
+//! Sessions are found in /proc first, so none is missed whatever the log
+//! holds ([`candidates`]): a session is the connection's privileged sshd
+//! process (the monitor, whose pid sshd logs), that is a process
 //!
-//! - its executable is `sshd` or `sshd-session`, owned by root, and it runs
-//!   as root (the monitor, whose pid sshd logs) or as the user;
-//! - it started no later than the record was written (a pid reused since
-//!   started after it);
-//! - it holds an established TCP socket whose peer is the record's address
-//!   and port;
-//! - a descendant of it runs as the user (the session itself; for root,
-//!   whom sshd does not separate, the process itself).
+//! - whose executable is `sshd` or `sshd-session`, owned by root, running
+//!   as root, on this system (its root and `/etc` are ours: a container's
+//!   sshd is not this machine's);
+//! - holding an established TCP socket (the listener holds none);
+//! - whose user is the uid of its unprivileged sshd child (the privilege
+//!   separated session process sshd forks after authentication, an sshd
+//!   executable running as the user). A monitor without such a child is
+//!   root's: sshd skips privilege separation after authenticating root,
+//!   and the session is the root-run process itself. A connection still
+//!   authenticating has a child running as sshd's own system account (the
+//!   `[net]`/`sshd-auth` process), which no command names.
 //!
-//! Nothing the user can write (environment, files, process titles) is read.
-//! The decision is [`plan`], a pure function of the records and a
-//! [`Snapshot`] of /proc; [`Snapshot::read`] is the I/O behind it. The
-//! session's processes (the sshd process and its descendants) are then held
-//! by pidfds, checked to be the processes the snapshot saw (same start
-//! time), and ended through them as [`super::end`] does.
+//! Which key a session used is then looked up by its pid
+//! ([`attribute`]): sshd's "Accepted" record of that pid
+//! ([`crate::ssh::logins::for_pids`]), taken only when
+//!
+//! - it names the user;
+//! - it was written no earlier than the process started (a record of an
+//!   earlier process with that pid is older than this one);
+//! - its address and port are the peer of the process's TCP socket;
+//!
+//! and when the records of that pid that pass agree on the method and key
+//! (a forged auth.log line that contradicts the real one leaves the
+//! session unattributed, not attributed to the forger's choice). A
+//! session with no such record is *unattributed*: live, the user's, of an
+//! unknown key. Callers report those (`sessions_error`), they never read
+//! as "no session".
+//!
+//! Nothing the user can write (environment, files, process titles) is
+//! read. The decisions are pure functions of the records and a
+//! [`Snapshot`] of /proc; [`Snapshot::read`] is the I/O behind them. A
+//! session's processes (the sshd process and its descendants) are then
+//! held by pidfds, checked to be the processes the snapshot saw (same
+//! start time), and ended through them as [`super::end`] does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::{Ended, Process};
-use crate::error::{IoContext, Result};
-
-/// One "Accepted publickey for USER from ADDR port PORT ssh2: TYPE FP"
-/// record of sshd, with the pid of the process that wrote it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyLogin {
-    pub pid: i32,
-    pub user: String,
-    pub addr: IpAddr,
-    pub port: u16,
-    /// `SHA256:...` as sshd logs it.
-    pub fingerprint: String,
-    /// When the record was written.
-    pub at: SystemTime,
-}
+use crate::error::{Error, IoContext, Result};
+use crate::ssh::logins::Login;
 
 /// What /proc says about one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,29 +62,49 @@ pub struct ProcInfo {
     pub start_ticks: u64,
 }
 
-/// Details read only for the processes that records name.
+/// Details read only for the processes named `sshd`, `sshd-session` or
+/// `sshd-auth` (the name is only a filter; the executable decides).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshdInfo {
-    /// The executable is `sshd` or `sshd-session` and owned by root.
+    /// The executable is `sshd`, `sshd-session` or `sshd-auth` and owned
+    /// by root.
     pub root_sshd: bool,
+    /// Its root and `/etc` are the system's (not a container's).
+    pub here: bool,
     /// When it started (boot time plus its start ticks).
     pub started: SystemTime,
-    /// Peers of its established TCP sockets.
+    /// Peers of its established TCP sockets (read for root's only).
     pub peers: Vec<SocketAddr>,
 }
 
-/// The process table as far as [`plan`] needs it.
+/// The process table as the decisions here need it.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub procs: BTreeMap<i32, ProcInfo>,
     pub sshd: BTreeMap<i32, SshdInfo>,
 }
 
+/// A live session found in /proc: its monitor's pid and whose it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub pid: i32,
+    pub uid: u32,
+    pub started: SystemTime,
+}
+
 /// A session to end: its sshd process first, then its descendants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub login: KeyLogin,
+    pub login: Login,
     pub pids: Vec<i32>,
+}
+
+/// One user's live sessions: those whose record was found, and the pids
+/// of those whose record was not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserSessions {
+    pub attributed: Vec<Target>,
+    pub unattributed: Vec<i32>,
 }
 
 /// Start times are whole seconds of boot time plus ticks, a record's time
@@ -87,58 +112,87 @@ pub struct Target {
 /// from failing the check by rounding alone.
 const CLOCK_SLACK: Duration = Duration::from_secs(1);
 
-/// The live sessions of `user` (uid `uid`) that authenticated with one of
-/// `fingerprints`, each verified against `snap` as the module doc says.
-/// One target per sshd process, whatever the number of records naming it.
-pub fn plan(
-    logins: &[KeyLogin],
-    fingerprints: &BTreeSet<String>,
-    user: &str,
-    uid: u32,
-    snap: &Snapshot,
-) -> Vec<Target> {
-    let mut out: Vec<Target> = Vec::new();
-    for l in logins {
-        if l.user != user || !fingerprints.contains(&l.fingerprint) {
-            continue;
-        }
-        if out.iter().any(|t| t.login.pid == l.pid) {
-            continue;
-        }
-        let (Some(p), Some(d)) = (snap.procs.get(&l.pid), snap.sshd.get(&l.pid)) else {
+/// Every live SSH session in `snap`, in pid order, as the module doc says.
+pub fn candidates(snap: &Snapshot) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for (&pid, d) in &snap.sshd {
+        let Some(p) = snap.procs.get(&pid) else {
             continue;
         };
-        let as_root = p.uids == [0, 0, 0];
-        let as_user = p.uids == [uid, uid, uid];
-        if !d.root_sshd || !(as_root || as_user) {
+        if !d.root_sshd || !d.here || p.uids != [0, 0, 0] || d.peers.is_empty() {
             continue;
         }
-        if d.started > l.at + CLOCK_SLACK {
-            continue;
-        }
-        let want = SocketAddr::new(super::canonical(l.addr), l.port);
-        if !d.peers.contains(&want) {
-            continue;
-        }
-        let descendants = descendants_of(l.pid, &snap.procs);
-        // A root login has no unprivileged child: sshd skips privilege
-        // separation after authenticating root, and the session is the
-        // root-run sshd process itself.
-        let has_user = (uid == 0 && as_root)
-            || descendants
-                .iter()
-                .any(|c| snap.procs[c].uids.contains(&uid));
-        if !has_user {
-            continue;
-        }
-        let mut pids = vec![l.pid];
-        pids.extend(descendants);
-        out.push(Target {
-            login: l.clone(),
-            pids,
+        let child_uid = snap.procs.iter().find_map(|(c, info)| {
+            let sshd_child = info.ppid == pid && snap.sshd.get(c).is_some_and(|s| s.root_sshd);
+            let u = info.uids[0];
+            (sshd_child && u != 0 && info.uids == [u; 3]).then_some(u)
+        });
+        out.push(Candidate {
+            pid,
+            uid: child_uid.unwrap_or(0),
+            started: d.started,
         });
     }
     out
+}
+
+/// The live sessions of uid `uid`.
+pub fn candidates_of(snap: &Snapshot, uid: u32) -> Vec<Candidate> {
+    candidates(snap)
+        .into_iter()
+        .filter(|c| c.uid == uid)
+        .collect()
+}
+
+/// `user`'s (uid `uid`) live sessions, each matched to its record among
+/// `records` as the module doc says.
+pub fn attribute(records: &[Login], user: &str, uid: u32, snap: &Snapshot) -> UserSessions {
+    let mut out = UserSessions::default();
+    for c in candidates_of(snap, uid) {
+        let d = &snap.sshd[&c.pid];
+        let mut found: Vec<&Login> = records
+            .iter()
+            .filter(|l| l.pid == c.pid && l.user == user && d.started <= l.at + CLOCK_SLACK)
+            .filter(|l| {
+                d.peers
+                    .contains(&SocketAddr::new(super::canonical(l.addr), l.port))
+            })
+            .collect();
+        found.sort_by_key(|l| std::cmp::Reverse(l.at));
+        let agree = found
+            .windows(2)
+            .all(|w| (&w[0].method, &w[0].fingerprint) == (&w[1].method, &w[1].fingerprint));
+        match found.first() {
+            Some(l) if agree => {
+                let mut pids = vec![c.pid];
+                pids.extend(descendants_of(c.pid, &snap.procs));
+                out.attributed.push(Target {
+                    login: (*l).clone(),
+                    pids,
+                });
+            }
+            _ => out.unattributed.push(c.pid),
+        }
+    }
+    out
+}
+
+/// The attributed sessions of `sessions` that authenticated with one of
+/// `fingerprints` (`publickey` records only: a hostbased record names the
+/// host's key).
+pub fn of_keys(sessions: &UserSessions, fingerprints: &BTreeSet<String>) -> Vec<Target> {
+    sessions
+        .attributed
+        .iter()
+        .filter(|t| {
+            t.login.method == "publickey"
+                && t.login
+                    .fingerprint
+                    .as_ref()
+                    .is_some_and(|f| fingerprints.contains(f))
+        })
+        .cloned()
+        .collect()
 }
 
 /// Every descendant of `pid` in `procs`, parents before children.
@@ -158,11 +212,15 @@ fn descendants_of(pid: i32, procs: &BTreeMap<i32, ProcInfo>) -> Vec<i32> {
 }
 
 impl Snapshot {
-    /// The process table now, with sshd details for the pids `logins` name.
-    pub fn read(logins: &[KeyLogin]) -> Result<Snapshot> {
+    /// The process table now, with sshd details for every process named
+    /// like one of sshd's.
+    pub fn read() -> Result<Snapshot> {
         let boot = boot_time()?;
         let tick = clock_tick();
+        let root_id = super::identity(Path::new("/")).ctx(|| "stat /".to_string())?;
+        let etc_id = super::identity(Path::new("/etc")).ctx(|| "stat /etc".to_string())?;
         let mut snap = Snapshot::default();
+        let mut tables = super::TcpTables::default();
         for e in fs::read_dir("/proc").ctx(|| "listing /proc".to_string())? {
             let Some(pid) = e
                 .ok()
@@ -170,38 +228,52 @@ impl Snapshot {
             else {
                 continue;
             };
-            if let Some(info) = proc_info(pid) {
-                snap.procs.insert(pid, info);
-            }
-        }
-        for pid in logins.iter().map(|l| l.pid).collect::<BTreeSet<_>>() {
-            let Some(info) = snap.procs.get(&pid) else {
+            let Some((info, name)) = proc_info(pid) else {
                 continue;
             };
-            let started = boot + Duration::from_secs_f64(info.start_ticks as f64 / tick);
-            snap.sshd.insert(
-                pid,
-                SshdInfo {
-                    root_sshd: is_root_sshd(pid),
-                    started,
-                    peers: super::tcp_peers(pid),
-                },
-            );
+            if matches!(name.as_str(), "sshd" | "sshd-session" | "sshd-auth") {
+                let started = boot + Duration::from_secs_f64(info.start_ticks as f64 / tick);
+                let root = info.uids == [0, 0, 0];
+                snap.sshd.insert(
+                    pid,
+                    SshdInfo {
+                        root_sshd: is_root_sshd(pid),
+                        here: root && super::on_this_system(pid, root_id, etc_id),
+                        started,
+                        peers: if root {
+                            super::tcp_peers_cached(pid, &mut tables)
+                        } else {
+                            Vec::new()
+                        },
+                    },
+                );
+            }
+            snap.procs.insert(pid, info);
         }
         Ok(snap)
     }
 }
 
-/// ppid, uids and start time of a process; None once it is gone.
-fn proc_info(pid: i32) -> Option<ProcInfo> {
+/// ppid, uids and start time of a process, and its name (`Name:` of
+/// status, the kernel's `comm`); None once it is gone.
+fn proc_info(pid: i32) -> Option<(ProcInfo, String)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (ppid, start_ticks) = parse_stat(&stat)?;
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    Some(ProcInfo {
-        ppid,
-        uids: parse_uids(&status)?,
-        start_ticks,
-    })
+    let name = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Name:"))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    Some((
+        ProcInfo {
+            ppid,
+            uids: parse_uids(&status)?,
+            start_ticks,
+        },
+        name,
+    ))
 }
 
 /// ppid (field 4) and starttime (field 22) of /proc/PID/stat. The command
@@ -224,7 +296,8 @@ fn parse_uids(status: &str) -> Option<[u32; 3]> {
     v.try_into().ok()
 }
 
-/// The executable is a root-owned file named `sshd` or `sshd-session`
+/// The executable is a root-owned file named `sshd`, `sshd-session` or
+/// `sshd-auth`
 /// (" (deleted)" when the package was upgraded under a running session).
 fn is_root_sshd(pid: i32) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -235,7 +308,8 @@ fn is_root_sshd(pid: i32) -> bool {
     let name = target.to_string_lossy();
     let name = name.strip_suffix(" (deleted)").unwrap_or(&name);
     let base = Path::new(name).file_name().and_then(|n| n.to_str());
-    matches!(base, Some("sshd" | "sshd-session")) && fs::metadata(&exe).is_ok_and(|m| m.uid() == 0)
+    matches!(base, Some("sshd" | "sshd-session" | "sshd-auth"))
+        && fs::metadata(&exe).is_ok_and(|m| m.uid() == 0)
 }
 
 /// When the system booted (/proc/stat `btime`): no live session is older.
@@ -245,8 +319,7 @@ pub fn boot_time() -> Result<SystemTime> {
         .lines()
         .find_map(|l| l.strip_prefix("btime "))
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .ok_or_else(|| std::io::Error::other("no btime line"))
-        .ctx(|| "reading /proc/stat".to_string())?;
+        .ok_or_else(|| Error::Internal("/proc/stat has no btime line".into()))?;
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
@@ -260,48 +333,74 @@ fn clock_tick() -> f64 {
     }
 }
 
-/// What ending the sessions did: one entry per session ended (its sshd
-/// pid), and how many matching sessions are still open.
+/// What ending (or counting) the sessions of some keys did: one entry per
+/// session ended (its sshd pid), how many matching sessions are still
+/// open, and how many live sessions of the user could not be matched to
+/// a key at all (neither ended nor in `open`), with why.
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub ended: Vec<Ended>,
     pub open: usize,
+    pub unmatched: usize,
+    /// Set when `unmatched` > 0: where the records were looked for, and
+    /// what bounded that.
+    pub unmatched_why: Option<String>,
 }
 
-/// The live sessions of `user` that authenticated with one of
-/// `fingerprints` (verified as [`plan`] does), without touching them.
-pub fn count(
-    logins: &[KeyLogin],
-    fingerprints: &BTreeSet<String>,
-    user: &str,
-    uid: u32,
-) -> Result<usize> {
-    let snap = Snapshot::read(logins)?;
-    Ok(plan(logins, fingerprints, user, uid, &snap).len())
+impl Outcome {
+    /// The result's `sessions_error` text, when some sessions of `user`
+    /// could not be matched to a key.
+    pub fn unmatched_error(&self, user: &str) -> Option<String> {
+        (self.unmatched > 0).then(|| {
+            format!(
+                "{} live session(s) of {user} could not be matched to a key: {}",
+                self.unmatched,
+                self.unmatched_why
+                    .as_deref()
+                    .unwrap_or("their login records were not found")
+            )
+        })
+    }
 }
 
-/// End the live sessions of `user` that authenticated with one of
-/// `fingerprints`: SIGTERM to each session's processes, SIGKILL after
-/// [`super::GRACE`], all through pidfds.
-pub fn end(
-    logins: &[KeyLogin],
+/// What `user`'s sessions `sessions` mean for the keys `fingerprints`,
+/// touching none: `open` is how many of the attributed ones used one of
+/// them, `unmatched` how many could not be attributed.
+pub fn count(sessions: &UserSessions, fingerprints: &BTreeSet<String>) -> Outcome {
+    Outcome {
+        open: of_keys(sessions, fingerprints).len(),
+        unmatched: sessions.unattributed.len(),
+        ..Outcome::default()
+    }
+}
+
+/// End the sessions of `sessions` (found in `snap`) that used one of
+/// `fingerprints`; the unattributed ones are left alone and counted.
+pub fn end_keys(
+    sessions: &UserSessions,
     fingerprints: &BTreeSet<String>,
     user: &str,
-    uid: u32,
-) -> Result<Outcome> {
-    let snap = Snapshot::read(logins)?;
-    let targets = plan(logins, fingerprints, user, uid, &snap);
+    snap: &Snapshot,
+) -> Outcome {
+    let mut o = end(of_keys(sessions, fingerprints), user, snap);
+    o.unmatched = sessions.unattributed.len();
+    o
+}
+
+/// End `targets` (planned from `snap`): SIGTERM to each session's
+/// processes, SIGKILL after [`super::GRACE`], all through pidfds.
+pub fn end(targets: Vec<Target>, user: &str, snap: &Snapshot) -> Outcome {
     let mut held = Vec::new();
     let mut sessions = Vec::new();
     for t in targets {
-        let Some(first) = hold(t.pids[0], &snap) else {
+        let Some(first) = hold(t.pids[0], snap) else {
             // Gone (or replaced) since the snapshot: nothing to end.
             continue;
         };
         held.push(first);
         // Descendants that are gone or replaced are skipped; the others
         // are ended with the session.
-        held.extend(t.pids[1..].iter().filter_map(|&p| hold(p, &snap)));
+        held.extend(t.pids[1..].iter().filter_map(|&p| hold(p, snap)));
         sessions.push(t.login);
     }
     let (_gone, left) = super::end(held, user);
@@ -314,12 +413,12 @@ pub fn end(
             out.ended.push(Ended {
                 pid: l.pid,
                 user: user.to_owned(),
-                fingerprint: Some(l.fingerprint),
+                fingerprint: l.fingerprint,
                 from: Some(super::canonical(l.addr).to_string()),
             });
         }
     }
-    Ok(out)
+    out
 }
 
 /// A pidfd for `pid`, when the process it names is the one the snapshot
@@ -327,7 +426,7 @@ pub fn end(
 /// reused in between is never held.
 fn hold(pid: i32, snap: &Snapshot) -> Option<Process> {
     let pidfd = super::pidfd_open(pid)?;
-    let now = proc_info(pid)?;
+    let (now, _) = proc_info(pid)?;
     let then = snap.procs.get(&pid)?;
     if now.start_ticks != then.start_ticks || now.ppid != then.ppid || !super::alive(&pidfd) {
         return None;
@@ -342,7 +441,7 @@ fn hold(pid: i32, snap: &Snapshot) -> Option<Process> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     const UID: u32 = 1001;
     const FP_A: &str = "SHA256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -352,21 +451,36 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(s)
     }
 
-    fn login(pid: i32, user: &str, port: u16, fp: &str, at: u64) -> KeyLogin {
-        KeyLogin {
+    fn login(pid: i32, user: &str, port: u16, fp: &str, at: u64) -> Login {
+        Login {
             pid,
             user: user.into(),
             addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port,
-            fingerprint: fp.into(),
+            method: "publickey".into(),
+            key_type: Some("ED25519".into()),
+            fingerprint: Some(fp.into()),
             at: t(at),
+            source: crate::ssh::logins::Source::Journal,
+        }
+    }
+
+    fn sshd_info(port: Option<u16>) -> SshdInfo {
+        SshdInfo {
+            root_sshd: true,
+            here: true,
+            started: t(1000),
+            peers: port
+                .map(|p| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), p))
+                .into_iter()
+                .collect(),
         }
     }
 
     /// A process table with two sessions of `alice` (uid 1001): sshd 100
-    /// from port 40000 (child 101 as alice, grandchild 102), sshd 200 from
-    /// port 40001 (child 201); and one of bob (uid 1002): sshd 300 from
-    /// port 40002 (child 301).
+    /// from port 40000 (its sshd child 101 as alice, grandchild 102),
+    /// sshd 200 from port 40001 (sshd child 201); one of bob (uid 1002):
+    /// sshd 300 from port 40002 (sshd child 301); and sshd's listener 10.
     fn table() -> Snapshot {
         let mut s = Snapshot::default();
         let mut proc_ = |pid, ppid, uid| {
@@ -380,22 +494,20 @@ mod tests {
             );
         };
         proc_(1, 0, 0);
-        proc_(100, 1, 0);
+        proc_(10, 1, 0);
+        proc_(100, 10, 0);
         proc_(101, 100, UID);
         proc_(102, 101, UID);
-        proc_(200, 1, 0);
+        proc_(200, 10, 0);
         proc_(201, 200, UID);
-        proc_(300, 1, 0);
+        proc_(300, 10, 0);
         proc_(301, 300, 1002);
+        s.sshd.insert(10, sshd_info(None));
         for (pid, port) in [(100, 40000), (200, 40001), (300, 40002)] {
-            s.sshd.insert(
-                pid,
-                SshdInfo {
-                    root_sshd: true,
-                    started: t(1000),
-                    peers: vec![SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)],
-                },
-            );
+            s.sshd.insert(pid, sshd_info(Some(port)));
+        }
+        for pid in [101, 201, 301] {
+            s.sshd.insert(pid, sshd_info(None));
         }
         s
     }
@@ -404,8 +516,42 @@ mod tests {
         f.iter().map(|s| s.to_string()).collect()
     }
 
-    fn pids(targets: &[Target]) -> Vec<Vec<i32>> {
-        targets.iter().map(|t| t.pids.clone()).collect()
+    fn plan(
+        logins: &[Login],
+        keys: &[&str],
+        user: &str,
+        uid: u32,
+        snap: &Snapshot,
+    ) -> Vec<Vec<i32>> {
+        of_keys(&attribute(logins, user, uid, snap), &fps(keys))
+            .iter()
+            .map(|t| t.pids.clone())
+            .collect()
+    }
+
+    #[test]
+    fn sessions_are_found_in_proc_and_grouped_by_their_sshd_childs_uid() {
+        let got: Vec<(i32, u32)> = candidates(&table())
+            .iter()
+            .map(|c| (c.pid, c.uid))
+            .collect();
+        // Not the listener (no connection), not the unprivileged children.
+        assert_eq!(got, [(100, UID), (200, UID), (300, 1002)]);
+        // A child running as the user that is not sshd's (a program the
+        // session ran) does not make a root session the user's.
+        let mut s = table();
+        s.sshd.remove(&301);
+        assert_eq!(
+            candidates_of(&s, 0)
+                .iter()
+                .map(|c| c.pid)
+                .collect::<Vec<_>>(),
+            [300]
+        );
+        // A container's sshd (another root or /etc) is not this system's.
+        let mut s = table();
+        s.sshd.get_mut(&100).unwrap().here = false;
+        assert_eq!(candidates_of(&s, UID).len(), 1);
     }
 
     #[test]
@@ -414,9 +560,64 @@ mod tests {
             login(100, "alice", 40000, FP_A, 1001),
             login(200, "alice", 40001, FP_B, 1002),
         ];
-        let got = plan(&logins, &fps(&[FP_A]), "alice", UID, &table());
-        assert_eq!(pids(&got), [vec![100, 101, 102]]);
-        assert_eq!(got[0].login.fingerprint, FP_A);
+        assert_eq!(
+            plan(&logins, &[FP_A], "alice", UID, &table()),
+            [vec![100, 101, 102]]
+        );
+        let s = attribute(&logins, "alice", UID, &table());
+        assert_eq!((s.attributed.len(), s.unattributed.len()), (2, 0));
+    }
+
+    #[test]
+    fn a_live_session_older_than_the_newest_records_is_still_found() {
+        // Its record is older than 10,000 others (the old reader took the
+        // newest 10,000 of the log and never saw it): looked up by pid, it
+        // is found among the records of that pid alone.
+        let mut logins: Vec<Login> = (0..10_000)
+            .map(|i| login(5000 + i, "bob", 1, FP_B, 90_000 - i as u64))
+            .collect();
+        logins.push(login(100, "alice", 40000, FP_A, 1001));
+        assert_eq!(
+            plan(&logins, &[FP_A], "alice", UID, &table()),
+            [vec![100, 101, 102]]
+        );
+    }
+
+    #[test]
+    fn a_session_whose_record_rotated_away_is_reported_unmatched_not_closed() {
+        // 200's record is gone: it is alice's live session of an unknown
+        // key, never "no session".
+        let logins = [login(100, "alice", 40000, FP_A, 1001)];
+        let s = attribute(&logins, "alice", UID, &table());
+        assert_eq!(s.unattributed, [200]);
+        let o = count(&s, &fps(&[FP_B]));
+        assert_eq!((o.open, o.unmatched), (0, 1));
+        let e = Outcome {
+            unmatched_why: Some("not in the journal".into()),
+            ..o
+        }
+        .unmatched_error("alice")
+        .unwrap();
+        assert_eq!(
+            e,
+            "1 live session(s) of alice could not be matched to a key: not in the journal"
+        );
+        // Ending the key's sessions leaves it alone and still counts it.
+        let o = end_keys(&s, &fps(&[FP_B]), "alice", &table());
+        assert_eq!((o.ended.len(), o.open, o.unmatched), (0, 0, 1));
+    }
+
+    #[test]
+    fn only_publickey_records_name_a_key() {
+        // A hostbased record logs the host's key fingerprint: it is not the
+        // user's key, even when the fingerprints are equal.
+        let mut l = login(100, "alice", 40000, FP_A, 1001);
+        l.method = "hostbased".into();
+        assert!(plan(&[l.clone()], &[FP_A], "alice", UID, &table()).is_empty());
+        let mut p = login(200, "alice", 40001, FP_B, 1002);
+        (p.method, p.key_type, p.fingerprint) = ("password".into(), None, None);
+        let s = attribute(&[l, p], "alice", UID, &table());
+        assert_eq!(s.attributed.len(), 2);
     }
 
     #[test]
@@ -425,17 +626,47 @@ mod tests {
         // with bob's connection: neither matches what /proc shows.
         let logins = [
             login(300, "alice", 40002, FP_A, 1001),
-            login(300, "bob", 40002, FP_A, 1001),
+            login(100, "alice", 40002, FP_A, 1001),
         ];
-        assert!(plan(&logins, &fps(&[FP_A]), "alice", UID, &table()).is_empty());
-        // bob's session has no process running as alice's uid.
-        assert!(plan(&logins[..1], &fps(&[FP_A]), "alice", UID, &table()).is_empty());
+        assert!(plan(&logins, &[FP_A], "alice", UID, &table()).is_empty());
+        // bob's session read for alice is not hers at all.
+        assert!(attribute(&logins, "alice", UID, &table())
+            .unattributed
+            .iter()
+            .all(|p| *p != 300));
+        // Named as bob's own with alice's key: bob's session, of that key;
+        // alice's sessions are untouched.
+        let s = attribute(
+            &[login(300, "bob", 40002, FP_A, 1001)],
+            "bob",
+            1002,
+            &table(),
+        );
+        assert_eq!(of_keys(&s, &fps(&[FP_A]))[0].pids, [300, 301]);
+    }
+
+    #[test]
+    fn records_of_one_session_that_disagree_attribute_it_to_no_key() {
+        // A forged auth.log line for the same pid and port with another
+        // key: which one is true is unknown.
+        let logins = [
+            login(100, "alice", 40000, FP_A, 1001),
+            login(100, "alice", 40000, FP_B, 1001),
+        ];
+        let s = attribute(&logins, "alice", UID, &table());
+        assert_eq!(s.unattributed, [100, 200]);
+        // The same record twice is one session.
+        let logins = [
+            login(100, "alice", 40000, FP_A, 1001),
+            login(100, "alice", 40000, FP_A, 1001),
+        ];
+        assert_eq!(plan(&logins, &[FP_A], "alice", UID, &table()).len(), 1);
     }
 
     #[test]
     fn a_record_whose_port_is_not_the_connections_is_not_matched() {
         let logins = [login(200, "alice", 40000, FP_A, 1001)];
-        assert!(plan(&logins, &fps(&[FP_A]), "alice", UID, &table()).is_empty());
+        assert!(plan(&logins, &[FP_A], "alice", UID, &table()).is_empty());
     }
 
     #[test]
@@ -445,28 +676,24 @@ mod tests {
         // the record was about an earlier process of that pid.
         snap.sshd.get_mut(&100).unwrap().started = t(5000);
         let logins = [login(100, "alice", 40000, FP_A, 1001)];
-        assert!(plan(&logins, &fps(&[FP_A]), "alice", UID, &snap).is_empty());
+        assert!(plan(&logins, &[FP_A], "alice", UID, &snap).is_empty());
+        assert_eq!(
+            attribute(&logins, "alice", UID, &snap).unattributed,
+            [100, 200]
+        );
     }
 
     #[test]
-    fn a_process_that_is_not_roots_sshd_is_not_matched() {
+    fn a_process_that_is_not_roots_sshd_is_not_a_session() {
         let mut snap = table();
         snap.sshd.get_mut(&100).unwrap().root_sshd = false;
         let logins = [login(100, "alice", 40000, FP_A, 1001)];
-        assert!(plan(&logins, &fps(&[FP_A]), "alice", UID, &snap).is_empty());
+        assert!(plan(&logins, &[FP_A], "alice", UID, &snap).is_empty());
         // Nor an sshd running as a third uid.
         let mut snap = table();
         snap.procs.get_mut(&100).unwrap().uids = [7, 7, 7];
-        assert!(plan(&logins, &fps(&[FP_A]), "alice", UID, &snap).is_empty());
-    }
-
-    #[test]
-    fn a_session_without_a_process_of_the_user_is_not_matched() {
-        let mut snap = table();
-        snap.procs.remove(&101);
-        snap.procs.remove(&102);
-        let logins = [login(100, "alice", 40000, FP_A, 1001)];
-        assert!(plan(&logins, &fps(&[FP_A]), "alice", UID, &snap).is_empty());
+        assert!(plan(&logins, &[FP_A], "alice", UID, &snap).is_empty());
+        assert_eq!(candidates_of(&snap, UID).len(), 1);
     }
 
     #[test]
@@ -475,21 +702,11 @@ mod tests {
         snap.procs.remove(&101);
         snap.procs.remove(&102);
         let logins = [login(100, "root", 40000, FP_A, 1001)];
+        assert_eq!(plan(&logins, &[FP_A], "root", 0, &snap), [vec![100]]);
+        // alice's sessions are not root's.
         assert_eq!(
-            pids(&plan(&logins, &fps(&[FP_A]), "root", 0, &snap)),
-            [vec![100]]
-        );
-    }
-
-    #[test]
-    fn a_pid_named_twice_is_one_session() {
-        let logins = [
-            login(100, "alice", 40000, FP_A, 1001),
-            login(100, "alice", 40000, FP_A, 1001),
-        ];
-        assert_eq!(
-            plan(&logins, &fps(&[FP_A]), "alice", UID, &table()).len(),
-            1
+            attribute(&logins, "root", 0, &snap).unattributed,
+            Vec::<i32>::new()
         );
     }
 
@@ -497,7 +714,7 @@ mod tests {
     fn an_ipv4_mapped_record_address_matches_the_ipv4_peer() {
         let mut l = login(100, "alice", 40000, FP_A, 1001);
         l.addr = "::ffff:127.0.0.1".parse().unwrap();
-        assert_eq!(plan(&[l], &fps(&[FP_A]), "alice", UID, &table()).len(), 1);
+        assert_eq!(plan(&[l], &[FP_A], "alice", UID, &table()).len(), 1);
     }
 
     #[test]
@@ -520,16 +737,15 @@ mod tests {
     #[test]
     fn our_own_process_reads_as_it_is() {
         let me = std::process::id() as i32;
-        let info = proc_info(me).unwrap();
+        let (info, _) = proc_info(me).unwrap();
         // SAFETY: getppid and getuid take nothing and cannot fail.
         let (ppid, uid) = unsafe { (libc::getppid(), libc::getuid()) };
         assert_eq!(info.ppid, ppid);
         assert_eq!(info.uids[0], uid);
         // The test binary is not sshd, whoever owns it.
         assert!(!is_root_sshd(me));
-        let snap = Snapshot::read(&[login(me, "x", 1, FP_A, 0)]).unwrap();
-        let started = snap.sshd[&me].started;
-        assert!(started <= SystemTime::now() + CLOCK_SLACK);
-        assert!(started > SystemTime::now() - Duration::from_secs(24 * 3600));
+        let snap = Snapshot::read().unwrap();
+        assert_eq!(snap.procs[&me], info);
+        assert!(!snap.sshd.contains_key(&me));
     }
 }

@@ -11,13 +11,20 @@
 #[path = "../gate/mod.rs"]
 pub mod gate;
 
+// The one wait loop of every suite (see ../wait/mod.rs), shared by path.
+#[allow(clippy::duplicate_mod)]
+#[path = "../wait/mod.rs"]
+pub mod wait;
+pub use wait::wait_until;
+
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use accessd::inbox::Inbox;
 use accessd::protocol::client::{verify_result, CommandSpec};
 use accessd::protocol::result::ResultPayload;
 use base64::Engine as _;
@@ -190,11 +197,11 @@ impl Machine {
         self.state.join("outbox")
     }
 
-    /// Drop a command the way the protocol asks: hidden name, then rename.
+    /// Drop a command the way the protocol asks (accessctl's own routine).
     pub fn drop_cmd(&self, name: &str, env: &[u8]) {
-        let tmp = self.inbox().join(format!(".{name}.part"));
-        std::fs::write(&tmp, env).unwrap();
-        std::fs::rename(&tmp, self.inbox().join(name)).unwrap();
+        Inbox::of_state_dir(&self.state)
+            .drop_envelope(name, env)
+            .unwrap();
     }
 
     /// Start `accessd --config` and wait for READY=1 on a notify socket of
@@ -250,15 +257,16 @@ impl Machine {
 
     /// Wait until the log contains `needle` `count` times.
     pub fn wait_log(&self, needle: &str, count: usize) {
-        wait_until(
-            || self.log_text().matches(needle).count() >= count,
-            &format!("{needle:?} x{count} in the log"),
-        );
+        wait_until(&format!("{needle:?} x{count} in the log"), PATIENCE, || {
+            self.log_text().matches(needle).count() >= count
+        });
     }
 
     pub fn result(&self, name: &str) -> ResultPayload {
         let agent = self.agent_key();
-        let bytes = wait_file(&self.outbox().join(name));
+        let bytes = Inbox::of_state_dir(&self.state)
+            .wait_result(name, PATIENCE)
+            .unwrap();
         verify_result(&agent, &bytes).unwrap()
     }
 
@@ -313,14 +321,12 @@ impl Daemon {
     }
 
     pub fn wait(mut self) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(start.elapsed() < PATIENCE, "accessd did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut status = None;
+        wait_until("accessd to exit", PATIENCE, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.expect("wait_until returned, so accessd exited")
     }
 
     pub fn stop(self) -> ExitStatus {
@@ -334,26 +340,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < PATIENCE, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-pub fn wait_file(p: &Path) -> Vec<u8> {
-    let mut out = None;
-    wait_until(
-        || {
-            out = std::fs::read(p).ok();
-            out.is_some()
-        },
-        &p.display().to_string(),
-    );
-    out.unwrap()
 }
 
 fn rand_suffix() -> String {

@@ -9,6 +9,11 @@
 #[path = "../gate/mod.rs"]
 pub mod gate;
 
+// The one wait loop of every suite (see ../wait/mod.rs), shared by path.
+#[allow(clippy::duplicate_mod)]
+#[path = "../wait/mod.rs"]
+pub mod wait;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

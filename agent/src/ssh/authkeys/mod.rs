@@ -232,6 +232,14 @@ pub struct KeysOutcome {
     pub updated: usize,
     pub removed: usize,
     pub warnings: Vec<String>,
+    /// The keys this edit took away, by fingerprint: none of them is in
+    /// the file afterwards. `remove_keys`: every key it names (also one
+    /// whose line was gone already, so a command sent again ends the
+    /// sessions a first one left open); `replace_keys`: the managed keys
+    /// not among the new ones. Whose sessions `terminate_sessions` ends;
+    /// not part of the result.
+    #[serde(skip)]
+    pub revoked: BTreeSet<String>,
 }
 
 /// The key a file line holds, when it is a key line accessd understands.
@@ -324,6 +332,15 @@ pub struct Expiring {
     /// Seconds since the epoch: the key stops working at this second.
     pub at: u64,
     pub command_id: String,
+    /// The binding command asked for `terminate_sessions`: the key's live
+    /// sessions end when it expires. Left out when false, so records
+    /// written before it read as they always did.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub terminate_sessions: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A command's `expires_at` for the keys it binds.
@@ -335,6 +352,8 @@ pub struct Expiry {
     pub command_id: String,
     /// How the installed sshd reads `expiry-time`.
     pub form: expiry::ExpiryForm,
+    /// End the keys' live sessions when they expire.
+    pub terminate_sessions: bool,
 }
 
 impl Expiry {
@@ -355,6 +374,7 @@ impl Expiry {
         Expiring {
             at: self.at,
             command_id: self.command_id.clone(),
+            terminate_sessions: self.terminate_sessions,
         }
     }
 }
@@ -389,9 +409,9 @@ fn load_managed(dir: &Dir, user: &UserName) -> Result<Managed> {
     let Some(data) = dir.read(&state_name(user))? else {
         return Ok(Managed::default());
     };
-    serde_json::from_slice(&data.bytes).map_err(|e| Error::Io {
-        context: format!("reading {}", dir.display(&state_name(user)).display()),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    serde_json::from_slice(&data.bytes).map_err(|e| Error::BadFile {
+        path: dir.display(&state_name(user)),
+        message: format!("not a key record accessd wrote: {e}"),
     })
 }
 
@@ -523,6 +543,7 @@ pub fn remove_keys(sys: &System, user: &UserName, keys: &[KeySelector]) -> Resul
     let fps: BTreeSet<String> = keys.iter().map(KeySelector::fingerprint).collect();
     apply(sys, user, false, |text, managed, out| {
         out.removed = remove_from(text, &fps);
+        out.revoked = fps.clone();
         forget(managed, &fps)
     })
 }
@@ -554,6 +575,7 @@ pub fn replace_keys_until(
         let drop: BTreeSet<String> = managed.fingerprints.difference(&wanted).cloned().collect();
         out.removed = remove_from(text, &drop);
         let inserted = add_to(text, &keys, out);
+        out.revoked = drop.clone();
         let mut m = forget(managed, &drop);
         m.fingerprints.extend(inserted);
         bound(m, &keys, expiry)
@@ -570,6 +592,12 @@ pub struct ExpiredKey {
     /// Lines removed (0 when it was no longer in the file, or the user no
     /// longer exists).
     pub lines_removed: usize,
+    /// Its binding command asked for `terminate_sessions`: the key's live
+    /// sessions are to be ended now (the caller does that, see
+    /// [`Sweep::sessions_to_end`]).
+    pub terminate_sessions: bool,
+    /// The user no longer exists (so neither do their sessions).
+    pub user_gone: bool,
 }
 
 /// What a sweep did.
@@ -581,6 +609,26 @@ pub struct Sweep {
     pub failed: Vec<(UserName, Vec<String>, Error)>,
     /// The earliest expiry still to come, seconds since the epoch.
     pub next: Option<u64>,
+}
+
+impl Sweep {
+    /// The users whose removed keys asked for `terminate_sessions`, each
+    /// with those keys' fingerprints: the sessions to end after the sweep
+    /// (the lines are gone by then, so an ended session cannot log back in
+    /// with its key). Users who no longer exist are left out.
+    pub fn sessions_to_end(&self) -> BTreeMap<UserName, BTreeSet<String>> {
+        let mut out: BTreeMap<UserName, BTreeSet<String>> = BTreeMap::new();
+        for k in self
+            .removed
+            .iter()
+            .filter(|k| k.terminate_sessions && !k.user_gone)
+        {
+            out.entry(k.user.clone())
+                .or_default()
+                .insert(k.fingerprint.clone());
+        }
+        out
+    }
 }
 
 /// Remove every managed key whose expiry is at or before `now` (seconds
@@ -626,9 +674,11 @@ pub fn expire_due(sys: &System, now: u64) -> Result<Sweep> {
             }
             forget(m, &fps)
         });
+        let mut user_gone = false;
         match r {
             Ok(_) => {}
             Err(Error::UserNotFound(_)) => {
+                user_gone = true;
                 // The user is gone, and so is every line: forget the keys.
                 let m = forget(&managed, &fps);
                 if let Err(e) = store_managed(&state, &user, &m) {
@@ -648,6 +698,8 @@ pub fn expire_due(sys: &System, now: u64) -> Result<Sweep> {
                 fingerprint,
                 at: e.at,
                 command_id: e.command_id,
+                terminate_sessions: e.terminate_sessions,
+                user_gone,
             });
         }
     }

@@ -428,10 +428,10 @@ impl Undo {
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(Error::Io {
-                context: format!("rolling back sshd configuration: {}", failures.join("; ")),
-                source: std::io::Error::other("rollback incomplete"),
-            })
+            Err(Error::RollbackIncomplete(format!(
+                "rolling back sshd configuration: {}",
+                failures.join("; ")
+            )))
         }
     }
 }
@@ -440,10 +440,11 @@ impl Undo {
 fn with_rollback(e: Error, rollback: Result<()>) -> Error {
     match rollback {
         Ok(()) => e,
-        Err(r) => Error::Io {
-            context: format!("{e}; and then {r}"),
-            source: std::io::Error::other("rollback incomplete"),
-        },
+        // One "(rollback incomplete)", after both failures.
+        Err(Error::RollbackIncomplete(r)) => {
+            Error::RollbackIncomplete(format!("{e}; and then {r}"))
+        }
+        Err(r) => Error::RollbackIncomplete(format!("{e}; and then {r}")),
     }
 }
 
@@ -518,10 +519,10 @@ fn backup_name(
             return Ok(c);
         }
     }
-    Err(Error::Io {
-        context: format!("choosing a backup name for {}", dir.display(name).display()),
-        source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-    })
+    Err(Error::Internal(format!(
+        "choosing a backup name for {}: {name}.bak and the 100 names after it exist already",
+        dir.display(name).display()
+    )))
 }
 
 enum Validation {
