@@ -7,8 +7,10 @@
 //! - [`fsx`]: every file access below the root; symlink-safe walking and the one
 //!   atomic-write routine.
 //! - [`error`]: the error type; each variant is one protocol error code.
-//! - [`names`], [`secret`], [`hex`]: validated user names, zeroized passwords,
-//!   the one hex encoding.
+//! - [`names`], [`secret`], [`hex`], [`time`]: validated user names, zeroized
+//!   passwords, the one hex encoding, the one RFC 3339 time form.
+//! - [`userdb`]: the colon-separated account databases as tables, and the
+//!   one read of a passwd entry (below `accounts` and `ssh`, which both need it).
 //! - [`accounts`]: /etc/passwd, shadow, group, gshadow, subuid, subgid, homes.
 //! - [`ssh`]: authorized_keys files and sshd's effective settings.
 //! - [`config`](crate::config): `accessd.toml`.
@@ -49,3 +51,5 @@ pub mod staging;
 pub mod state_dir;
 pub mod suspensions;
 pub mod sys;
+pub mod time;
+pub mod userdb;

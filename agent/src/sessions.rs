@@ -7,7 +7,10 @@
 //! `root` set to an image, processes chrooted into it. One more condition:
 //! the process's `/etc` must be the root's `/etc`. A process that sees
 //! another `/etc` (a container sharing the root filesystem, a test sandbox)
-//! reads other account files, where that uid is somebody else.
+//! reads other account files, where that uid is somebody else. Both
+//! conditions hold only for processes in accessd's own user namespace: in
+//! a user namespace of their own, any user can chroot or mount another
+//! `/etc`, and such processes always count ([`on_this_system`]).
 //!
 //! Every process is held by a pidfd from the moment it is found, and only
 //! ever signalled through it: a pid that was recycled since is never hit.
@@ -59,10 +62,16 @@ pub struct Ended {
     pub from: Option<String>,
 }
 
+/// Opens a pidfd: [`pidfd_open`], or in tests a failure in its place.
+pub(crate) type OpenPidfd = dyn Fn(i32) -> std::io::Result<OwnedFd>;
+
 /// The running processes of `uid` on the system under `root`, in pid order.
 pub fn processes_of(root: &Path, uid: u32) -> Result<Vec<Process>> {
-    let root_id = identity(root).ctx(|| format!("stat {}", root.display()))?;
-    let etc_id = identity(&root.join("etc")).ctx(|| format!("stat {}/etc", root.display()))?;
+    processes_of_with(root, uid, &pidfd_open)
+}
+
+fn processes_of_with(root: &Path, uid: u32, open: &OpenPidfd) -> Result<Vec<Process>> {
+    let here = Here::of(root)?;
     let mut pids: Vec<i32> = fs::read_dir("/proc")
         .ctx(|| "listing /proc".to_string())?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -72,7 +81,7 @@ pub fn processes_of(root: &Path, uid: u32) -> Result<Vec<Process>> {
     for pid in pids {
         // Opened first: whatever is read below is then checked to belong
         // to this very process (it is still alive after the reads).
-        let Some(pidfd) = pidfd_open(pid) else {
+        let Some(pidfd) = held(pid, open)? else {
             continue;
         };
         let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
@@ -81,7 +90,7 @@ pub fn processes_of(root: &Path, uid: u32) -> Result<Vec<Process>> {
         if !is_running_as(&status, uid) {
             continue;
         }
-        if !on_this_system(pid, root_id, etc_id) {
+        if !on_this_system(pid, &here) {
             continue;
         }
         let from = if is_sshd(pid) {
@@ -196,14 +205,61 @@ fn identity(p: &Path) -> std::io::Result<(u64, u64)> {
     fs::metadata(p).map(|m| (m.dev(), m.ino()))
 }
 
-/// Whether the process's root is `root_id` and its `/etc` is `etc_id`.
+/// Where the processes that count run: the system's root and `/etc`,
+/// and (on the live system) accessd's own user namespace.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Here {
+    root: (u64, u64),
+    etc: (u64, u64),
+    /// accessd's user namespace, when `root` is the live system's `/`
+    /// (in image mode only processes chrooted into the image count).
+    userns: Option<(u64, u64)>,
+}
+
+impl Here {
+    pub(crate) fn of(root: &Path) -> Result<Here> {
+        let root_id = identity(root).ctx(|| format!("stat {}", root.display()))?;
+        let etc = identity(&root.join("etc")).ctx(|| format!("stat {}/etc", root.display()))?;
+        let live = identity(Path::new("/")).is_ok_and(|r| r == root_id);
+        let userns = match live {
+            true => Some(
+                identity(Path::new("/proc/self/ns/user"))
+                    .ctx(|| "stat /proc/self/ns/user".to_string())?,
+            ),
+            false => None,
+        };
+        Ok(Here {
+            root: root_id,
+            etc,
+            userns,
+        })
+    }
+}
+
+/// Whether the process is on the system `here` describes: its root is
+/// that root and its `/etc` that `/etc` — unless it is in another user
+/// namespace than accessd's, when it always is. A process that sees
+/// another root or `/etc` in accessd's own user namespace was put there by
+/// root (a container sharing the root filesystem, a test sandbox): it
+/// reads other account files, where its uid is somebody else. But any
+/// user can make a user namespace of their own and mount another `/etc`
+/// in it (`unshare -Urm`): its processes are still theirs.
+///
 /// `/proc/PID/root` is followed (it is the kernel's link to that root);
 /// `etc` in it is not, so a process cannot make its `/etc` look like ours
 /// with a symlink. A process we may not look into (without CAP_SYS_PTRACE)
 /// counts as on this system: for `user_busy`, a false "not busy" is the
 /// worse answer, and the shipped unit has the capability.
-fn on_this_system(pid: i32, root_id: (u64, u64), etc_id: (u64, u64)) -> bool {
+pub(crate) fn on_this_system(pid: i32, here: &Here) -> bool {
     let denied = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM));
+    if let Some(own) = here.userns {
+        match identity(Path::new(&format!("/proc/{pid}/ns/user"))) {
+            Ok(ns) if ns != own => return true,
+            Ok(_) => {}
+            Err(e) => return denied(&e),
+        }
+    }
+    let (root_id, etc_id) = (here.root, here.etc);
     let root = format!("/proc/{pid}/root");
     match fs::metadata(&root) {
         Ok(m) if (m.dev(), m.ino()) == root_id => {}
@@ -353,15 +409,28 @@ fn parse_proc_addr(s: &str) -> Option<String> {
     parse_proc_socket(s).map(|a| a.ip().to_string())
 }
 
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+/// A pidfd for `pid` opened by `open`; `None` when there is no such
+/// process (ESRCH: it exited since /proc was listed). Any other failure is
+/// an error — ENOSYS (a kernel before 5.3), EMFILE (the descriptor limit),
+/// EPERM (a seccomp filter): taking it for "gone" would report a busy user
+/// as idle, or a live session as ended.
+pub(crate) fn held(pid: i32, open: &OpenPidfd) -> Result<Option<OwnedFd>> {
+    match open(pid) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
+        Err(e) => Err(e).ctx(|| format!("opening a pidfd for process {pid} (needs Linux 5.3)")),
+    }
+}
+
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
     // or -1; no memory is passed.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
-        return None;
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Signal the process the pidfd refers to; false once it has been reaped.
@@ -514,5 +583,83 @@ mod tests {
         }
         assert!(!alive(&fd));
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_pidfd_that_cannot_be_opened_fails_the_scan_unless_the_process_is_gone() {
+        let failing = |errno: i32| move |_| Err(std::io::Error::from_raw_os_error(errno));
+        // SAFETY: geteuid takes nothing and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let root = Path::new("/");
+        // This test's own process at least.
+        assert!(!processes_of(root, me).unwrap().is_empty());
+        for errno in [libc::ENOSYS, libc::EMFILE, libc::EPERM] {
+            let e = processes_of_with(root, me, &failing(errno)).unwrap_err();
+            assert!(e.to_string().contains("pidfd"), "{e}");
+        }
+        // ESRCH: it exited after /proc was listed, it is not running.
+        assert!(processes_of_with(root, me, &failing(libc::ESRCH))
+            .unwrap()
+            .is_empty());
+    }
+
+    /// `sh -c script` run by `argv` (as a throwaway uid), once it has
+    /// exec'd `sleep` (its setup done).
+    fn sleeper(argv: &[&str], script: &str) -> std::process::Child {
+        let child = std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .args(["sh", "-c", script])
+            .spawn()
+            .unwrap();
+        let comm = format!("/proc/{}/comm", child.id());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while fs::read_to_string(&comm).unwrap_or_default().trim_end() != "sleep" {
+            assert!(Instant::now() < deadline, "{argv:?} never reached sleep");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child
+    }
+
+    #[test]
+    fn a_process_in_a_user_namespace_of_its_own_is_still_the_users() {
+        // SAFETY: geteuid takes nothing and cannot fail.
+        if !crate::ssh::authkeys::expiry::gate::require(
+            unsafe { libc::geteuid() } == 0,
+            "root (setpriv to a throwaway uid)",
+        ) {
+            return;
+        }
+        // A uid of a private range no account has, one per test process.
+        let uid = 2_900_000 + std::process::id() % 90_000;
+        let as_uid = format!("--reuid={uid}");
+        let as_gid = format!("--regid={uid}");
+        let setpriv = ["setpriv", &as_uid, &as_gid, "--clear-groups"];
+        // What any local user can do: a user namespace of their own with a
+        // mount namespace in it, and another /etc there.
+        let mut argv = setpriv.to_vec();
+        argv.extend(["unshare", "-Urm"]);
+        let mut hidden = sleeper(&argv, "mount -t tmpfs x /etc && exec sleep 30");
+        let pid = hidden.id() as i32;
+        assert_ne!(
+            identity(Path::new(&format!("/proc/{pid}/ns/user"))).unwrap(),
+            identity(Path::new("/proc/self/ns/user")).unwrap()
+        );
+        let found = processes_of(Path::new("/"), uid).unwrap();
+        hidden.kill().unwrap();
+        hidden.wait().unwrap();
+        assert_eq!(found.iter().map(|p| p.pid).collect::<Vec<_>>(), [pid]);
+
+        // A mount namespace root made (a sandbox, a container sharing the
+        // root filesystem) in this user namespace: its /etc is another
+        // system's accounts, its uid somebody else's.
+        let script = format!(
+            "mount -t tmpfs x /etc && exec {} sleep 30",
+            setpriv.join(" ")
+        );
+        let mut sandboxed = sleeper(&["unshare", "-m", "--propagation", "private"], &script);
+        let found = processes_of(Path::new("/"), uid).unwrap();
+        sandboxed.kill().unwrap();
+        sandboxed.wait().unwrap();
+        assert!(found.is_empty(), "{found:?}");
     }
 }

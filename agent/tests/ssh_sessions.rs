@@ -253,7 +253,7 @@ fn end(
 ) -> Outcome {
     let snap = snapshot(listener);
     let sessions = by_key::attribute(logins, user, uid, &snap);
-    by_key::end_keys(&sessions, fingerprints, user, &snap)
+    by_key::end_keys(&sessions, fingerprints, user, &snap).unwrap()
 }
 
 fn prerequisites() -> bool {

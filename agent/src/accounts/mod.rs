@@ -17,7 +17,6 @@
 //! `useradd`, `userdel`, `sudo`, `home` (skeleton copy and symlink-safe
 //! removal).
 
-pub mod db;
 pub mod hash;
 mod home;
 pub mod lifecycle;
@@ -35,10 +34,18 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsx::{Dir, FileData};
+use crate::fsx::Dir;
 use crate::names::UserName;
 use crate::secret::Secret;
 use crate::sys::System;
+// The passwd read and the table parser live in `userdb`, below both this
+// module (which writes the databases) and `ssh` (which needs a user's uid,
+// gid and home, and is named by useradd/userdel): while `lookup` was here,
+// `ssh::authkeys` importing it made accounts <-> ssh a cycle (issue 14).
+// The submodules keep naming them through this module.
+pub use crate::userdb as db;
+use crate::userdb::{load, load_required, malformed, open_etc, record};
+pub use crate::userdb::{lookup, UserRecord};
 
 /// Password policy for plaintext passwords (PROTOCOL §3 "Secrets").
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -124,16 +131,6 @@ pub struct CreatedUser {
     pub shell: String,
     /// How sudo was granted: `group:sudo`, `group:wheel` or `dropin:/etc/sudoers.d/NAME`.
     pub sudo: Option<String>,
-}
-
-/// One /etc/passwd entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UserRecord {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub home: PathBuf,
-    pub shell: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -300,16 +297,6 @@ pub fn delete_user_with(sys: &System, user: &UserName, opts: DeleteOptions) -> R
     userdel::delete(sys, user, opts, lock::DEFAULT_TIMEOUT)
 }
 
-/// The user's passwd entry (`user_not_found` if absent).
-pub fn lookup(sys: &System, user: &UserName) -> Result<UserRecord> {
-    let etc = open_etc(sys)?;
-    let (_, passwd) = load_required(&etc, "passwd")?;
-    let i = passwd
-        .find(user.as_str())
-        .ok_or_else(|| Error::UserNotFound(user.to_string()))?;
-    record(&passwd.fields(i)).ok_or_else(|| malformed(&etc, "passwd", user.as_str()))
-}
-
 /// The uids commands may name (PROTOCOL §3): 0 and login.defs'
 /// UID_MIN..=UID_MAX (useradd's defaults 1000 and 60000 when unset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -437,28 +424,6 @@ fn password_state(field: &[u8]) -> PasswordState {
     }
 }
 
-/// A passwd line as a record; `None` if it is not one.
-fn record(f: &[Vec<u8>]) -> Option<UserRecord> {
-    if f.len() < 7 {
-        return None;
-    }
-    let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
-    Some(UserRecord {
-        name: text(&f[0])?,
-        uid: db::parse_num(&f[2])?.try_into().ok()?,
-        gid: db::parse_num(&f[3])?.try_into().ok()?,
-        home: PathBuf::from(text(&f[5])?),
-        shell: text(&f[6])?,
-    })
-}
-
-fn malformed(etc: &Dir, file: &str, name: &str) -> Error {
-    Error::BadFile {
-        path: etc.display(file),
-        message: format!("the entry of {name} is a malformed line"),
-    }
-}
-
 /// The line of `user` in shadow (read under the locks): `user_not_found`
 /// when passwd has no such user either, else an error that says what to do.
 fn shadow_index(etc: &Dir, shadow: &db::Table, user: &UserName) -> Result<usize> {
@@ -490,25 +455,6 @@ fn lastchg(sys: &System) -> Vec<u8> {
         0 => Vec::new(),
         d => d.to_string().into_bytes(),
     }
-}
-
-fn open_etc(sys: &System) -> Result<Dir> {
-    Dir::open(&sys.root)?.open_dir("etc")
-}
-
-/// A database file and its parsed lines; `None` if absent.
-fn load(dir: &Dir, name: &str) -> Result<Option<(FileData, db::Table)>> {
-    Ok(dir.read(name)?.map(|d| {
-        let t = db::Table::parse(&d.bytes);
-        (d, t)
-    }))
-}
-
-fn load_required(dir: &Dir, name: &str) -> Result<(FileData, db::Table)> {
-    load(dir, name)?.ok_or_else(|| Error::Io {
-        context: format!("reading {}", dir.display(name).display()),
-        source: std::io::Error::from(std::io::ErrorKind::NotFound),
-    })
 }
 
 /// What shadow-utils does after every committed change: tell nscd and sssd

@@ -217,8 +217,7 @@ impl Snapshot {
     pub fn read() -> Result<Snapshot> {
         let boot = boot_time()?;
         let tick = clock_tick();
-        let root_id = super::identity(Path::new("/")).ctx(|| "stat /".to_string())?;
-        let etc_id = super::identity(Path::new("/etc")).ctx(|| "stat /etc".to_string())?;
+        let here = super::Here::of(Path::new("/"))?;
         let mut snap = Snapshot::default();
         let mut tables = super::TcpTables::default();
         for e in fs::read_dir("/proc").ctx(|| "listing /proc".to_string())? {
@@ -238,7 +237,7 @@ impl Snapshot {
                     pid,
                     SshdInfo {
                         root_sshd: is_root_sshd(pid),
-                        here: root && super::on_this_system(pid, root_id, etc_id),
+                        here: root && super::on_this_system(pid, &here),
                         started,
                         peers: if root {
                             super::tcp_peers_cached(pid, &mut tables)
@@ -381,26 +380,40 @@ pub fn end_keys(
     fingerprints: &BTreeSet<String>,
     user: &str,
     snap: &Snapshot,
-) -> Outcome {
-    let mut o = end(of_keys(sessions, fingerprints), user, snap);
+) -> Result<Outcome> {
+    let mut o = end(of_keys(sessions, fingerprints), user, snap)?;
     o.unmatched = sessions.unattributed.len();
-    o
+    Ok(o)
 }
 
 /// End `targets` (planned from `snap`): SIGTERM to each session's
 /// processes, SIGKILL after [`super::GRACE`], all through pidfds.
-pub fn end(targets: Vec<Target>, user: &str, snap: &Snapshot) -> Outcome {
+pub fn end(targets: Vec<Target>, user: &str, snap: &Snapshot) -> Result<Outcome> {
+    end_with(targets, user, snap, &super::pidfd_open)
+}
+
+/// As [`end`], opening pidfds with `open`. Every process is held before
+/// any is signalled: when one cannot be held (not because it is gone),
+/// nothing has been ended and the error is the answer.
+fn end_with(
+    targets: Vec<Target>,
+    user: &str,
+    snap: &Snapshot,
+    open: &super::OpenPidfd,
+) -> Result<Outcome> {
     let mut held = Vec::new();
     let mut sessions = Vec::new();
     for t in targets {
-        let Some(first) = hold(t.pids[0], snap) else {
+        let Some(first) = hold(t.pids[0], snap, open)? else {
             // Gone (or replaced) since the snapshot: nothing to end.
             continue;
         };
         held.push(first);
         // Descendants that are gone or replaced are skipped; the others
         // are ended with the session.
-        held.extend(t.pids[1..].iter().filter_map(|&p| hold(p, snap)));
+        for &p in &t.pids[1..] {
+            held.extend(hold(p, snap, open)?);
+        }
         sessions.push(t.login);
     }
     let (_gone, left) = super::end(held, user);
@@ -418,24 +431,30 @@ pub fn end(targets: Vec<Target>, user: &str, snap: &Snapshot) -> Outcome {
             });
         }
     }
-    out
+    Ok(out)
 }
 
 /// A pidfd for `pid`, when the process it names is the one the snapshot
 /// saw: opened first, then its start time and parent read again, so a pid
 /// reused in between is never held.
-fn hold(pid: i32, snap: &Snapshot) -> Option<Process> {
-    let pidfd = super::pidfd_open(pid)?;
-    let (now, _) = proc_info(pid)?;
-    let then = snap.procs.get(&pid)?;
+fn hold(pid: i32, snap: &Snapshot, open: &super::OpenPidfd) -> Result<Option<Process>> {
+    let Some(pidfd) = super::held(pid, open)? else {
+        return Ok(None);
+    };
+    let Some((now, _)) = proc_info(pid) else {
+        return Ok(None);
+    };
+    let Some(then) = snap.procs.get(&pid) else {
+        return Ok(None);
+    };
     if now.start_ticks != then.start_ticks || now.ppid != then.ppid || !super::alive(&pidfd) {
-        return None;
+        return Ok(None);
     }
-    Some(Process {
+    Ok(Some(Process {
         pid,
         from: None,
         pidfd,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -603,7 +622,7 @@ mod tests {
             "1 live session(s) of alice could not be matched to a key: not in the journal"
         );
         // Ending the key's sessions leaves it alone and still counts it.
-        let o = end_keys(&s, &fps(&[FP_B]), "alice", &table());
+        let o = end_keys(&s, &fps(&[FP_B]), "alice", &table()).unwrap();
         assert_eq!((o.ended.len(), o.open, o.unmatched), (0, 0, 1));
     }
 
@@ -747,5 +766,42 @@ mod tests {
         let snap = Snapshot::read().unwrap();
         assert_eq!(snap.procs[&me], info);
         assert!(!snap.sshd.contains_key(&me));
+    }
+
+    fn failing_open(errno: i32) -> impl Fn(i32) -> std::io::Result<std::os::fd::OwnedFd> {
+        move |_| Err(std::io::Error::from_raw_os_error(errno))
+    }
+
+    #[test]
+    fn a_session_that_cannot_be_held_is_an_error_never_ended() {
+        // A kernel without pidfd_open (ENOSYS, before 5.3), a full
+        // descriptor table (EMFILE), a seccomp filter (EPERM): the session
+        // is live, it must not read as ended nor as gone.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let (info, _) = proc_info(pid).unwrap();
+        let snap = Snapshot {
+            procs: BTreeMap::from([(pid, info)]),
+            sshd: BTreeMap::new(),
+        };
+        let target = || Target {
+            login: login(pid, "alice", 40000, FP_A, 1001),
+            pids: vec![pid],
+        };
+        for errno in [libc::ENOSYS, libc::EMFILE, libc::EPERM] {
+            let e = end_with(vec![target()], "alice", &snap, &failing_open(errno)).unwrap_err();
+            assert!(e.to_string().contains("pidfd"), "{e}");
+            assert!(child.try_wait().unwrap().is_none(), "signalled on {errno}");
+        }
+        // ESRCH is the one answer that means the process is gone.
+        let o = end_with(vec![target()], "alice", &snap, &failing_open(libc::ESRCH)).unwrap();
+        assert_eq!((o.ended.len(), o.open), (0, 0));
+        // Held for real, it is ended.
+        let o = end(vec![target()], "alice", &snap).unwrap();
+        assert_eq!(o.ended.iter().map(|e| e.pid).collect::<Vec<_>>(), [pid]);
+        child.wait().unwrap();
     }
 }

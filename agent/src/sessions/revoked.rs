@@ -94,7 +94,7 @@ impl KeySessions for SshdLog {
             return Ok(Outcome::default());
         }
         let (snap, sessions, why) = Self::sessions(sys, user, uid)?;
-        let mut o = by_key::end_keys(&sessions, fingerprints, user, &snap);
+        let mut o = by_key::end_keys(&sessions, fingerprints, user, &snap)?;
         o.unmatched_why = why.filter(|_| o.unmatched > 0);
         Ok(o)
     }

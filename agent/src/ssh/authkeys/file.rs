@@ -33,7 +33,7 @@ pub struct Owner {
 
 /// The user's uid, primary gid and home from passwd under the root.
 pub fn owner_of(sys: &System, user: &UserName) -> Result<Owner> {
-    let rec = crate::accounts::lookup(sys, user)?;
+    let rec = crate::userdb::lookup(sys, user)?;
     Ok(Owner {
         uid: rec.uid,
         gid: rec.gid,

@@ -764,7 +764,7 @@ pub fn for_each_key(sys: &System, user: &UserName, mut visit: impl FnMut(KeyInfo
             key_type: key.key_type.clone(),
             bits: key.bits,
             expires_at: expiring.get(&fingerprint).map(|e| {
-                crate::protocol::format_time(
+                crate::time::format_time(
                     std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.at),
                 )
             }),

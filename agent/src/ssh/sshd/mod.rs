@@ -627,25 +627,18 @@ fn prepare_runtime(root: &Dir, cmd: &SshdCmd) -> Result<()> {
     Ok(())
 }
 
-/// An image's sshd that never ran (it could not be confined, or not be
-/// executed): carried inside [`Error::Io`] so that [`validate`] can tell
-/// "not validated" from "sshd said no".
-#[derive(Debug)]
-struct NotRun(String);
-
-impl std::fmt::Display for NotRun {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for NotRun {}
-
-fn not_run(e: &Error) -> Option<&NotRun> {
-    match e {
-        Error::Io { source, .. } => source.get_ref()?.downcast_ref::<NotRun>(),
-        _ => None,
-    }
+/// What running sshd came to: its stdout, or the reason an image's sshd
+/// never ran (it could not be confined, or not be executed), so that
+/// [`validate`] can tell "not validated" from "sshd said no". This used to
+/// ride inside an `Error::Io` as a made-up `io::Error`; an `Io` error is
+/// one the OS gave.
+enum Ran {
+    Out(Vec<u8>),
+    /// The command as displayed, and why it did not run.
+    NotRun {
+        cmd: String,
+        why: String,
+    },
 }
 
 /// At most this much of sshd's stderr goes into a message: an image's
@@ -675,14 +668,29 @@ fn run_sshd(sys: &System, base: &SshdCmd, opts: &SshdOptions, flag: &str) -> Res
     run_sshd_args(sys, base, opts, &[flag])
 }
 
-/// `sshd ARGS -f CONFIG` through the command [`sshd_command`] built: the
-/// runner for the running system's sshd, [`confine`] for an image's.
+/// [`try_run_sshd_args`], with an image's sshd that did not run an error
+/// ([`Error::Program`]: accessd's own program step failed, not the OS).
 fn run_sshd_args(
     sys: &System,
     base: &SshdCmd,
     opts: &SshdOptions,
     args: &[&str],
 ) -> Result<Vec<u8>> {
+    match try_run_sshd_args(sys, base, opts, args)? {
+        Ran::Out(out) => Ok(out),
+        // The text an `Io` error with this context showed.
+        Ran::NotRun { cmd, why } => Err(Error::Program(format!("running {cmd}: {why}"))),
+    }
+}
+
+/// `sshd ARGS -f CONFIG` through the command [`sshd_command`] built: the
+/// runner for the running system's sshd, [`confine`] for an image's.
+fn try_run_sshd_args(
+    sys: &System,
+    base: &SshdCmd,
+    opts: &SshdOptions,
+    args: &[&str],
+) -> Result<Ran> {
     let cmd = args
         .iter()
         .fold(base.clone(), |c, a| c.arg(*a))
@@ -708,9 +716,9 @@ fn run_sshd_args(
                             program.display()
                         )
                     };
-                    return Err(Error::Io {
-                        context: format!("running {}", cmd.display()),
-                        source: std::io::Error::other(NotRun(why)),
+                    return Ok(Ran::NotRun {
+                        cmd: cmd.display(),
+                        why,
                     });
                 }
                 // It ran and misbehaved (too long, too much output): no answer.
@@ -730,7 +738,7 @@ fn run_sshd_args(
             explain_sshd_failure(&String::from_utf8_lossy(&out.stderr))
         )));
     }
-    Ok(out.stdout)
+    Ok(Ran::Out(out.stdout))
 }
 
 /// Longest `sshd -T` value kept. Real ones are short words; an image's
@@ -853,14 +861,9 @@ fn validate(
         )));
     };
     prepare_runtime(root, &base)?;
-    match run_sshd(sys, &base, opts, "-t") {
-        Err(e) if not_run(&e).is_some() => {
-            return Ok(Validation::Skipped(
-                not_run(&e).map(ToString::to_string).unwrap_or_default(),
-            ))
-        }
-        r => r?,
-    };
+    if let Ran::NotRun { why, .. } = try_run_sshd_args(sys, &base, opts, &["-t"])? {
+        return Ok(Validation::Skipped(why));
+    }
     let chains = match_chains(cfg);
     let global = base_spec(&chains);
     let mut verified = Vec::new();

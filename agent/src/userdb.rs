@@ -1,7 +1,21 @@
 //! The colon-separated account databases (passwd, shadow, group, gshadow,
-//! subuid, subgid) as lines of bytes. Only the lines an operation is about
-//! are parsed and rebuilt; every other line — comments, NIS `+`/`-` entries,
-//! lines we do not understand — is written back byte for byte.
+//! subuid, subgid) as lines of bytes, and the one read of a passwd entry
+//! ([`lookup`]). Only the lines an operation is about are parsed and
+//! rebuilt; every other line — comments, NIS `+`/`-` entries, lines we do
+//! not understand — is written back byte for byte.
+//!
+//! Below `accounts` (which changes these files, and re-exports this module
+//! as `accounts::db`) and `ssh` (which needs a user's uid, gid and home):
+//! `ssh` reading passwd through `accounts` made the two import each other.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::fsx::{Dir, FileData};
+use crate::names::UserName;
+use crate::sys::System;
 
 /// One database file's lines, without their `\n`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +150,67 @@ pub fn with_member(list: &[u8], name: &str) -> Vec<u8> {
 
 pub fn is_member(list: &[u8], name: &str) -> bool {
     !list.is_empty() && list.split(|&b| b == b',').any(|m| m == name.as_bytes())
+}
+
+/// One /etc/passwd entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserRecord {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+    pub shell: String,
+}
+
+/// The user's passwd entry (`user_not_found` if absent).
+pub fn lookup(sys: &System, user: &UserName) -> Result<UserRecord> {
+    let etc = open_etc(sys)?;
+    let (_, passwd) = load_required(&etc, "passwd")?;
+    let i = passwd
+        .find(user.as_str())
+        .ok_or_else(|| Error::UserNotFound(user.to_string()))?;
+    record(&passwd.fields(i)).ok_or_else(|| malformed(&etc, "passwd", user.as_str()))
+}
+
+/// A passwd line as a record; `None` if it is not one.
+pub(crate) fn record(f: &[Vec<u8>]) -> Option<UserRecord> {
+    if f.len() < 7 {
+        return None;
+    }
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
+    Some(UserRecord {
+        name: text(&f[0])?,
+        uid: parse_num(&f[2])?.try_into().ok()?,
+        gid: parse_num(&f[3])?.try_into().ok()?,
+        home: PathBuf::from(text(&f[5])?),
+        shell: text(&f[6])?,
+    })
+}
+
+pub(crate) fn malformed(etc: &Dir, file: &str, name: &str) -> Error {
+    Error::BadFile {
+        path: etc.display(file),
+        message: format!("the entry of {name} is a malformed line"),
+    }
+}
+
+pub(crate) fn open_etc(sys: &System) -> Result<Dir> {
+    Dir::open(&sys.root)?.open_dir("etc")
+}
+
+/// A database file and its parsed lines; `None` if absent.
+pub(crate) fn load(dir: &Dir, name: &str) -> Result<Option<(FileData, Table)>> {
+    Ok(dir.read(name)?.map(|d| {
+        let t = Table::parse(&d.bytes);
+        (d, t)
+    }))
+}
+
+pub(crate) fn load_required(dir: &Dir, name: &str) -> Result<(FileData, Table)> {
+    load(dir, name)?.ok_or_else(|| Error::Io {
+        context: format!("reading {}", dir.display(name).display()),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })
 }
 
 #[cfg(test)]
