@@ -991,7 +991,9 @@ ck_delete_user() {
   local uid before
   uid=$(awk -F: '$1 == "alice" { print $3 }' "$R/etc/passwd")
   bg_session alice_live alice alice1
-  snapshot() { (cd "$R" && sha256sum etc/passwd etc/shadow etc/group etc/gshadow && ls -la etc/sudoers.d && find home/alice | sort); }
+  # The files and their bytes (not /etc's mtime: taking the account files'
+  # locks, as userdel does, creates and removes lock files there).
+  snapshot() { (cd "$R" && find etc/passwd etc/shadow etc/group etc/gshadow etc/sudoers.d home/alice -type f -exec sha256sum {} + | sort -k2 && find home/alice | sort); }
   before=$(snapshot)
   # A live session: user_busy, and nothing changed.
   run delete_alice_busy failed user_busy delete-user --user alice --remove-home
