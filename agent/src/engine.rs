@@ -256,12 +256,16 @@ impl Engine {
                         msg.push_str(&format!("; {} such session(s) still open", o.open));
                     }
                     data["sessions_ended"] = json!(o.ended);
-                    data["sessions_open"] = json!(o.open);
-                    if let Some(e) = o.unmatched_error(user.as_str()) {
+                    match o.unmatched_error(user.as_str()) {
                         // Live sessions of an unknown key: the ended and
-                        // open ones are not all there is.
-                        msg.push_str(&format!("; {e}: they were not ended"));
-                        data["sessions_error"] = json!(e);
+                        // open ones are not all there is, and how many of
+                        // the removed keys' sessions are open is unknown
+                        // (left out, as when the log cannot be read).
+                        Some(e) => {
+                            msg.push_str(&format!("; {e}: they were not ended"));
+                            data["sessions_error"] = json!(e);
+                        }
+                        None => data["sessions_open"] = json!(o.open),
                     }
                 }
                 Err(e) => {
@@ -288,10 +292,13 @@ impl Engine {
                              stay open (terminate_sessions: true ends them)"
                         ));
                     }
-                    data["sessions_open"] = json!(n);
-                    if let Some(e) = o.unmatched_error(user.as_str()) {
-                        msg.push_str(&format!("; {e}"));
-                        data["sessions_error"] = json!(e);
+                    match o.unmatched_error(user.as_str()) {
+                        // Unknown, not `n`: as above.
+                        Some(e) => {
+                            msg.push_str(&format!("; {e}"));
+                            data["sessions_error"] = json!(e);
+                        }
+                        None => data["sessions_open"] = json!(n),
                     }
                 }
                 Err(e) => {

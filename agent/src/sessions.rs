@@ -45,7 +45,7 @@ const ROUNDS: usize = 5;
 pub struct Process {
     pub pid: i32,
     /// The remote address of the SSH connection, for sshd's per-session
-    /// process (the one that holds the connection's socket).
+    /// process (the peer of its monitor's socket, see [`session_peer`]).
     pub from: Option<String>,
     pidfd: OwnedFd,
 }
@@ -93,11 +93,7 @@ fn processes_of_with(root: &Path, uid: u32, open: &OpenPidfd) -> Result<Vec<Proc
         if !on_this_system(pid, &here) {
             continue;
         }
-        let from = if is_sshd(pid) {
-            remote_address(pid)
-        } else {
-            None
-        };
+        let from = session_peer(pid);
         if !alive(&pidfd) {
             continue;
         }
@@ -272,10 +268,27 @@ pub(crate) fn on_this_system(pid: i32, here: &Here) -> bool {
     }
 }
 
-/// sshd's per-connection process: `sshd` (OpenSSH < 9.8), `sshd-session`.
-fn is_sshd(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|c| matches!(c.trim_end(), "sshd" | "sshd-session"))
+/// For sshd's session process of a connection, the connection's peer:
+/// the TCP peer of its monitor, a root-run process of a root-owned sshd
+/// executable that is the process itself (root's sessions are not
+/// privilege separated) or its parent (the privilege-separated child,
+/// running as the user). Nothing the user sets decides (a process name is
+/// theirs to choose, and their own processes' sockets are theirs to
+/// open): a process of the user is only ever given a root process's peer.
+fn session_peer(pid: i32) -> Option<String> {
+    if !by_key::is_root_sshd(pid) {
+        return None;
+    }
+    let (info, _) = by_key::proc_info(pid)?;
+    let monitor = match info.uids == [0, 0, 0] {
+        true => pid,
+        false => info.ppid,
+    };
+    let (m, _) = by_key::proc_info(monitor)?;
+    if m.uids != [0, 0, 0] || !by_key::is_root_sshd(monitor) {
+        return None;
+    }
+    remote_address(monitor)
 }
 
 /// The peer address of the first established TCP connection the process
@@ -661,5 +674,42 @@ mod tests {
         sandboxed.kill().unwrap();
         sandboxed.wait().unwrap();
         assert!(found.is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn a_user_process_named_like_sshd_is_given_no_from() {
+        // SAFETY: geteuid takes nothing and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !crate::ssh::authkeys::expiry::gate::require(root, "root (setpriv to a throwaway uid)") {
+            return;
+        }
+        // A process of the user that holds a TCP connection and is named
+        // `sshd` (its name is the user's choice: prctl, or any program
+        // copied under that name; here even a root-owned one).
+        let uid = 2_900_000 + (std::process::id() + 1) % 90_000;
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let sshd = dir.path().join("sshd");
+        fs::copy("/bin/bash", &sshd).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut child = std::process::Command::new("setpriv")
+            .args([&format!("--reuid={uid}"), &format!("--regid={uid}")])
+            .arg("--clear-groups")
+            .arg(&sshd)
+            .args([
+                "-c",
+                &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; read -t 30 -u 3"),
+            ])
+            .spawn()
+            .unwrap();
+        let (_conn, _) = listener.accept().unwrap();
+        let pid = child.id() as i32;
+        let found = processes_of(Path::new("/"), uid).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(found.iter().map(|p| p.pid).collect::<Vec<_>>(), [pid]);
+        assert_eq!(found[0].from, None, "a forged sshd was given a peer");
     }
 }

@@ -313,7 +313,9 @@ fn sessions_that_match_no_key_are_told_not_counted_as_closed() {
     assert_eq!(h.status, Status::Ok, "{}", h.message);
     let d = data(&e, &h);
     assert_eq!(d["sessions_ended"].as_array().unwrap().len(), 1, "{d}");
-    assert_eq!(d["sessions_open"], 0, "{d}");
+    // Two live sessions of an unknown key: how many of the removed keys'
+    // sessions are open is unknown, not 0.
+    assert!(d.get("sessions_open").is_none(), "unknown, not 0: {d}");
     let err = d["sessions_error"].as_str().unwrap();
     assert_eq!(
         err,
@@ -329,7 +331,8 @@ fn sessions_that_match_no_key_are_told_not_counted_as_closed() {
         json!({"user": "alice", "keys": [KEY2]}),
     ));
     let d = data(&e, &h);
-    assert_eq!(d["sessions_open"], 1, "{d}");
+    assert!(d.get("sessions_open").is_none(), "unknown, not 1: {d}");
+    assert!(h.message.contains("1 live session(s)"), "{}", h.message);
     assert!(d["sessions_error"]
         .as_str()
         .unwrap()

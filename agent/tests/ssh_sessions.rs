@@ -424,6 +424,13 @@ fn a_users_session_is_found_by_its_privilege_separated_child_and_ended() {
     let o = count(&[], &keys, USER, USER_UID, sshd.pid);
     assert_eq!((o.open, o.unmatched), (0, 1));
 
+    // The user's processes (delete_user's and lock_user's view): the
+    // unprivileged child is given its monitor's peer, nothing else is.
+    let procs = accessd::sessions::processes_of(Path::new("/"), USER_UID).unwrap();
+    let froms: Vec<_> = procs.iter().filter_map(|p| p.from.as_deref()).collect();
+    assert_eq!(froms, ["127.0.0.1"], "{procs:?}");
+    drop(procs);
+
     let out = end(&logins, &keys, USER, USER_UID, sshd.pid);
     assert_eq!(
         (out.ended.len(), out.open, out.unmatched),

@@ -114,6 +114,11 @@ const CLOCK_SLACK: Duration = Duration::from_secs(1);
 
 /// Every live SSH session in `snap`, in pid order, as the module doc says.
 pub fn candidates(snap: &Snapshot) -> Vec<Candidate> {
+    candidates_in(snap, &children(&snap.procs))
+}
+
+/// As [`candidates`], with the table's [`children`] index.
+fn candidates_in(snap: &Snapshot, kids: &Children) -> Vec<Candidate> {
     let mut out = Vec::new();
     for (&pid, d) in &snap.sshd {
         let Some(p) = snap.procs.get(&pid) else {
@@ -122,8 +127,9 @@ pub fn candidates(snap: &Snapshot) -> Vec<Candidate> {
         if !d.root_sshd || !d.here || p.uids != [0, 0, 0] || d.peers.is_empty() {
             continue;
         }
-        let child_uid = snap.procs.iter().find_map(|(c, info)| {
-            let sshd_child = info.ppid == pid && snap.sshd.get(c).is_some_and(|s| s.root_sshd);
+        let child_uid = kids.get(&pid).into_iter().flatten().find_map(|c| {
+            let info = &snap.procs[c];
+            let sshd_child = snap.sshd.get(c).is_some_and(|s| s.root_sshd);
             let u = info.uids[0];
             (sshd_child && u != 0 && info.uids == [u; 3]).then_some(u)
         });
@@ -148,7 +154,11 @@ pub fn candidates_of(snap: &Snapshot, uid: u32) -> Vec<Candidate> {
 /// `records` as the module doc says.
 pub fn attribute(records: &[Login], user: &str, uid: u32, snap: &Snapshot) -> UserSessions {
     let mut out = UserSessions::default();
-    for c in candidates_of(snap, uid) {
+    let kids = children(&snap.procs);
+    let live = candidates_in(snap, &kids)
+        .into_iter()
+        .filter(|c| c.uid == uid);
+    for c in live {
         let d = &snap.sshd[&c.pid];
         let mut found: Vec<&Login> = records
             .iter()
@@ -165,7 +175,7 @@ pub fn attribute(records: &[Login], user: &str, uid: u32, snap: &Snapshot) -> Us
         match found.first() {
             Some(l) if agree => {
                 let mut pids = vec![c.pid];
-                pids.extend(descendants_of(c.pid, &snap.procs));
+                pids.extend(descendants_of(c.pid, &kids));
                 out.attributed.push(Target {
                     login: (*l).clone(),
                     pids,
@@ -195,14 +205,30 @@ pub fn of_keys(sessions: &UserSessions, fingerprints: &BTreeSet<String>) -> Vec<
         .collect()
 }
 
-/// Every descendant of `pid` in `procs`, parents before children.
-fn descendants_of(pid: i32, procs: &BTreeMap<i32, ProcInfo>) -> Vec<i32> {
+/// Each process's children, by parent pid, in pid order.
+type Children = BTreeMap<i32, Vec<i32>>;
+
+/// The [`Children`] index of a process table, built once per decision so
+/// that finding a monitor's children or a session's descendants does not
+/// scan the whole table each time (a host with tens of thousands of
+/// processes would otherwise cost their square).
+fn children(procs: &BTreeMap<i32, ProcInfo>) -> Children {
+    let mut kids = Children::new();
+    for (&pid, info) in procs {
+        kids.entry(info.ppid).or_default().push(pid);
+    }
+    kids
+}
+
+/// Every descendant of `pid` in the table `kids` indexes, parents before
+/// children.
+fn descendants_of(pid: i32, kids: &Children) -> Vec<i32> {
     let mut out = Vec::new();
     let mut seen = BTreeSet::from([pid]);
     let mut frontier = vec![pid];
     while let Some(parent) = frontier.pop() {
-        for (&child, info) in procs {
-            if info.ppid == parent && seen.insert(child) {
+        for &child in kids.get(&parent).into_iter().flatten() {
+            if seen.insert(child) {
                 out.push(child);
                 frontier.push(child);
             }
@@ -255,7 +281,7 @@ impl Snapshot {
 
 /// ppid, uids and start time of a process, and its name (`Name:` of
 /// status, the kernel's `comm`); None once it is gone.
-fn proc_info(pid: i32) -> Option<(ProcInfo, String)> {
+pub(super) fn proc_info(pid: i32) -> Option<(ProcInfo, String)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (ppid, start_ticks) = parse_stat(&stat)?;
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -298,7 +324,7 @@ fn parse_uids(status: &str) -> Option<[u32; 3]> {
 /// The executable is a root-owned file named `sshd`, `sshd-session` or
 /// `sshd-auth`
 /// (" (deleted)" when the package was upgraded under a running session).
-fn is_root_sshd(pid: i32) -> bool {
+pub(super) fn is_root_sshd(pid: i32) -> bool {
     use std::os::unix::fs::MetadataExt;
     let exe = format!("/proc/{pid}/exe");
     let Ok(target) = fs::read_link(&exe) else {
@@ -803,5 +829,48 @@ mod tests {
         let o = end(vec![target()], "alice", &snap).unwrap();
         assert_eq!(o.ended.iter().map(|e| e.pid).collect::<Vec<_>>(), [pid]);
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_large_process_table_is_planned_in_linear_time() {
+        // 2,000 sessions of other users on a table of 40,000 processes,
+        // and one session of alice with 20,000 processes under it: each
+        // monitor's children and each session's descendants are looked up
+        // in one index, not found by scanning the table each time.
+        let mut s = table();
+        for i in 0..2_000 {
+            let pid = 1_000_000 + 2 * i;
+            let info = |ppid, uid| ProcInfo {
+                ppid,
+                uids: [uid; 3],
+                start_ticks: 1,
+            };
+            s.procs.insert(pid, info(10, 0));
+            s.procs.insert(pid + 1, info(pid, 5000 + i as u32));
+            s.sshd.insert(pid, sshd_info(Some(20_000 + i as u16)));
+            s.sshd.insert(pid + 1, sshd_info(None));
+        }
+        for i in 0..20_000 {
+            // A chain and a fan under 102: parent 102 or the previous one.
+            let pid = 2_000_000 + i;
+            let ppid = if i % 2 == 0 { 102 } else { pid - 1 };
+            s.procs.insert(
+                pid,
+                ProcInfo {
+                    ppid,
+                    uids: [UID; 3],
+                    start_ticks: 1,
+                },
+            );
+        }
+        let started = std::time::Instant::now();
+        let found = candidates(&s);
+        let a = attribute(&[login(100, "alice", 40000, FP_A, 1001)], "alice", UID, &s);
+        let took = started.elapsed();
+        assert_eq!(found.len(), 2_003);
+        assert_eq!(a.attributed.len(), 1);
+        // 100 itself, 101, 102 and the 20,000 under them.
+        assert_eq!(a.attributed[0].pids.len(), 20_003);
+        assert!(took < Duration::from_secs(3), "took {took:?}");
     }
 }
