@@ -120,7 +120,7 @@ cp=$tmp/cp
 mkdir -p "$cp"
 "$ACCESSCTL" keygen --out "$cp/cp1" >/dev/null || die "accessctl keygen"
 "$ACCESSCTL" keygen --out "$cp/cp2" >/dev/null || die "accessctl keygen"
-for k in alice1 alice2 root1; do
+for k in alice1 alice2 root1 carol1 carol2 carol3 mallory1; do
   ssh-keygen -q -t ed25519 -N '' -C "boot-$k" -f "$cp/$k" || die "ssh-keygen"
 done
 # DSA: accepted by the agent with a warning; OpenSSH 10.0 (trixie) removed it.
@@ -300,6 +300,106 @@ wait_active() {
   c systemctl status --no-pager "$1"
   fail "$1 is not active"
 }
+
+# ---- live sessions (issue 15): `ssh -N` logins in the background
+# fp KEY: the SHA256 fingerprint of $cp/KEY.pub, as sshd logs it.
+fp() { ssh-keygen -l -E sha256 -f "$cp/$1.pub" | awk '{print $2}'; }
+# alive PID: the process runs (a zombie, exited but not reaped yet, does not).
+alive() {
+  local st
+  st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
+}
+# bg_session TAG USER KEY: an `ssh -N` login of USER by KEY, left running in
+# the background; returns once ssh has authenticated (its LocalCommand,
+# which runs after authentication, touched a file). The client's pid is in
+# $S/bg-TAG.pid, recorded for cleanup; end_bg_sessions kills them all.
+bg_session() {
+  local tag=$1 user=$2 key=$3 pid i
+  rm -f "$S/bg-$tag.up"
+  ssh "${SSH_OPTS[@]}" -o BatchMode=yes -o IdentitiesOnly=yes -o PreferredAuthentications=publickey \
+    -o PermitLocalCommand=yes -o LocalCommand="touch $S/bg-$tag.up" \
+    -N -i "$cp/$key" -p "$SSH_PORT" "$user@127.0.0.1" </dev/null >"$S/bg-$tag.log" 2>&1 &
+  pid=$!
+  echo "$pid" >>"$tmp/pids"
+  echo "$pid" >"$S/bg-$tag.pid"
+  for i in $(seq 1 200); do
+    [ -e "$S/bg-$tag.up" ] && break
+    alive "$pid" || { cat "$S/bg-$tag.log"; fail "ssh -N $user by $key exited before it was up"; return 1; }
+    sleep 0.05
+  done
+  [ -e "$S/bg-$tag.up" ] || fail "ssh -N $user by $key not up within 10 s"
+  say "session $tag: $user by $key ($(fp "$key")), ssh client pid $pid"
+}
+bg_pid() { cat "$S/bg-$1.pid"; }
+# end_bg_sessions: every background client this check started (its trap).
+end_bg_sessions() {
+  local f
+  for f in "$S"/bg-*.pid; do
+    [ -f "$f" ] || continue
+    kill_ours "$(cat "$f")"
+    rm -f "$f"
+  done
+}
+# session_of TAG USER: "PID PORT" of the session's sshd process on the
+# container's side: the pid that wrote sshd's own (root-written) "Accepted
+# publickey for USER from 127.0.0.1 port PORT" line, PORT being the local
+# port of that background client (the container shares this host's network).
+session_of() {
+  local tag=$1 user=$2 port i pid
+  port=$(ss -tnpH state established "( dport = :$SSH_PORT )" \
+    | awk -v p="pid=$(bg_pid "$tag")," 'index($0, p) { n = split($3, a, ":"); print a[n]; exit }')
+  # Called as $(session_of ...): diagnostics go to stderr, the evidence.
+  [ -n "$port" ] || { ss -tnp >&2; fail "no TCP connection of session $tag" >&2; return 1; }
+  for i in $(seq 1 50); do
+    pid=$(c journalctl --no-pager -o json -t sshd -t sshd-session --since=-10min \
+      | python3 -c '
+import json, sys
+user, port = sys.argv[1], sys.argv[2]
+want = f"Accepted publickey for {user} from 127.0.0.1 port {port} "
+for line in sys.stdin:
+    e = json.loads(line)
+    if e.get("_UID") == "0" and str(e.get("MESSAGE", "")).startswith(want):
+        print(e["_PID"])
+' "$user" "$port" | tail -n 1)
+    [ -n "$pid" ] && break
+    sleep 0.1
+  done
+  [ -n "$pid" ] || { fail "no 'Accepted publickey for $user ... port $port' line of sshd in the journal" >&2; return 1; }
+  echo "$pid $port"
+}
+# wait_gone TAG SECONDS: until session TAG's client has exited (its
+# connection closed by the server), at most SECONDS; prints how long it took.
+wait_gone() {
+  local pid t0 now
+  pid=$(bg_pid "$1")
+  t0=$(date +%s.%N)
+  while alive "$pid"; do
+    now=$(date +%s.%N)
+    if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) - float(sys.argv[2]) > float(sys.argv[3]) else 1)' "$now" "$t0" "$2"; then
+      fail "session $1 (client pid $pid) still up after $2 s"
+      return 1
+    fi
+    sleep 0.05
+  done
+  say "session $1 ended $(python3 -c 'import sys,time; print("%.2f" % (time.time() - float(sys.argv[1])))' "$t0") s after the wait began"
+}
+expect_alive() { alive "$(bg_pid "$1")" || { cat "$S/bg-$1.log"; fail "session $1 ended: $2"; }; }
+# user_procs USER: how many processes run as USER in the container.
+user_procs() { c pgrep -c -u "$1" || true; }
+# inv_user NAME USER: user USER's entry of inventory result NAME (JSON).
+inv_user() {
+  python3 - "$S/res/$1.json" "$2" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+u = [u for u in r["data"]["users"] if u["name"] == sys.argv[2]]
+print(json.dumps(u[0]) if u else "null")
+PY
+}
+# epoch_at OFFSET: "EPOCH RFC3339" of now + OFFSET seconds, whole seconds.
+epoch_at() { local e; e=$(( $(date +%s) + $1 )); echo "$e $(date -u -d "@$e" +%Y-%m-%dT%H:%M:%SZ)"; }
+# until_epoch E: sleep until the clock has passed E (the container shares it).
+until_epoch() { while [ "$(date +%s)" -le "$1" ]; do sleep 0.1; done; }
 
 # check NAME FUNCTION: run FUNCTION in a subshell with -e, its output kept as
 # the check's evidence; print one line; on failure, the evidence's tail.
@@ -622,21 +722,296 @@ ck_set_sudo() {
   printf '%s' "$out" | grep -q 'may run the following commands' || fail "sudo -l -U alice does not grant after set_sudo yes"
 }
 
+
+
+# ---- issue 15: which key logged in when, live sessions and ending them.
+# carol has keys carol1 and carol2 (carol3 later); mallory forges log lines.
+
+# inventory_sessions NAME USER WANT: inventory (as result NAME-N) until
+# USER's `sessions` is WANT, at most 5 s (a closed login's sshd takes a
+# moment to go); fails with the last count.
+inventory_sessions() {
+  local name=$1 user=$2 want=$3 i got=""
+  for i in 1 2 3 4 5 6 7 8; do
+    run "$name-$i" ok inventory --users "$user"
+    got=$(inv_user "$name-$i" "$user" | python3 -c 'import json,sys; u=json.load(sys.stdin); print(u and u.get("sessions"))')
+    [ "$got" = "$want" ] && { cp "$S/res/$name-$i.json" "$S/res/$name.json"; return 0; }
+    sleep 0.5
+  done
+  fail "inventory: $user has sessions=$got, expected $want (processes of $user: $(user_procs "$user"))"
+}
+
+ck_inventory_last_login_and_sessions() {
+  trap end_bg_sessions EXIT
+  run create_carol ok create-user --user carol --key-file "$cp/carol1.pub" --key-file "$cp/carol2.pub"
+  local t0
+  t0=$(date +%s)
+  login_ok carol key carol1
+  inventory_sessions inv_carol0 carol 0
+  bg_session carol_a carol carol1
+  inventory_sessions inv_carol1 carol 1
+  bg_session carol_b carol carol1
+  inventory_sessions inv_carol2 carol 2
+  kill_ours "$(bg_pid carol_b)"
+  inventory_sessions inv_carol3 carol 1
+  run inv_all ok inventory
+  python3 - "$S/res/inv_carol1.json" "$S/res/inv_all.json" "$(fp carol1)" "$(fp carol2)" "$t0" "$(date +%s)" <<'PY'
+import json, sys
+from datetime import datetime, timezone
+res, res_all, fp1, fp2, t0, t1 = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+carol = [u for u in json.load(open(res))["data"]["users"] if u["name"] == "carol"][0]
+print("carol:", json.dumps(carol))
+keys = {k["fingerprint"]: k for k in carol["keys"]}
+assert fp1 in keys and fp2 in keys, f"carol's keys: {sorted(keys)}"
+ll = keys[fp1].get("last_login")
+assert ll, f"no last_login for carol1 ({fp1}), which just logged in"
+assert ll.get("from") == "127.0.0.1", f"last_login.from: {ll.get('from')!r}"
+at = ll.get("at", "")
+assert at.endswith("Z"), f"last_login.at is not RFC 3339 UTC: {at!r}"
+when = datetime.strptime(at[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+assert t0 - 1 <= when <= t1 + 1, f"last_login.at {at} is not between the login ({t0}) and now ({t1})"
+assert not keys[fp2].get("last_login"), f"carol2 never logged in, yet last_login {keys[fp2].get('last_login')}"
+# Every other user of the machine: no live session now.
+for u in json.load(open(res_all))["data"]["users"]:
+    print(u["name"], "sessions", u.get("sessions"))
+    assert u.get("sessions") == (1 if u["name"] == "carol" else 0), f"{u['name']} sessions {u.get('sessions')}"
+PY
+}
+
+ck_remove_keys_terminate_sessions() {
+  trap end_bg_sessions EXIT
+  local fp1 s1 t1 t2
+  fp1=$(fp carol1)
+  bg_session k1 carol carol1
+  bg_session k2 carol carol2
+  s1=$(session_of k1 carol)
+  say "session k1 is sshd pid/port $s1, k2 is $(session_of k2 carol)"
+  # Without terminate_sessions: the key goes, both sessions stay, one reported open.
+  run rm_carol1_keep ok remove-keys --user carol --fingerprint "$fp1"
+  expect_eq "$(field rm_carol1_keep data.sessions_open)" 1 "sessions_open without terminate_sessions"
+  case "$(field rm_carol1_keep data.sessions_ended)" in None|'[]') ;; *) fail "sessions ended without terminate_sessions" ;; esac
+  login_refused carol key carol1
+  expect_alive k1 "remove_keys without terminate_sessions"
+  expect_alive k2 "remove_keys without terminate_sessions"
+  # With it: the first key's session ends within 2 s, the second stays.
+  run carol1_back ok add-keys --user carol --key-file "$cp/carol1.pub"
+  t1=$(date +%s.%N)
+  run rm_carol1_term ok remove-keys --user carol --fingerprint "$fp1" --terminate-sessions
+  t2=$(date +%s.%N)
+  say "remove_keys --terminate-sessions took $(python3 -c 'import sys; print("%.2f" % (float(sys.argv[2]) - float(sys.argv[1])))' "$t1" "$t2") s"
+  wait_gone k1 2
+  expect_alive k2 "remove_keys of the other key with terminate_sessions"
+  expect_eq "$(field rm_carol1_term data.sessions_open)" 0 "sessions_open with terminate_sessions"
+  python3 - "$S/res/rm_carol1_term.json" "$fp1" "${s1% *}" <<'PY'
+import json, sys
+ended = json.load(open(sys.argv[1]))["data"].get("sessions_ended")
+print("sessions_ended:", ended)
+assert isinstance(ended, list) and len(ended) == 1, f"expected one session ended, got {ended}"
+e = ended[0]
+assert e.get("fingerprint") == sys.argv[2], f"fingerprint {e.get('fingerprint')}, expected {sys.argv[2]}"
+assert e.get("from") == "127.0.0.1", f"from {e.get('from')!r}"
+assert e.get("user") == "carol", f"user {e.get('user')!r}"
+assert e.get("pid") == int(sys.argv[3]), f"pid {e.get('pid')}, sshd's line for that session names {sys.argv[3]}"
+PY
+  login_refused carol key carol1
+  login_ok carol key carol2
+  expect_alive k2 "after more logins"
+}
+
+# A user's own lines in the journal (logger, as that user, over ssh) that
+# look like sshd's: "carol's session authenticated with carol1" for a
+# session that used carol2, and a login by carol3, which never logged in.
+ck_forged_log_lines_are_ignored() {
+  trap end_bg_sessions EXIT
+  local fp1 fp3 victim vpid vport uid_m msg1 msg3 before after
+  fp1=$(fp carol1) fp3=$(fp carol3)
+  run create_mallory ok create-user --user mallory --key-file "$cp/mallory1.pub"
+  uid_m=$(awk -F: '$1 == "mallory" { print $3 }' "$R/etc/passwd")
+  run carol_keys13 ok add-keys --user carol --key-file "$cp/carol1.pub" --key-file "$cp/carol3.pub"
+  bg_session victim carol carol2
+  victim=$(session_of victim carol)
+  vpid=${victim% *} vport=${victim#* }
+  say "victim: carol's session by carol2, sshd pid $vpid, port $vport"
+  run inv_forge_before ok inventory --users carol
+  msg1="Accepted publickey for carol from 127.0.0.1 port $vport ssh2: ED25519 $fp1"
+  msg3="Accepted publickey for carol from 127.0.0.1 port $vport ssh2: ED25519 $fp3"
+  local out
+  out=$(ssh_key mallory mallory1 "
+    logger -p auth.info -t sshd --id=$vpid '$msg1'
+    logger -p auth.info -t sshd-session --id=$vpid '$msg1'
+    logger -p auth.info -t sshd '$msg1'
+    logger -p auth.info -t sshd --id=$vpid '$msg3'
+    logger -p auth.info -t sshd-session --id=$vpid '$msg3'
+    echo forged")
+  say "mallory ran logger: $out"
+  # The forgeries are really in the journal, under sshd's names.
+  local i n=0
+  for i in $(seq 1 30); do
+    n=$(c journalctl --no-pager -o json -t sshd -t sshd-session --since=-5min \
+      | python3 -c '
+import json, sys
+uid, fps = sys.argv[1], sys.argv[2:]
+n = 0
+for l in sys.stdin:
+    e = json.loads(l)
+    m = str(e.get("MESSAGE", ""))
+    if e.get("_UID") == uid and any(f in m for f in fps):
+        n += 1
+        print({k: e.get(k) for k in ["SYSLOG_IDENTIFIER", "SYSLOG_PID", "_PID", "_UID", "_COMM", "MESSAGE"]}, file=sys.stderr)
+print(n)
+' "$uid_m" "$fp1" "$fp3")
+    [ "$n" -ge 5 ] && break
+    sleep 0.1
+  done
+  [ "$n" -ge 5 ] || fail "only $n of the 5 forged lines are in the journal: the check would prove nothing"
+  run rm_carol1_forged ok remove-keys --user carol --fingerprint "$fp1" --terminate-sessions
+  case "$(field rm_carol1_forged data.sessions_ended)" in None|'[]') ;; *) fail "a session was ended on a forged line" ;; esac
+  expect_eq "$(field rm_carol1_forged data.sessions_open)" 0 "sessions_open (carol1 has no real session)"
+  sleep 1
+  expect_alive victim "a forged line named its sshd pid and port with the removed key"
+  c test -e "/proc/$vpid" || fail "the victim's sshd (pid $vpid) is gone"
+  run inv_forge_after ok inventory --users carol
+  python3 - "$S/res/inv_forge_before.json" "$S/res/inv_forge_after.json" "$fp1" "$fp3" <<'PY'
+import json, sys
+def keys(f):
+    u = [u for u in json.load(open(f))["data"]["users"] if u["name"] == "carol"][0]
+    print(f, json.dumps(u["keys"]))
+    return {k["fingerprint"]: k for k in u["keys"]}
+before, after, fp1, fp3 = keys(sys.argv[1]), keys(sys.argv[2]), sys.argv[3], sys.argv[4]
+assert not before[fp3].get("last_login"), "carol3 never logged in"
+assert not after[fp3].get("last_login"), f"a forged line credited carol3 with a login: {after[fp3]['last_login']}"
+assert fp1 not in after, "carol1 was removed"
+PY
+  # carol1's own last_login (from its real logins) was not moved by the
+  # forgery: read before the removal, compared with a fresh read of the key.
+  run carol1_again ok add-keys --user carol --key-file "$cp/carol1.pub"
+  run inv_forge_after1 ok inventory --users carol
+  before=$(inv_user inv_forge_before carol | python3 -c "import json,sys; print([k.get('last_login') for k in json.load(sys.stdin)['keys'] if k['fingerprint'] == '$fp1'])")
+  after=$(inv_user inv_forge_after1 carol | python3 -c "import json,sys; print([k.get('last_login') for k in json.load(sys.stdin)['keys'] if k['fingerprint'] == '$fp1'])")
+  expect_eq "$after" "$before" "carol1's last_login after forged lines"
+}
+
+# ak_has USER KEY: KEY's blob is in USER's authorized_keys.
+ak_has() {
+  local home
+  home=$(awk -F: -v u="$1" '$1 == u { print $6 }' "$R/etc/passwd")
+  grep -qF "$(awk '{print $2}' "$cp/$2.pub")" "$R$home/.ssh/authorized_keys"
+}
+# until_line_gone USER KEY SECONDS: until KEY's line left USER's authorized_keys.
+until_line_gone() {
+  local i
+  for i in $(seq 1 $(($3 * 10))); do
+    ak_has "$1" "$2" || { say "$2's line left $1's authorized_keys"; return 0; }
+    sleep 0.1
+  done
+  fail "$2's line is still in $1's authorized_keys $3 s later"
+}
+# key_expired_events COMMAND FP: the KEY_EXPIRED events of command COMMAND
+# (boot-REL-COMMAND) for fingerprint FP, as JSON lines in $S/expired-COMMAND.json,
+# waiting up to 5 s for one.
+key_expired_events() {
+  local i f="$S/expired-$1.json"
+  for i in $(seq 1 50); do
+    c journalctl --no-pager -o json MESSAGE_ID=3f9d2a6c8b1e4f07a5c3d9e2b6f1a845 "COMMAND_ID=boot-$REL-$1" "FINGERPRINT=$2" >"$f"
+    [ -s "$f" ] && { python3 -c '
+import json, sys
+for l in open(sys.argv[1]):
+    e = json.loads(l)
+    print({k: v for k, v in e.items() if not k.startswith("_")})' "$f"; return 0; }
+    sleep 0.1
+  done
+  fail "no KEY_EXPIRED event of boot-$REL-$1 for $2"
+}
+
 ck_key_expiry() {
-  local at
-  at=$(date -u -d '+8 seconds' +%Y-%m-%dT%H:%M:%SZ)
+  trap end_bg_sessions EXIT
+  local e at spid gone
+  # One instant for both: alice2 by add_keys, carol2 by replace_keys with
+  # terminate_sessions (its live session must end at the expiry).
+  read -r e at < <(epoch_at 8)
+  bg_session exp carol carol2
+  spid=$(session_of exp carol)
+  spid=${spid% *}
   run alice_expiring ok add-keys --user alice --key-file "$cp/alice2.pub" --keys-expire-at "$at"
-  grep -n 'expiry-time' "$R/home/alice/.ssh/authorized_keys" || fail "no expiry-time option written"
+  run carol_expiring ok replace-keys --user carol --key-file "$cp/carol2.pub" --keys-expire-at "$at" --terminate-sessions
+  grep -n 'expiry-time' "$R/home/alice/.ssh/authorized_keys" "$R/home/carol/.ssh/authorized_keys"
+  grep -q "expiry-time.*$(awk '{print $2}' "$cp/alice2.pub")" "$R/home/alice/.ssh/authorized_keys" || fail "no expiry-time on alice2's line"
+  grep -q "expiry-time.*$(awk '{print $2}' "$cp/carol2.pub")" "$R/home/carol/.ssh/authorized_keys" || fail "no expiry-time on carol2's line"
+  # replace_keys kept carol2 (its session stays until the expiry).
+  expect_alive exp "replace_keys kept carol2, with an expiry"
   login_ok alice key alice2
-  sleep 11
+  login_ok carol key carol2
+  [ "$(date +%s)" -lt "$e" ] || fail "too slow: the logins meant for before $at ended after it"
+  wait_gone exp $((e - $(date +%s) + 3))
+  gone=$(date +%s)
+  say "carol's session ended at $(date -u -d "@$gone" +%T), the keys expire at $at"
+  [ "$gone" -ge $((e - 1)) ] || fail "carol's session ended before the expiry"
+  until_epoch "$e"
   login_refused alice key alice2
-  ! grep -q "$(awk '{print $2}' "$cp/alice2.pub")" "$R/home/alice/.ssh/authorized_keys" \
-    || fail "the expired key's line is still in authorized_keys"
+  login_refused carol key carol2
+  until_line_gone alice alice2 5
+  until_line_gone carol carol2 5
+  key_expired_events alice_expiring "$(fp alice2)"
+  key_expired_events carol_expiring "$(fp carol2)"
+  # The event of the key whose command asked for terminate_sessions lists
+  # the session it ended (its sshd pid).
+  python3 - "$S/expired-carol_expiring.json" "$spid" <<'PY'
+import json, re, sys
+pid = sys.argv[2]
+evs = [json.loads(l) for l in open(sys.argv[1])]
+hit = [e for e in evs for k, v in e.items()
+       if ("SESSION" in k or k == "MESSAGE") and re.search(rf"(?<![0-9]){pid}(?![0-9])", str(v))]
+assert hit, f"no KEY_EXPIRED event of carol2 names the ended session (sshd pid {pid})"
+PY
+  login_ok alice key alice1
+}
+
+# sshd's own expiry-time refuses the key while accessd is stopped; accessd
+# removes the line at its next start.
+ck_key_expiry_offline() {
+  trap 'c systemctl start accessd.service' EXIT
+  local e at
+  read -r e at < <(epoch_at 6)
+  run alice_expiring_off ok add-keys --user alice --key-file "$cp/alice2.pub" --keys-expire-at "$at"
+  login_ok alice key alice2
+  c systemctl stop accessd.service
+  expect_eq "$(c systemctl is-active accessd.service)" inactive "accessd stopped"
+  [ "$(date +%s)" -lt "$e" ] || fail "too slow: the login meant for before $at ended after it"
+  until_epoch "$e"
+  login_refused alice key alice2
+  ak_has alice alice2 || fail "alice2's line left while accessd was stopped: the refusal was not sshd's own"
+  c systemctl start accessd.service
+  until_line_gone alice alice2 5
+  key_expired_events alice_expiring_off "$(fp alice2)"
   login_ok alice key alice1
 }
 
 ck_delete_user() {
-  run delete_alice ok delete-user --user alice --remove-home
+  trap end_bg_sessions EXIT
+  local uid before
+  uid=$(awk -F: '$1 == "alice" { print $3 }' "$R/etc/passwd")
+  bg_session alice_live alice alice1
+  # The files and their bytes (not /etc's mtime: taking the account files'
+  # locks, as userdel does, creates and removes lock files there).
+  snapshot() { (cd "$R" && find etc/passwd etc/shadow etc/group etc/gshadow etc/sudoers.d home/alice -type f -exec sha256sum {} + | sort -k2 && find home/alice | sort); }
+  before=$(snapshot)
+  # A live session: user_busy, and nothing changed.
+  run delete_alice_busy failed user_busy delete-user --user alice --remove-home
+  expect_eq "$(snapshot)" "$before" "accounts, sudoers.d and home after user_busy"
+  expect_alive alice_live "delete_user without terminate_sessions"
+  login_ok alice key alice1
+  # With terminate_sessions: the session ends, the user is gone.
+  run delete_alice ok delete-user --user alice --remove-home --terminate-sessions
+  wait_gone alice_live 3
+  python3 - "$S/res/delete_alice.json" <<'PY'
+import json, sys
+ended = json.load(open(sys.argv[1]))["data"].get("sessions_ended")
+print("sessions_ended:", ended)
+assert ended, "no sessions_ended"
+assert all(e.get("user") == "alice" for e in ended), ended
+assert any(e.get("from") == "127.0.0.1" for e in ended), "no ended session from 127.0.0.1"
+PY
+  expect_eq "$(c pgrep -c -U "$uid" || true)" 0 "processes of alice's uid $uid"
   login_refused alice pw "$PW_ALICE"
   [ ! -e "$R/home/alice" ] || fail "/home/alice left"
   ! grep -q '^alice:' "$R/etc/passwd" || fail "alice still in /etc/passwd"
@@ -835,8 +1210,12 @@ for REL in "${releases[@]}"; do
   check "journal: an unverified command's id only as CLAIMED_COMMAND_ID" ck_journal_claimed_id
   check "lock_user: key and password refused; unlock_user: both work again" ck_lock_unlock
   check "set_sudo no/yes: sudo -l -U and sudo -n agree" ck_set_sudo
-  check "add_keys --keys-expire-at: logs in before, refused after, line removed" ck_key_expiry
-  check "delete_user --remove-home: login refused, home and grant gone" ck_delete_user
+  check "inventory: last_login {at, from 127.0.0.1} of the key just used, exact live sessions" ck_inventory_last_login_and_sessions
+  check "remove_keys: without terminate_sessions both sessions stay (sessions_open 1); with it only the key's ends in 2 s" ck_remove_keys_terminate_sessions
+  check "forged sshd-like journal lines (logger, as a user) end no session and credit no login" ck_forged_log_lines_are_ignored
+  check "expires_at: logs in before, refused after, line removed; replace_keys terminate_sessions ends the session at expiry" ck_key_expiry
+  check "expires_at with accessd stopped: sshd's expiry-time refuses; the line goes at accessd's next start" ck_key_expiry_offline
+  check "delete_user of a user with a live session: user_busy, nothing changed; terminate_sessions ends it, user gone" ck_delete_user
   check "set_password next_boot: staged, not applied" ck_nextboot_staged
   check "next-boot password not applied by systemctl restart accessd" ck_nextboot_not_on_restart
   check "next-boot password not applied by SIGKILL + Restart=on-failure" ck_nextboot_not_on_crash
