@@ -558,8 +558,8 @@ impl Engine {
                 self.cfg.max_envelope_bytes
             )));
         }
-        out.claimed_id = command::claimed_id(bytes);
         let envelope = Envelope::parse(bytes)?;
+        out.claimed_id = command::claimed_id_in(&envelope);
         let (keyid, payload) = envelope.verify(COMMAND_TYPE, &self.trusted)?;
         (out.id, out.op) = command::peek(&payload);
         tracing::debug!(

@@ -502,7 +502,12 @@ pub fn peek(payload: &[u8]) -> (Option<String>, Option<String>) {
 /// harmless token wherever it is written). `None` when `envelope` is not a
 /// DSSE envelope ([`Envelope::parse`]) or its payload has no such id.
 pub fn claimed_id(envelope: &[u8]) -> Option<String> {
-    let envelope = Envelope::parse(envelope).ok()?;
+    claimed_id_in(&Envelope::parse(envelope).ok()?)
+}
+
+/// [`claimed_id`] of an envelope already parsed (the engine parses it once
+/// for both the claim and the verification).
+pub fn claimed_id_in(envelope: &Envelope) -> Option<String> {
     read_id_op(envelope.unverified_payload()).0
 }
 
